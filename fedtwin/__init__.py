@@ -1,0 +1,3 @@
+"""fedtwin: federated reinforcement learning for fleets of digital twins."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+"""`python -m fedtwin` runs the CLI (used by tests and images without the console script)."""
+
+from fedtwin.cli import main
+
+main()

@@ -1,0 +1,53 @@
+"""`fedtwin` command line: thin layers that parse, call the library, and print.
+
+Exit codes: 0 success; 1 a run or step failed (e.g. quorum lost, store unreachable); 2 bad input
+(config, fleet file, flags, a run id reused with another config): nothing was written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from fedtwin import __version__
+from fedtwin.cli.local import config_group, evaluate_cmd, report_cmd, run_cmd
+from fedtwin.cli.runs import runs_group
+from fedtwin.cli.step import step_group
+from fedtwin.cli.twins import twins_group
+from fedtwin.errors import FedtwinError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fedtwin")
+@click.option("-v", "--verbose", is_flag=True, help="Log round details to stderr.")
+def cli(verbose: bool) -> None:
+    """Federated reinforcement learning for fleets of digital twins.
+
+    Example: fedtwin run --twins 8 --rounds 20
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+for command in (run_cmd, evaluate_cmd, report_cmd, config_group, twins_group, runs_group,
+                step_group):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: library errors become `Error: <message>` and their documented exit code."""
+    try:
+        cli.main(args=argv, prog_name="fedtwin", standalone_mode=False)
+    except FedtwinError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

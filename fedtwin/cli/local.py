@@ -1,0 +1,108 @@
+"""User commands that run on this machine: run, evaluate, report, config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fedtwin.cli.options import config_options, json_option, resolve_config, store_option
+from fedtwin.config import config_to_yaml
+from fedtwin.errors import ConfigError
+
+
+@click.command("run")
+@config_options
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
+@json_option
+def run_cmd(config_file: str | None, no_progress: bool, as_json: bool, **flags: Any) -> None:
+    """Run a whole federated training locally, or resume an interrupted run id.
+
+    Trains the fleet round by round, stops early at the target return, evaluates the final model
+    on held-out twins and writes the report.
+
+    Example: fedtwin run --twins 8 --rounds 20 --seed 0
+    """
+    from fedtwin.runner import run
+
+    config = resolve_config(config_file, **flags)
+    result = run(config, progress=not no_progress and not as_json)
+    if as_json:
+        click.echo(json.dumps({
+            "run_id": result.run_id, "store": result.store, "rounds": result.rounds_played,
+            "validation_return": result.validation_return, "heldout_return": result.heldout_return,
+            "env_steps": result.env_steps, "seconds": round(result.seconds, 2),
+        }))
+        return
+    ev = result.evaluation
+    click.echo(f"run {result.run_id}: {result.rounds_played} rounds, {result.env_steps:,} env steps, "
+               f"{result.seconds:.1f} s")
+    click.echo(f"  held-out return {ev['heldout']['mean_return']:.1f}, training twins "
+               f"{ev['train']['mean_return']:.1f}, generalization gap {ev['generalization_gap']:.1f}")
+    click.echo(f"  report: {result.store.rstrip('/')}/runs/{result.run_id}/report/report.md")
+
+
+@click.command("evaluate")
+@click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Model weights (.safetensors), e.g. a run's report/final.safetensors.")
+@click.option("--twins", "twins_file", required=True, type=click.Path(dir_okay=False),
+              help="Fleet YAML with a `twins:` list.")
+@click.option("--episodes", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Greedy episodes per twin.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@json_option
+def evaluate_cmd(model: str, twins_file: str, episodes: int, seed: int, as_json: bool) -> None:
+    """Evaluate a model greedily on a set of twins; per-twin and mean return.
+
+    Example: fedtwin evaluate --model fedtwin-runs/runs/demo/report/final.safetensors --twins fleet.yaml
+    """
+    from fedtwin.evaluate import evaluate_policy
+    from fedtwin.policy import params_from_bytes
+    from fedtwin.twins import load_twins
+
+    twins = load_twins(twins_file)
+    if not twins:
+        raise ConfigError(f"{twins_file} lists no twins; add entries under `twins:`")
+    params, spec = params_from_bytes(Path(model).read_bytes(), None)
+    result = evaluate_policy(params, spec, twins, episodes, seed)
+    if as_json:
+        click.echo(json.dumps({"mean_return": result.mean_return, "per_twin": result.per_twin_mean}))
+        return
+    width = max(len(t) for t in result.per_twin_mean)
+    for twin_id, mean in result.per_twin_mean.items():
+        click.echo(f"{twin_id:<{width}}  {mean:7.1f} ± {result.per_twin_std[twin_id]:.1f}")
+    click.echo(f"{'mean':<{width}}  {result.mean_return:7.1f}")
+
+
+@click.command("report")
+@click.argument("run_id")
+@store_option
+def report_cmd(run_id: str, store: str) -> None:
+    """Write the report of a run (evaluating its final model first if needed).
+
+    Example: fedtwin report run-20261126-120000
+    """
+    from fedtwin import steps
+    from fedtwin.report import write_report
+    from fedtwin.store import open_store
+
+    artifact_store = open_store(store)
+    steps.evaluate(artifact_store, run_id)
+    click.echo(write_report(artifact_store, run_id))
+
+
+@click.group("config")
+def config_group() -> None:
+    """Inspect configuration."""
+
+
+@config_group.command("show")
+@config_options
+def config_show_cmd(config_file: str | None, **flags: Any) -> None:
+    """Print the resolved config (file < FEDTWIN_* environment < flags) as YAML.
+
+    Example: fedtwin config show --config fedtwin.yaml --rounds 30
+    """
+    click.echo(config_to_yaml(resolve_config(config_file, **flags)), nl=False)

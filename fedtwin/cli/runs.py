@@ -1,0 +1,68 @@
+"""`fedtwin runs ...`: what is in a store."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from fedtwin.cli.options import json_option, store_option
+
+
+@click.group("runs")
+def runs_group() -> None:
+    """List and inspect runs in a store."""
+
+
+@runs_group.command("list")
+@store_option
+@json_option
+def list_cmd(store: str, as_json: bool) -> None:
+    """List the runs in a store with their status and progress.
+
+    Example: fedtwin runs list --store ./fedtwin-runs
+    """
+    from fedtwin.store import RunLayout, list_runs, open_store
+
+    artifact_store = open_store(store)
+    rows = [artifact_store.get_json(RunLayout(r).state) for r in list_runs(artifact_store)]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(f"no runs in {artifact_store.url}")
+        return
+    for state in rows:
+        click.echo(f"{state['run_id']:<32} {state['status']:<8} rounds done: {state['next_round']}"
+                   + (f"  ({state['reason']})" if state.get("reason") else ""))
+
+
+@runs_group.command("show")
+@click.argument("run_id")
+@store_option
+@json_option
+def show_cmd(run_id: str, store: str, as_json: bool) -> None:
+    """Show a run's state, rounds and final evaluation.
+
+    Example: fedtwin runs show run-20261126-120000
+    """
+    from fedtwin.report import round_summaries
+    from fedtwin.steps import RunContext
+    from fedtwin.store import open_store
+
+    ctx = RunContext.load(open_store(store), run_id)
+    state = ctx.state()
+    summaries = round_summaries(ctx)
+    key = ctx.layout.report("evaluation.json")
+    evaluation = ctx.store.get_json(key) if ctx.store.exists(key) else None
+    if as_json:
+        click.echo(json.dumps({"state": state, "rounds": summaries, "evaluation": evaluation}))
+        return
+    click.echo(f"run {run_id}: {state['status']}, {state['next_round']} rounds done"
+               + (f" ({state['reason']})" if state.get("reason") else ""))
+    for s in summaries:
+        click.echo(f"  round {s['round']:>3}: {len(s['participants'])} participants, "
+                   f"{len(s['rejected'])} rejected, validation return {s['validation_return']:.1f}")
+    if evaluation:
+        click.echo(f"  held-out return {evaluation['heldout']['mean_return']:.1f} "
+                   f"(gap {evaluation['generalization_gap']:.1f})")

@@ -1,0 +1,166 @@
+"""`fedtwin step ...`: the units a workflow engine runs (one Argo pod each).
+
+Every step reads and writes only the store, is idempotent, and with --outputs-dir writes its
+results as small files that Argo reads as output parameters.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from fedtwin.cli.options import config_options, outputs_option, resolve_config, store_option
+
+
+def run_option(func: Any) -> Any:
+    return click.option("--run", "run_id", required=True, help="Run id.")(func)
+
+
+def round_option(func: Any) -> Any:
+    return click.option("--round", "round_index", type=click.IntRange(min=0), required=True,
+                        help="Round index (0-based).")(func)
+
+
+def split_ids(values: tuple[str, ...]) -> list[str]:
+    """`--twin a --twin b` and `--twin a,b` (an Argo shard item) both give [a, b]."""
+    return [part for value in values for part in value.split(",") if part]
+
+
+@click.group("step")
+def step_group() -> None:
+    """Single workflow steps (what Argo runs in each pod)."""
+
+
+@step_group.command("init")
+@config_options
+@outputs_option
+@click.option("--shard-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Twins per training pod in the `shards` output (fleet engine when > 1).")
+def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, **flags: Any) -> None:
+    """Create a run (or accept the identical existing one) and output its twin list.
+
+    Example: fedtwin step init --run-id demo --twins 4 --outputs-dir /tmp/out
+    """
+    from fedtwin import steps
+    from fedtwin.store import open_store
+
+    config = resolve_config(config_file, **flags)
+    result = steps.init(open_store(config.store), config)
+    ids = result.twin_ids
+    shards = [",".join(ids[i : i + shard_size]) for i in range(0, len(ids), shard_size)]
+    steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shards,
+                                      "round": str(result.next_round)})
+    click.echo(json.dumps({"run_id": result.run_id, "twins": ids, "next_round": result.next_round,
+                           "resumed": result.resumed}))
+
+
+@step_group.command("train")
+@run_option
+@round_option
+@click.option("--twin", "twins", multiple=True, required=True,
+              help="Twin id; repeat or comma-separate to train a shard together.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@store_option
+@outputs_option
+def train_cmd(run_id: str, round_index: int, twins: tuple[str, ...], device: str, store: str,
+              outputs_dir: str | None) -> None:
+    """Train twins from the round's global model and write their updates (no-op if present).
+
+    Example: fedtwin step train --run demo --round 0 --twin twin-000
+    """
+    import torch
+
+    from fedtwin import steps
+    from fedtwin.store import open_store
+
+    torch.set_num_threads(1)
+    ids = split_ids(twins)
+    records = steps.train(open_store(store), run_id, round_index, ids, device,
+                          "pool" if len(ids) == 1 else "fleet")
+    steps.write_outputs(outputs_dir, {"twins": [r.twin_id for r in records]})
+    for record in records:
+        click.echo(json.dumps({"twin_id": record.twin_id, "round": record.round,
+                               "num_samples": record.num_samples, "metrics": record.metrics}))
+
+
+@step_group.command("aggregate")
+@run_option
+@round_option
+@store_option
+@outputs_option
+def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | None) -> None:
+    """Aggregate the round's valid updates into the next global model; fails below quorum.
+
+    Example: fedtwin step aggregate --run demo --round 0 --outputs-dir /tmp/out
+    """
+    from fedtwin import steps
+    from fedtwin.store import open_store
+
+    summary = steps.aggregate(open_store(store), run_id, round_index)
+    steps.write_outputs(outputs_dir, {
+        "round": str(round_index),
+        "next_round": str(round_index + 1),
+        "participants": str(len(summary["participants"])),
+        "rejected": str(len(summary["rejected"])),
+        "mean_return": f"{summary['validation_return']:.2f}",
+        "continue": bool(summary["continue"]),
+    })
+    click.echo(json.dumps({k: summary[k] for k in ("round", "participants", "rejected",
+                                                   "validation_return", "continue")}))
+
+
+@step_group.command("evaluate")
+@run_option
+@click.option("--episodes", type=click.IntRange(min=1), help="Greedy episodes per twin.")
+@store_option
+@outputs_option
+def evaluate_cmd(run_id: str, episodes: int | None, store: str, outputs_dir: str | None) -> None:
+    """Evaluate the run's final model on the held-out and training twins.
+
+    Example: fedtwin step evaluate --run demo
+    """
+    from fedtwin import steps
+    from fedtwin.store import open_store
+
+    result = steps.evaluate(open_store(store), run_id, episodes)
+    steps.write_outputs(outputs_dir, {"heldout_return": f"{result['heldout']['mean_return']:.2f}",
+                                      "generalization_gap": f"{result['generalization_gap']:.2f}"})
+    click.echo(json.dumps({"model_round": result["model_round"],
+                           "heldout_return": result["heldout"]["mean_return"],
+                           "generalization_gap": result["generalization_gap"]}))
+
+
+@step_group.command("report")
+@run_option
+@store_option
+def report_cmd(run_id: str, store: str) -> None:
+    """Write the run report into the store (evaluating the final model first if needed).
+
+    Example: fedtwin step report --run demo
+    """
+    from fedtwin import steps
+    from fedtwin.report import write_report
+    from fedtwin.store import open_store
+
+    artifact_store = open_store(store)
+    steps.evaluate(artifact_store, run_id)
+    click.echo(write_report(artifact_store, run_id))
+
+
+@step_group.command("finish")
+@run_option
+@click.option("--status", type=click.Choice(["done", "failed"]), required=True)
+@click.option("--reason", help="Why the run failed (shown by `fedtwin runs list`).")
+@store_option
+def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None:
+    """Record how the run ended (the workflow's exit handler calls this).
+
+    Example: fedtwin step finish --run demo --status done
+    """
+    from fedtwin import steps
+    from fedtwin.store import open_store
+
+    state = steps.finish(open_store(store), run_id, status, reason)
+    click.echo(json.dumps({"run_id": run_id, "status": state["status"]}))

@@ -1,0 +1,281 @@
+"""One validated config object; precedence: YAML file < environment variables < CLI flags.
+
+Environment variables: `FEDTWIN_<KEY>` for top-level keys and `FEDTWIN_<SECTION>__<KEY>` for
+nested ones, values parsed as YAML scalars (e.g. `FEDTWIN_FEDERATION__ROUNDS=30`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from fedtwin.errors import ConfigError
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+ENV_PREFIX = "FEDTWIN_"
+
+
+def check_dns_label(value: str, what: str) -> str:
+    """Run ids and twin ids become pod labels and S3 keys, so they must be DNS-1123 labels."""
+    if len(value) > 63 or not DNS_LABEL.match(value):
+        raise ValueError(
+            f"{what} {value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)"
+        )
+    return value
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors: a typo must fail before round 1, not be ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class FleetConfig(StrictModel):
+    count: int = Field(8, ge=1, le=100_000)
+    """Number of training twins generated when no `file` is given."""
+    seed: int = 7
+    """Fleet seed: with a twin id it fixes that twin's physics."""
+    spread: float = Field(0.15, ge=0.0, lt=1.0)
+    """Relative spread of each physical parameter (uniform in ±spread)."""
+    preset: Literal["default", "hard"] = "default"
+    """`hard` also varies friction, sensor/actuator noise and action delay."""
+    file: str | None = None
+    """Fleet YAML (`twins:` list, optional `validation:`/`heldout:`); overrides generation."""
+    validation_count: int = Field(4, ge=1)
+    """Validation twins: monitor rounds and stop early."""
+    heldout_count: int = Field(8, ge=1)
+    """Held-out twins: used only for the final report."""
+
+
+class TrainConfig(StrictModel):
+    algo: Literal["ppo", "reinforce"] = "ppo"
+    """Local trainer: PPO (default) or REINFORCE (the reference systems' algorithm)."""
+    hidden: list[int] | None = None
+    """Hidden layer sizes; default 64,64 for PPO and 32,16 for REINFORCE."""
+    num_envs: int = Field(4, ge=1)
+    """Sub-environments per twin."""
+    num_steps: int = Field(128, ge=1)
+    """Rollout length per sub-environment per local update."""
+    updates: int = Field(2, ge=1)
+    """Local iterations (rollout + update) per round."""
+    epochs: int = Field(4, ge=1)
+    """PPO epochs over each rollout."""
+    minibatches: int = Field(4, ge=1)
+    """PPO minibatches per epoch."""
+    learning_rate: float = Field(2.5e-3, gt=0)
+    gamma: float = Field(0.99, gt=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    clip_coef: float = Field(0.2, gt=0)
+    ent_coef: float = Field(0.0, ge=0)
+    vf_coef: float = Field(0.5, ge=0)
+    max_grad_norm: float = Field(0.5, gt=0)
+    norm_adv: bool = True
+    proximal_mu: float = Field(0.0, ge=0)
+    """FedProx proximal coefficient (0 = plain local training)."""
+
+    @model_validator(mode="after")
+    def _check_minibatches(self) -> TrainConfig:
+        batch = self.num_envs * self.num_steps
+        if self.algo == "ppo" and batch % self.minibatches:
+            raise ValueError(
+                f"num_envs*num_steps ({batch}) must be divisible by minibatches ({self.minibatches})"
+            )
+        return self
+
+    @property
+    def hidden_sizes(self) -> tuple[int, ...]:
+        if self.hidden is not None:
+            return tuple(self.hidden)
+        return (64, 64) if self.algo == "ppo" else (32, 16)
+
+
+class FederationConfig(StrictModel):
+    rounds: int = Field(20, ge=1)
+    strategy: str = "fedavg"
+    """Aggregation strategy by name (see `fedtwin.strategies`)."""
+    min_twins: float = Field(0.5, gt=0)
+    """Quorum: a count (>= 1) or a fraction of the fleet (< 1)."""
+    target_return: float | None = 490.0
+    """Stop early when the global model's validation return reaches this (None: run all rounds)."""
+    eval_episodes: int = Field(2, ge=1)
+    """Greedy episodes per validation twin each round."""
+    heldout_episodes: int = Field(4, ge=1)
+    """Greedy episodes per held-out twin in the final evaluation."""
+
+    def quorum(self, fleet_size: int) -> int:
+        """Minimum number of valid updates for a round with `fleet_size` twins."""
+        if self.min_twins >= 1:
+            return int(self.min_twins)
+        return max(1, int(-(-self.min_twins * fleet_size // 1)))
+
+
+class ExecutionConfig(StrictModel):
+    engine: Literal["pool", "fleet"] = "pool"
+    workers: int | None = Field(None, ge=1)
+    """Processes for the pool engine; default one per core."""
+    device: Literal["cpu", "cuda"] = "cpu"
+
+
+class PrivacyConfig(StrictModel):
+    mode: Literal["off", "local", "central"] = "off"
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = False
+    uri: str | None = None
+    """MLflow tracking URI; default `MLFLOW_TRACKING_URI` or a local `./mlruns`."""
+    experiment: str = "fedtwin"
+
+
+class Config(StrictModel):
+    run_id: str | None = None
+    """Run id (DNS-1123 label); default: generated from the time."""
+    seed: int = 0
+    store: str = "./fedtwin-runs"
+    """Artifact store: a directory or `s3://bucket/prefix`."""
+    fleet: FleetConfig = FleetConfig()
+    train: TrainConfig = TrainConfig()
+    federation: FederationConfig = FederationConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("run_id")
+    @classmethod
+    def _run_id_is_dns(cls, value: str | None) -> str | None:
+        return None if value is None else check_dns_label(value, "run id")
+
+    @model_validator(mode="after")
+    def _check_quorum(self) -> Config:
+        if self.federation.min_twins >= 1 and self.fleet.file is None:
+            if self.federation.min_twins > self.fleet.count:
+                raise ValueError(
+                    f"federation.min_twins ({self.federation.min_twins:g}) exceeds fleet.count "
+                    f"({self.fleet.count}); lower min_twins or add twins"
+                )
+        return self
+
+
+# Keys that change how a run executes but not what it computes: a resume may change them.
+EXECUTION_ONLY = {"run_id", "store", "execution", "tracking"}
+
+
+def fingerprint(config: Config) -> str:
+    """Hash of everything that determines the results; a resumed run must match it."""
+    data = {k: v for k, v in config.model_dump(mode="json").items() if k not in EXECUTION_ONLY}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: str | Path, what: str) -> Any:
+    """Read a YAML file or raise one ConfigError naming the file and the problem."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}; check the path") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{where}; fix the syntax") from exc
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`FEDTWIN_A__B=v` -> {"a": {"b": v}}; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(ENV_PREFIX + "S3_"):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in Config.model_fields:
+            continue  # other FEDTWIN_* variables (e.g. FEDTWIN_REGENERATE) are not config
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw else None
+    return out
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line that names the key and the fix."""
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            model: type[BaseModel] = Config
+            for part in err["loc"][:-1]:
+                field = model.model_fields.get(str(part))
+                if field is None or not isinstance(field.annotation, type):
+                    break
+                model = field.annotation
+            valid = ", ".join(model.model_fields)
+            problems.append(f"unknown key '{loc}' (valid keys here: {valid})")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"'{loc}': {msg}" if loc else msg)
+    return f"invalid config ({source}): " + "; ".join(problems)
+
+
+def build_config(data: Mapping[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from exc
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Resolve the config: file < environment < overrides (CLI flags, as a nested dict)."""
+    data: dict[str, Any] = {}
+    sources = []
+    if path is not None:
+        loaded = read_yaml(path, "config file")
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of keys; see `fedtwin config show`")
+        data = loaded
+        sources.append(str(path))
+    env = env_overrides(os.environ if environ is None else environ)
+    if env:
+        data = deep_merge(data, env)
+        sources.append("environment")
+    if overrides:
+        data = deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
+        sources.append("flags")
+    return build_config(data, " + ".join(sources) or "defaults")
+
+
+def config_to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `a.b.c` in a nested dict (CLI flags map onto config keys this way)."""
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value

@@ -1,0 +1,63 @@
+"""Greedy evaluation of a model on any twin set, all episodes batched in one vector env."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedtwin.envs import TwinCartPoleVectorEnv
+from fedtwin.policy import PolicySpec, greedy_actions
+from fedtwin.seeding import derive_seed
+from fedtwin.twins import TwinSpec
+
+
+@dataclass
+class EvalResult:
+    per_twin_mean: dict[str, float]
+    per_twin_std: dict[str, float]
+    mean_return: float
+    episodes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "mean_return": self.mean_return,
+            "episodes": self.episodes,
+            "per_twin": self.per_twin_mean,
+            "per_twin_std": self.per_twin_std,
+        }
+
+
+def evaluate_policy(
+    params: np.ndarray,
+    spec: PolicySpec,
+    twins: Sequence[TwinSpec],
+    episodes: int,
+    seed: int,
+    max_episode_steps: int = 500,
+) -> EvalResult:
+    """Run `episodes` greedy episodes per twin at once; each sub-env counts only its first episode."""
+    env = TwinCartPoleVectorEnv(twins, envs_per_twin=episodes, max_episode_steps=max_episode_steps)
+    obs, _ = env.reset(seed=[derive_seed(seed, twin.id) for twin in twins])
+    returns = np.zeros(env.num_envs)
+    finished = np.zeros(env.num_envs, dtype=bool)
+    while not finished.all():
+        obs, rewards, terminated, truncated, _ = env.step(greedy_actions(spec, params, obs))
+        returns += np.where(finished, 0.0, rewards)
+        finished |= terminated | truncated
+    env.close()
+    by_twin = returns.reshape(len(twins), episodes)
+    means = by_twin.mean(axis=1)
+    return EvalResult(
+        per_twin_mean={t.id: float(m) for t, m in zip(twins, means, strict=True)},
+        per_twin_std={t.id: float(s) for t, s in zip(twins, by_twin.std(axis=1), strict=True)},
+        mean_return=float(means.mean()),
+        episodes=episodes,
+    )
+
+
+def generalization_gap(train: EvalResult, heldout: EvalResult) -> float:
+    """Positive when the model does better on the twins it trained on than on unseen ones."""
+    return train.mean_return - heldout.mean_return

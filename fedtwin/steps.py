@@ -1,0 +1,362 @@
+"""The step functions every engine runs: init, train, aggregate, evaluate, finish.
+
+Each reads its inputs from the store and writes its outputs atomically, and is idempotent: a
+retried step whose output already exists returns it instead of recomputing or duplicating it. The
+local runner, the Argo templates and the multi-cluster members all call exactly these functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
+from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
+from fedtwin.evaluate import evaluate_policy
+from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
+from fedtwin.seeding import derive_seed
+from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
+from fedtwin.strategies import make_strategy
+from fedtwin.train import train_twins
+from fedtwin.twins import Fleet, TwinSpec, dump_fleet, load_fleet, make_fleet, parse_fleet
+from fedtwin.updates import UpdateRecord, load_and_validate, write_update
+
+log = logging.getLogger("fedtwin.steps")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunContext:
+    """Everything a step needs about a run, read once from the store."""
+
+    store: ArtifactStore
+    layout: RunLayout
+    config: Config
+    fleet: Fleet
+    spec: PolicySpec
+
+    @classmethod
+    def load(cls, store: ArtifactStore, run_id: str) -> RunContext:
+        layout = RunLayout(run_id)
+        if not store.exists(layout.config):
+            raise StoreError(
+                f"run {run_id!r} not found in {store.url}; start it with `fedtwin run` or `fedtwin step init`"
+            )
+        config = build_config(yaml.safe_load(store.get_text(layout.config)), layout.config)
+        fleet = parse_fleet(store.get_text(layout.twins), store.describe(layout.twins))
+        return cls(store, layout, config, fleet, policy_spec(config.train))
+
+    def twin(self, twin_id: str) -> TwinSpec:
+        for twin in self.fleet.train:
+            if twin.id == twin_id:
+                return twin
+        raise ConfigError(f"twin {twin_id!r} is not in run {self.layout.run_id!r}'s training fleet")
+
+    def state(self) -> dict[str, Any]:
+        return self.store.get_json(self.layout.state)
+
+    def write_state(self, **changes: Any) -> dict[str, Any]:
+        state = self.state()
+        state.update(changes, updated_at=now_iso())
+        self.store.put_json(self.layout.state, state)
+        return state
+
+    def global_model(self, round_index: int) -> tuple[np.ndarray, bytes]:
+        """The global model entering `round_index`, as a vector and as its stored bytes."""
+        data = self.store.get_bytes(self.layout.global_model(round_index))
+        params, _ = params_from_bytes(data, self.spec)
+        return params, data
+
+
+# ----------------------------------------------------------------------------------------- init
+def build_fleet(config: Config) -> Fleet:
+    """The fleet file if given (validation/held-out sets generated when it lacks them), else generated."""
+    f = config.fleet
+    generated = make_fleet(f.count, f.seed, f.spread, f.preset, f.validation_count, f.heldout_count)
+    if f.file is None:
+        return generated
+    fleet = load_fleet(f.file)
+    return Fleet(
+        train=fleet.train,
+        validation=fleet.validation or generated.validation,
+        heldout=fleet.heldout or generated.heldout,
+    )
+
+
+def config_differences(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ (used to explain a refused resume)."""
+
+    def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(tree, dict):
+            return {prefix: tree}
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+        return out
+
+    fa, fb = flat(a.model_dump(mode="json")), flat(b.model_dump(mode="json"))
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+@dataclass
+class InitResult:
+    run_id: str
+    twin_ids: list[str]
+    next_round: int
+    resumed: bool
+
+
+def init(store: ArtifactStore, config: Config) -> InitResult:
+    """Create the run (config, fleet, global model of round 0), or accept an identical existing one."""
+    if config.run_id is None:
+        raise ConfigError("init needs a run id; pass --run-id")
+    layout = RunLayout(config.run_id)
+    if store.exists(layout.config):
+        ctx = RunContext.load(store, config.run_id)
+        if fingerprint(ctx.config) != fingerprint(config):
+            diff = [k for k in config_differences(ctx.config, config) if k.split(".")[0] not in
+                    ("run_id", "store", "execution", "tracking")]
+            raise RunConflictError(
+                f"run {config.run_id!r} already exists with a different config (differs in: "
+                f"{', '.join(diff)}); use a new --run-id, or the stored config to resume"
+            )
+        state = ctx.state()
+        return InitResult(config.run_id, [t.id for t in ctx.fleet.train], state["next_round"], True)
+
+    fleet = build_fleet(config)
+    quorum = config.federation.quorum(len(fleet.train))
+    if quorum > len(fleet.train):
+        raise ConfigError(
+            f"federation.min_twins needs {quorum} twins but the fleet has {len(fleet.train)}; "
+            "lower min_twins or add twins"
+        )
+    spec = policy_spec(config.train)
+    # Written in dependency order; config.yaml last, because its presence means "initialized".
+    store.put_text(layout.twins, dump_fleet(fleet))
+    params = init_params(spec, derive_seed(config.seed, "init"))
+    store.put_bytes(layout.global_model(0), params_to_bytes(params, spec))
+    store.put_json(
+        layout.state,
+        {
+            "run_id": config.run_id,
+            "status": "running",
+            "next_round": 0,
+            "training_complete": False,
+            "reason": None,
+            "fingerprint": fingerprint(config),
+            "created_at": now_iso(),
+            "updated_at": now_iso(),
+        },
+    )
+    store.put_text(layout.config, config_to_yaml(config))
+    return InitResult(config.run_id, [t.id for t in fleet.train], 0, False)
+
+
+# ---------------------------------------------------------------------------------------- train
+def train_seed(config: Config, twin_id: str, round_index: int) -> int:
+    return derive_seed(config.seed, "train", twin_id, round_index)
+
+
+def train(
+    store: ArtifactStore,
+    run_id: str,
+    round_index: int,
+    twin_ids: list[str],
+    device: str = "cpu",
+    engine: str = "pool",
+) -> list[UpdateRecord]:
+    """Train the given twins from the round's global model and write one update per twin.
+
+    One twin is the pool engine's unit (a process or a pod); several twins are trained together in
+    one batched computation (the fleet engine). Twins whose update already exists are skipped.
+    """
+    ctx = RunContext.load(store, run_id)
+    layout = ctx.layout
+    if store.exists(layout.summary(round_index)):
+        raise RunConflictError(
+            f"round {round_index} of run {run_id!r} is already aggregated; a late update would be ignored"
+        )
+    twins = [ctx.twin(twin_id) for twin_id in twin_ids]
+    done = [t for t in twins if store.exists(layout.update_meta(round_index, t.id))]
+    todo = [t for t in twins if t not in done]
+    records = [UpdateRecord.from_json(store.get_json(layout.update_meta(round_index, t.id))) for t in done]
+    if not todo:
+        return records
+    params, base = ctx.global_model(round_index)
+    started = time.perf_counter()
+    results = train_twins(
+        params, todo, [train_seed(ctx.config, t.id, round_index) for t in todo], ctx.config.train, device
+    )
+    seconds = (time.perf_counter() - started) / len(todo)
+    for twin, result in zip(todo, results, strict=True):
+        record = UpdateRecord(
+            twin_id=twin.id,
+            round=round_index,
+            num_samples=int(result.num_samples),
+            sha256="",
+            base_sha256=sha256_hex(base),
+            metrics={k: float(v) for k, v in result.metrics.items()},
+            seconds=seconds,
+            engine=engine,
+        )
+        records.append(write_update(store, layout, record, params_to_bytes(result.params, ctx.spec)))
+    return records
+
+
+# ------------------------------------------------------------------------------------ aggregate
+def validation_seed(config: Config, round_index: int) -> int:
+    return derive_seed(config.seed, "validation", round_index)
+
+
+def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, Any]:
+    """Join the round's valid updates into the next global model, evaluate it, record the round."""
+    ctx = RunContext.load(store, run_id)
+    layout, config = ctx.layout, ctx.config
+    if store.exists(layout.summary(round_index)):
+        return store.get_json(layout.summary(round_index))
+    started = time.perf_counter()
+    global_params, base = ctx.global_model(round_index)
+    fleet_ids = {t.id for t in ctx.fleet.train}
+    accepted, rejected = load_and_validate(store, layout, round_index, fleet_ids, ctx.spec, sha256_hex(base))
+    quorum = config.federation.quorum(len(ctx.fleet.train))
+    if len(accepted) < quorum:
+        reasons = "; ".join(f"{r.twin_id}: {r.reason}" for r in rejected) or "none rejected"
+        message = (
+            f"round {round_index}: {len(accepted)} valid updates, below the quorum of {quorum} "
+            f"(federation.min_twins); rejected: {reasons}"
+        )
+        ctx.write_state(status="failed", reason=message)
+        raise QuorumError(message)
+
+    strategy = make_strategy(config.federation.strategy)
+    server_state = load_server_state(ctx, round_index - 1)
+    updates = np.stack([a.params for a in accepted])
+    weights = np.array([a.record.num_samples for a in accepted], dtype=np.float64)
+    new_params, server_state = strategy.aggregate(global_params, updates, weights, server_state)
+    store.put_bytes(layout.global_model(round_index + 1), params_to_bytes(new_params, ctx.spec))
+    if server_state:
+        save_server_state(ctx, round_index, server_state)
+
+    validation = evaluate_policy(
+        new_params, ctx.spec, ctx.fleet.validation, config.federation.eval_episodes,
+        validation_seed(config, round_index),
+    )
+    target = config.federation.target_return
+    reached = target is not None and validation.mean_return >= target
+    more_rounds = round_index + 1 < config.federation.rounds
+    summary = {
+        "round": round_index,
+        "participants": [a.record.twin_id for a in accepted],
+        "rejected": [{"twin_id": r.twin_id, "reason": r.reason} for r in rejected],
+        "missing": sorted(fleet_ids - {a.record.twin_id for a in accepted} - {r.twin_id for r in rejected}),
+        "num_samples": int(weights.sum()),
+        "twin_metrics": {a.record.twin_id: a.record.metrics for a in accepted},
+        "twin_epsilon": {a.record.twin_id: a.record.epsilon for a in accepted},
+        "validation_return": validation.mean_return,
+        "validation_per_twin": validation.per_twin_mean,
+        "target_reached": reached,
+        "continue": more_rounds and not reached,
+        "strategy": strategy.name,
+        "seconds": time.perf_counter() - started,
+        "train_seconds": float(sum(a.record.seconds for a in accepted)),
+    }
+    store.put_json(layout.summary(round_index), summary)
+    ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
+    return summary
+
+
+def load_server_state(ctx: RunContext, round_index: int) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load
+
+    key = ctx.layout.server_state(round_index)
+    if round_index < 0 or not ctx.store.exists(key):
+        return {}
+    return dict(load(ctx.store.get_bytes(key)))
+
+
+def save_server_state(ctx: RunContext, round_index: int, state: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save
+
+    ctx.store.put_bytes(ctx.layout.server_state(round_index), save(state))
+
+
+# ------------------------------------------------------------------------------------- evaluate
+def final_round(ctx: RunContext) -> int:
+    """Index of the newest global model (the model entering the next, unplayed round)."""
+    return int(ctx.state()["next_round"])
+
+
+def evaluate(store: ArtifactStore, run_id: str, episodes: int | None = None) -> dict[str, Any]:
+    """Final model on held-out twins (only here) and on training twins: the generalization gap."""
+    ctx = RunContext.load(store, run_id)
+    model_round = final_round(ctx)
+    key = ctx.layout.report("evaluation.json")
+    if store.exists(key):
+        existing = store.get_json(key)
+        if existing.get("model_round") == model_round:
+            return existing
+    params, data = ctx.global_model(model_round)
+    n = episodes or ctx.config.federation.heldout_episodes
+    seed = derive_seed(ctx.config.seed, "heldout")
+    heldout = evaluate_policy(params, ctx.spec, ctx.fleet.heldout, n, seed)
+    train_set = evaluate_policy(params, ctx.spec, ctx.fleet.train, n, seed)
+    result = {
+        "model_round": model_round,
+        "episodes": n,
+        "heldout": heldout.to_json(),
+        "train": train_set.to_json(),
+        "generalization_gap": train_set.mean_return - heldout.mean_return,
+    }
+    store.put_json(key, result)
+    store.put_bytes(ctx.layout.report("final.safetensors"), data)
+    return result
+
+
+def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = None) -> dict[str, Any]:
+    """Record the run's end (the Argo exit handler and the local runner call this)."""
+    if status not in ("done", "failed"):
+        raise ConfigError(f"status must be 'done' or 'failed', got {status!r}")
+    ctx = RunContext.load(store, run_id)
+    state = ctx.state()
+    if status == "failed" and state.get("status") == "failed" and state.get("reason"):
+        return state  # keep the first, most specific reason
+    return ctx.write_state(status=status, reason=reason)
+
+
+def write_outputs(directory: str | Path | None, values: dict[str, Any]) -> None:
+    """One small file per value, for workflow engines (Argo output parameters read files)."""
+    if directory is None:
+        return
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = value
+        else:
+            text = json.dumps(value)
+        (out / name).write_text(text)
+
+
+__all__ = [
+    "InitResult",
+    "RunContext",
+    "aggregate",
+    "evaluate",
+    "finish",
+    "init",
+    "train",
+    "write_outputs",
+]

@@ -1,0 +1,218 @@
+"""Artifact stores: the single source of truth where steps meet, and the run layout inside them.
+
+Every object is written whole and atomically together with its sha256; readers verify it, so a
+torn or tampered file is refused instead of silently trained on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedtwin.errors import ConfigError, IntegrityError, StoreError
+
+SHA_SUFFIX = ".sha256"
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ArtifactStore(ABC):
+    """Key/value store of immutable-ish objects with integrity checks.
+
+    Subclasses implement the four primitives; the typed helpers live here once.
+    """
+
+    url: str
+
+    @abstractmethod
+    def _write(self, key: str, data: bytes, sha: str) -> None:
+        """Store `data` under `key` with its sha256, atomically (all or nothing)."""
+
+    @abstractmethod
+    def _read(self, key: str) -> tuple[bytes, str | None]:
+        """Return the object and its recorded sha256; raise FileNotFoundError if absent."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """True only for completely written objects."""
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Sorted keys of complete objects under `prefix`."""
+
+    def put_bytes(self, key: str, data: bytes, *, overwrite: bool = True) -> str:
+        """Write `data`; with overwrite=False an existing different object is an error, never replaced."""
+        sha = sha256_hex(data)
+        if not overwrite and self.exists(key):
+            existing = self.get_bytes(key)
+            if sha256_hex(existing) != sha:
+                raise StoreError(f"refusing to overwrite {self.describe(key)} with different content")
+            return sha
+        self._write(key, data, sha)
+        return sha
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            data, recorded = self._read(key)
+        except FileNotFoundError as exc:
+            raise StoreError(f"{self.describe(key)} does not exist") from exc
+        actual = sha256_hex(data)
+        if recorded is None or recorded != actual:
+            raise IntegrityError(
+                f"{self.describe(key)} is corrupt: sha256 {actual[:12]}… does not match the recorded "
+                f"{(recorded or 'none')[:12]}…; delete it and rerun the step that writes it"
+            )
+        return data
+
+    def put_json(self, key: str, obj: Any, *, overwrite: bool = True) -> str:
+        return self.put_bytes(key, json.dumps(obj, indent=2, sort_keys=True).encode(), overwrite=overwrite)
+
+    def get_json(self, key: str) -> Any:
+        data = self.get_bytes(key)
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise IntegrityError(f"{self.describe(key)} is not valid JSON: {exc.msg}") from exc
+
+    def put_text(self, key: str, text: str, *, overwrite: bool = True) -> str:
+        return self.put_bytes(key, text.encode(), overwrite=overwrite)
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode()
+
+    def describe(self, key: str) -> str:
+        return f"{self.url.rstrip('/')}/{key}"
+
+
+class LocalStore(ArtifactStore):
+    """A directory. Each object has a `<key>.sha256` sidecar written last: it is the commit marker."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        if key.startswith("/") or ".." in Path(key).parts:
+            raise StoreError(f"invalid store key {key!r}")
+        return self.root / key
+
+    def _atomic_write(self, path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _write(self, key: str, data: bytes, sha: str) -> None:
+        path = self._path(key)
+        sidecar = path.with_name(path.name + SHA_SUFFIX)
+        sidecar.unlink(missing_ok=True)  # uncommit first: a crash in between leaves "absent", not "wrong"
+        self._atomic_write(path, data)
+        self._atomic_write(sidecar, sha.encode())
+
+    def _read(self, key: str) -> tuple[bytes, str | None]:
+        path = self._path(key)
+        sidecar = path.with_name(path.name + SHA_SUFFIX)
+        data = path.read_bytes()
+        recorded = sidecar.read_text().strip() if sidecar.exists() else None
+        return data, recorded
+
+    def exists(self, key: str) -> bool:
+        path = self._path(key)
+        return path.is_file() and path.with_name(path.name + SHA_SUFFIX).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix) if prefix else self.root
+        search = base if base.is_dir() else base.parent
+        if not search.is_dir():
+            return []
+        keys = []
+        for path in search.rglob("*"):
+            name = path.name
+            if not path.is_file() or name.endswith(SHA_SUFFIX) or name.startswith("."):
+                continue
+            key = path.relative_to(self.root).as_posix()
+            if key.startswith(prefix) and self.exists(key):
+                keys.append(key)
+        return sorted(keys)
+
+
+def open_store(url: str) -> ArtifactStore:
+    """`s3://bucket/prefix` selects the S3 store; anything else is a local directory."""
+    if url.startswith("s3://"):
+        try:
+            from fedtwin.s3store import S3Store
+        except ImportError as exc:
+            raise ConfigError(
+                f"store {url} needs boto3; install it with `pip install 'fedtwin[s3]'`"
+            ) from exc
+        return S3Store.from_url(url)
+    if "://" in url:
+        raise ConfigError(f"unsupported store URL {url!r}; use a directory path or s3://BUCKET/PREFIX")
+    return LocalStore(url)
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Keys of one run inside a store (see DESIGN.md, 'Storage, layout and tracking')."""
+
+    run_id: str
+
+    @property
+    def prefix(self) -> str:
+        return f"runs/{self.run_id}/"
+
+    @property
+    def config(self) -> str:
+        return self.prefix + "config.yaml"
+
+    @property
+    def twins(self) -> str:
+        return self.prefix + "twins.yaml"
+
+    @property
+    def state(self) -> str:
+        return self.prefix + "state.json"
+
+    def round_dir(self, round_index: int) -> str:
+        return f"{self.prefix}rounds/{round_index:04d}/"
+
+    def global_model(self, round_index: int) -> str:
+        return self.round_dir(round_index) + "global.safetensors"
+
+    def updates_dir(self, round_index: int) -> str:
+        return self.round_dir(round_index) + "updates/"
+
+    def update_weights(self, round_index: int, twin_id: str) -> str:
+        return f"{self.updates_dir(round_index)}{twin_id}.safetensors"
+
+    def update_meta(self, round_index: int, twin_id: str) -> str:
+        return f"{self.updates_dir(round_index)}{twin_id}.json"
+
+    def summary(self, round_index: int) -> str:
+        return self.round_dir(round_index) + "summary.json"
+
+    def server_state(self, round_index: int) -> str:
+        """Strategy state (e.g. FedAdam moments) after aggregating `round_index`."""
+        return self.round_dir(round_index) + "server_state.safetensors"
+
+    def report(self, name: str) -> str:
+        return f"{self.prefix}report/{name}"
+
+
+def list_runs(store: ArtifactStore) -> list[str]:
+    return sorted({key.split("/")[1] for key in store.list("runs/") if key.endswith("/state.json")})

@@ -1,0 +1,75 @@
+"""Config resolution: file < environment < flags, strict keys, clear errors."""
+
+import pytest
+
+from fedtwin.config import Config, fingerprint, load_config
+from fedtwin.errors import ConfigError
+
+
+def test_defaults_validate_and_derive_hidden_sizes():
+    config = load_config(environ={})
+    assert config.train.hidden_sizes == (64, 64)
+    assert config.model_copy(update={"train": config.train.model_copy(update={"algo": "reinforce"})}) \
+        .train.hidden_sizes == (32, 16)
+
+
+def test_precedence_file_then_env_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nfederation:\n  rounds: 5\n  strategy: fedavg\nfleet:\n  count: 3\n")
+    env = {"FEDTWIN_FEDERATION__ROUNDS": "7", "FEDTWIN_SEED": "2", "FEDTWIN_S3_ENDPOINT": "x"}
+
+    config = load_config(path, {"seed": 3}, environ=env)
+
+    assert config.federation.rounds == 7  # env beats file
+    assert config.seed == 3  # flag beats env
+    assert config.fleet.count == 3  # file beats default
+
+
+def test_unknown_key_lists_valid_keys(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("fleet:\n  cout: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    message = str(err.value)
+    assert "unknown key 'fleet.cout'" in message
+    assert "count" in message and "spread" in message
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("federation:\n  rounds: many\n", "federation.rounds"),
+        ("run_id: Bad_Id\n", "DNS-1123"),
+        ("train:\n  num_envs: 3\n  num_steps: 5\n  minibatches: 4\n", "must be divisible by minibatches (4)"),
+        ("fleet:\n  count: 2\nfederation:\n  min_twins: 5\n", "exceeds fleet.count"),
+        ("[not: a mapping", "not valid YAML"),
+        ("- a list\n", "must hold a mapping"),
+    ],
+)
+def test_bad_config_names_the_problem(tmp_path, text, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(path, environ={})
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_quorum_count_or_fraction():
+    config = Config()
+    assert config.federation.model_copy(update={"min_twins": 3}).quorum(10) == 3
+    assert config.federation.model_copy(update={"min_twins": 0.25}).quorum(10) == 3  # ceil(2.5)
+    assert config.federation.model_copy(update={"min_twins": 0.5}).quorum(1) == 1
+
+
+def test_fingerprint_ignores_execution_only_keys():
+    base = Config(run_id="a")
+    same = Config(run_id="b", store="s3://x/y", execution={"workers": 7})
+    different = Config(run_id="a", seed=5)
+    assert fingerprint(base) == fingerprint(same)
+    assert fingerprint(base) != fingerprint(different)

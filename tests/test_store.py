@@ -1,0 +1,73 @@
+"""LocalStore: atomic writes, sha256 verified on read, the run layout."""
+
+import pytest
+
+from fedtwin.errors import ConfigError, IntegrityError, StoreError
+from fedtwin.store import LocalStore, RunLayout, list_runs, open_store
+
+
+def test_round_trip_and_listing(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_json("runs/a/state.json", {"x": 1})
+    store.put_bytes("runs/a/rounds/0000/global.safetensors", b"abc")
+
+    assert store.get_json("runs/a/state.json") == {"x": 1}
+    assert store.get_bytes("runs/a/rounds/0000/global.safetensors") == b"abc"
+    assert store.list("runs/a/") == ["runs/a/rounds/0000/global.safetensors", "runs/a/state.json"]
+    assert list_runs(store) == ["a"]
+
+
+def test_tampered_file_is_refused_with_its_name(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_bytes("k/obj.bin", b"original")
+    (tmp_path / "k" / "obj.bin").write_bytes(b"tampered")
+
+    with pytest.raises(IntegrityError, match=r"k/obj.bin is corrupt"):
+        store.get_bytes("k/obj.bin")
+
+
+def test_object_without_commit_marker_does_not_exist(tmp_path):
+    store = LocalStore(tmp_path)
+    (tmp_path / "half.bin").write_bytes(b"torn write")  # crashed before the sidecar was written
+
+    assert not store.exists("half.bin")
+    assert store.list("") == []
+    with pytest.raises(IntegrityError):
+        store.get_bytes("half.bin")
+
+
+def test_no_overwrite_protects_existing_objects(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_text("runs/a/config.yaml", "seed: 1\n", overwrite=False)
+    store.put_text("runs/a/config.yaml", "seed: 1\n", overwrite=False)  # identical: fine
+
+    with pytest.raises(StoreError, match="refusing to overwrite"):
+        store.put_text("runs/a/config.yaml", "seed: 2\n", overwrite=False)
+    assert store.get_text("runs/a/config.yaml") == "seed: 1\n"
+
+
+def test_keys_cannot_escape_the_root(tmp_path):
+    with pytest.raises(StoreError, match="invalid store key"):
+        LocalStore(tmp_path).put_bytes("../outside", b"x")
+
+
+def test_missing_object_names_it(tmp_path):
+    with pytest.raises(StoreError, match="runs/x/state.json does not exist"):
+        LocalStore(tmp_path).get_json("runs/x/state.json")
+
+
+def test_layout_matches_design():
+    layout = RunLayout("demo")
+    assert layout.config == "runs/demo/config.yaml"
+    assert layout.twins == "runs/demo/twins.yaml"
+    assert layout.global_model(3) == "runs/demo/rounds/0003/global.safetensors"
+    assert layout.update_weights(3, "twin-001") == "runs/demo/rounds/0003/updates/twin-001.safetensors"
+    assert layout.update_meta(3, "twin-001") == "runs/demo/rounds/0003/updates/twin-001.json"
+    assert layout.summary(3) == "runs/demo/rounds/0003/summary.json"
+    assert layout.state == "runs/demo/state.json"
+    assert layout.report("report.md") == "runs/demo/report/report.md"
+
+
+def test_unsupported_url_scheme():
+    with pytest.raises(ConfigError, match="unsupported store URL"):
+        open_store("gs://bucket/x")
