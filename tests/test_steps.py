@@ -1,0 +1,164 @@
+"""Step functions: idempotent, store-only I/O, quorum, resume refusal, determinism."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from fedtwin import steps
+from fedtwin.config import load_config
+from fedtwin.errors import IntegrityError, QuorumError, RunConflictError
+from fedtwin.store import LocalStore, RunLayout
+from tests.helpers import write_tiny_config
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    def make(run_id="demo", **overrides):
+        path = write_tiny_config(tmp_path, **overrides)
+        return load_config(path, {"run_id": run_id, "store": str(tmp_path / "store")}, environ={})
+    return make
+
+
+def play(store, config):
+    """Init + every round + evaluate, through the step functions only."""
+    init = steps.init(store, config)
+    for round_index in range(config.federation.rounds):
+        steps.train(store, init.run_id, round_index, init.twin_ids)
+        if not steps.aggregate(store, init.run_id, round_index)["continue"]:
+            break
+    return steps.evaluate(store, init.run_id)
+
+
+def final_hash(store, run_id):
+    return hashlib.sha256(store.get_bytes(RunLayout(run_id).report("final.safetensors"))).hexdigest()
+
+
+def test_init_writes_the_run_layout(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+
+    result = steps.init(store, config)
+
+    layout = RunLayout("demo")
+    for key in (layout.config, layout.twins, layout.state, layout.global_model(0)):
+        assert store.exists(key), key
+    assert result.twin_ids == ["twin-000", "twin-001", "twin-002"]
+    assert store.get_json(layout.state)["next_round"] == 0
+
+
+def test_same_seed_gives_bit_identical_final_model(tiny, tmp_path):
+    a, b = tiny("run-a"), tiny("run-b")
+    store = LocalStore(a.store)
+    play(store, a)
+    play(store, b)
+    assert final_hash(store, "run-a") == final_hash(store, "run-b")
+    c = tiny("run-c", seed=1)
+    play(store, c)
+    assert final_hash(store, "run-c") != final_hash(store, "run-a")
+
+
+def test_train_is_idempotent(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+    steps.init(store, config)
+    first = steps.train(store, "demo", 0, ["twin-000"])[0]
+    key = RunLayout("demo").update_weights(0, "twin-000")
+    before = store.get_bytes(key)
+
+    again = steps.train(store, "demo", 0, ["twin-000"])[0]
+
+    assert again.sha256 == first.sha256
+    assert store.get_bytes(key) == before
+
+
+def test_aggregate_records_round_and_is_idempotent(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+    init = steps.init(store, config)
+    steps.train(store, "demo", 0, init.twin_ids)
+
+    summary = steps.aggregate(store, "demo", 0)
+    again = steps.aggregate(store, "demo", 0)
+
+    assert summary == again
+    assert summary["participants"] == init.twin_ids
+    assert summary["num_samples"] == 3 * 2 * 16
+    assert summary["continue"] is True
+    assert store.exists(RunLayout("demo").global_model(1))
+
+
+def test_below_quorum_fails_the_round_and_keeps_the_store(tiny):
+    config = tiny()  # min_twins = 2
+    store = LocalStore(config.store)
+    steps.init(store, config)
+    steps.train(store, "demo", 0, ["twin-000"])
+
+    with pytest.raises(QuorumError, match="1 valid updates, below the quorum of 2"):
+        steps.aggregate(store, "demo", 0)
+
+    layout = RunLayout("demo")
+    assert not store.exists(layout.global_model(1))
+    assert store.exists(layout.update_meta(0, "twin-000"))
+    assert store.get_json(layout.state)["status"] == "failed"
+
+
+def test_bad_update_is_rejected_with_a_reason_not_a_crash(tiny, tmp_path):
+    config = tiny(**{"federation.min_twins": 1})
+    store = LocalStore(config.store)
+    init = steps.init(store, config)
+    steps.train(store, "demo", 0, init.twin_ids)
+    layout = RunLayout("demo")
+    record = store.get_json(layout.update_meta(0, "twin-001"))
+    record["round"] = 5  # claims another round
+    store.put_json(layout.update_meta(0, "twin-001"), record)
+
+    summary = steps.aggregate(store, "demo", 0)
+
+    assert summary["participants"] == ["twin-000", "twin-002"]
+    assert summary["rejected"][0]["twin_id"] == "twin-001"
+    assert "round 5" in summary["rejected"][0]["reason"]
+
+
+def test_tampered_global_model_is_refused(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+    steps.init(store, config)
+    path = store.root / RunLayout("demo").global_model(0)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(IntegrityError, match="global.safetensors is corrupt"):
+        steps.train(store, "demo", 0, ["twin-000"])
+
+
+def test_reusing_a_run_id_with_another_config_is_refused(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+    steps.init(store, config)
+    before = store.get_text(RunLayout("demo").config)
+
+    with pytest.raises(RunConflictError, match=r"differs in: train.learning_rate"):
+        steps.init(store, tiny(**{"train.learning_rate": 0.1}))
+
+    assert store.get_text(RunLayout("demo").config) == before
+    assert steps.init(store, config).resumed is True
+
+
+def test_evaluate_reports_heldout_and_gap(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+
+    evaluation = play(store, config)
+
+    assert evaluation["model_round"] == 2
+    assert set(evaluation["heldout"]["per_twin"]) == {"heldout-000", "heldout-001"}
+    gap = evaluation["train"]["mean_return"] - evaluation["heldout"]["mean_return"]
+    assert evaluation["generalization_gap"] == pytest.approx(gap)
+    assert np.isfinite(evaluation["heldout"]["mean_return"])
