@@ -26,7 +26,7 @@ install: $(STAMP)  ## Create .venv and install fedtwin with all extras and dev t
 run: $(STAMP)  ## Train the default fleet locally, evaluate on held-out twins, write the report
 	$(BIN)/fedtwin run $(RUN_ARGS)
 
-test: $(STAMP)  ## Run the whole test suite (unit, integration with real servers, manifests)
+test: $(STAMP) tools  ## Run the whole test suite (unit, integration with real servers, manifests)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## Unit tests only (no servers)
@@ -41,3 +41,32 @@ bench: $(STAMP)  ## Run the benchmarks (see benchmarks/README.md)
 
 clean:  ## Remove local runs and caches (keeps .venv)
 	rm -rf fedtwin-runs .pytest_cache .ruff_cache
+
+# --- charts, image, single cluster (charts/, networks/, scripts/, Dockerfile) ---
+.PHONY: tools charts chart-docs networks image single-cluster-setup single-cluster-teardown
+IMAGE_REPOSITORY ?= fedtwin
+IMAGE_TAG ?= dev
+DOCKER_BUILD_ARGS ?=
+
+tools:  ## Install pinned helm and kubectl into .tools/bin (the chart tests need them)
+	bash scripts/install-tools.sh
+
+charts:  ## Copy workflows/rendered/*.yaml into the fedtwin chart (a test fails when the copies are stale)
+	@ls workflows/rendered/*.yaml >/dev/null 2>&1 || { echo "charts: no workflows/rendered/*.yaml; run 'make workflows' first" >&2; exit 1; }
+	rm -f charts/fedtwin/files/workflowtemplates/*.yaml
+	cp workflows/rendered/*.yaml charts/fedtwin/files/workflowtemplates/
+
+chart-docs: $(STAMP)  ## Regenerate the values tables of the chart READMEs from the `# --` comments
+	$(BIN)/python scripts/chart_docs.py charts/fedtwin charts/fedtwin-platform
+
+networks: $(STAMP) tools  ## Regenerate networks/ (standalone isolation manifests) from the fedtwin chart
+	$(BIN)/python scripts/render_networks.py
+
+image:  ## Build the container image (IMAGE_REPOSITORY:IMAGE_TAG; DOCKER_BUILD_ARGS for e.g. TORCH_SPEC)
+	docker build $(DOCKER_BUILD_ARGS) -t $(IMAGE_REPOSITORY):$(IMAGE_TAG) .
+
+single-cluster-setup: tools  ## kind cluster + image + Argo Workflows + fedtwin-platform + fedtwin, then how to submit
+	IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) IMAGE_TAG=$(IMAGE_TAG) DOCKER_BUILD_ARGS="$(DOCKER_BUILD_ARGS)" bash scripts/single-cluster-setup.sh
+
+single-cluster-teardown:  ## Delete the kind cluster made by single-cluster-setup
+	bash scripts/single-cluster-teardown.sh

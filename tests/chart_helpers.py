@@ -1,0 +1,211 @@
+"""Render Helm charts offline and validate every object as strictly as an API server would.
+
+Core kinds go through `kubernetes-validate` (strict schemas: unknown fields are errors);
+WorkflowTemplates through the vendored Argo JSON schema; KubeOVN and Karmada objects through the
+`openAPIV3Schema` of their vendored CRDs, closed against unknown fields the way the API server
+prunes or rejects them, with `metadata` checked against Kubernetes' ObjectMeta. helm comes from
+`scripts/install-tools.sh`; when it cannot be installed the tests fail, they never skip.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import re
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate import utils as kv_utils
+from referencing import Registry, Resource
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SCHEMAS = SHARED / "schemas"
+CHARTS = REPO / "charts"
+APP = CHARTS / "fedtwin"
+PLATFORM = CHARTS / "fedtwin-platform"
+KUBE_VERSION = "1.33.0"
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+@functools.cache
+def helm() -> str:
+    """Path of the pinned helm; installs it with scripts/install-tools.sh when missing."""
+    explicit = os.environ.get("FEDTWIN_HELM")
+    if explicit:
+        return explicit
+    path = REPO / ".tools" / "bin" / "helm"
+    if not os.access(path, os.X_OK):
+        result = subprocess.run(
+            ["bash", str(REPO / "scripts" / "install-tools.sh")], capture_output=True, text=True, check=False
+        )
+        if result.returncode != 0 or not os.access(path, os.X_OK):
+            pytest.fail(
+                "helm is required by the chart tests and could not be installed "
+                f"(scripts/install-tools.sh exit {result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+    return str(path)
+
+
+def run_helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm(), *args], capture_output=True, text=True, check=False, cwd=REPO)
+
+
+@functools.cache
+def _template(chart: str, args: tuple[str, ...], release: str, namespace: str) -> str:
+    result = run_helm(
+        "template", release, chart, "--namespace", namespace, "--kube-version", KUBE_VERSION, *args
+    )
+    if result.returncode != 0:
+        pytest.fail(f"helm template {chart} {' '.join(args)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def template(
+    chart: Path, *args: str, release: str | None = None, namespace: str = "fedtwin"
+) -> list[dict[str, Any]]:
+    """Rendered objects (cached per arguments: each distinct render runs helm once per session).
+    The release is named after the chart, as `make single-cluster-setup` installs it."""
+    text = _template(str(chart), tuple(args), release or chart.name, namespace)
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def template_error(chart: Path, *args: str) -> str:
+    """stderr of a render that must fail."""
+    result = run_helm("template", chart.name, str(chart), "--namespace", "fedtwin", *args)
+    assert result.returncode != 0, f"helm template {' '.join(args)} unexpectedly succeeded"
+    return result.stderr
+
+
+def by_kind(objects: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def one(objects: Iterable[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
+    assert len(found) == 1, (
+        f"expected one {kind} {name or ''}, found {[o['metadata']['name'] for o in found]}"
+    )
+    return found[0]
+
+
+# --- schemas -------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _argo_validator() -> jsonschema.Draft7Validator:
+    schema = json.loads((SCHEMAS / "argo-workflows" / "schema.json").read_text())
+    # The vendored schema types IntOrString as a string; the API server (and Argo) take integers too.
+    schema["definitions"]["io.k8s.apimachinery.pkg.util.intstr.IntOrString"] = {"type": ["string", "integer"]}
+    return jsonschema.Draft7Validator(
+        {
+            "$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
+            "definitions": schema["definitions"],
+        }
+    )
+
+
+def closed(schema: Any) -> Any:
+    """A structural CRD schema with unknown fields forbidden (what the API server's pruning enforces)."""
+    schema = copy.deepcopy(schema)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
+@functools.cache
+def _crd_validators() -> dict[tuple[str, str], tuple[jsonschema.Draft7Validator, str]]:
+    """(apiVersion, kind) -> (validator, scope) for the vendored KubeOVN and Karmada CRDs."""
+    validators: dict[tuple[str, str], tuple[jsonschema.Draft7Validator, str]] = {}
+    files = [SCHEMAS / "kube-ovn" / "kube-ovn-crd.yaml", *sorted((SCHEMAS / "karmada").glob("*.yaml"))]
+    for path in files:
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            spec = crd["spec"]
+            for version in spec["versions"]:
+                schema = closed(version["schema"]["openAPIV3Schema"])
+                key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+                validators[key] = (jsonschema.Draft7Validator(schema), spec["scope"])
+    return validators
+
+
+@functools.cache
+def _objectmeta_validator() -> jsonschema.Draft202012Validator:
+    version = f"v{kv_utils.major_minor(KUBE_VERSION)}.0-local-strict"
+    schema = kv_utils.schema_contents(
+        f"kubernetes-json-schema/{version}/objectmeta-meta-v1.json", KUBE_VERSION
+    )
+    defs = kv_utils.schema_contents(f"kubernetes-json-schema/{version}/_definitions.json", KUBE_VERSION)
+    registry = Resource.from_contents(defs) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _errors(validator: Any, obj: Any) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def validate(obj: dict[str, Any]) -> None:
+    """Fail with every schema error of one rendered object."""
+    api, kind = obj.get("apiVersion", ""), obj.get("kind", "")
+    meta = obj.get("metadata", {})
+    where = f"{kind} {meta.get('name')}"
+    name = meta.get("name", "")
+    assert DNS_SUBDOMAIN.match(name) and len(name) <= 253, f"{where}: name is not a DNS-1123 subdomain"
+    if kind == "WorkflowTemplate" and api == "argoproj.io/v1alpha1":
+        errors = _errors(_argo_validator(), obj)
+    elif (api, kind) in _crd_validators():
+        validator, scope = _crd_validators()[(api, kind)]
+        errors = _errors(validator, obj) + [f"metadata: {e}" for e in _errors(_objectmeta_validator(), meta)]
+        if scope == "Cluster":
+            assert "namespace" not in meta, f"{where}: cluster-scoped object has a namespace"
+    else:
+        try:
+            kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
+            errors = []
+        except kubernetes_validate.ValidationError as exc:
+            errors = [f"{'/'.join(map(str, exc.absolute_path))}: {exc.message}"]
+    assert not errors, f"{where} ({api}) is invalid:\n  " + "\n  ".join(errors)
+    if kind in {"Deployment", "Job", "Service", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy"}:
+        assert DNS_LABEL.match(name) and len(name) <= 63, f"{where}: name is not a DNS-1123 label"
+
+
+def validate_all(objects: Iterable[dict[str, Any]]) -> None:
+    for obj in objects:
+        validate(obj)
+
+
+def without_helm_labels(obj: dict[str, Any]) -> dict[str, Any]:
+    """The object as a user without Helm applies it: no chart, version or managed-by labels."""
+    obj = copy.deepcopy(obj)
+    labels = obj.get("metadata", {}).get("labels", {})
+    for key in ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version"):
+        labels.pop(key, None)
+    return obj

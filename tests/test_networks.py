@@ -1,0 +1,77 @@
+"""networks/: the standalone isolation manifests validate against the real schemas and equal what
+the charts render (so users without Helm get exactly the chart's isolation)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.chart_helpers import APP, PLATFORM, REPO, helm, one, template, validate, without_helm_labels
+
+NETWORKS = REPO / "networks"
+KUBEOVN = ("--api-versions", "kubeovn.io/v1")
+
+
+def manifests() -> dict[str, dict]:
+    files = sorted(NETWORKS.glob("*.yaml"))
+    assert files, "networks/ holds no manifests"
+    out = {}
+    for path in files:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(docs) == 1, f"{path.name}: one object per file"
+        out[path.name] = docs[0]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in NETWORKS.glob("*.yaml")))
+def test_manifest_validates(name: str):
+    validate(manifests()[name])
+
+
+def test_manifests_equal_the_chart_render():
+    app = template(APP, *KUBEOVN)
+    platform = template(PLATFORM, *KUBEOVN)
+    files = manifests()
+
+    assert files["twin-networkpolicy.yaml"] == without_helm_labels(one(app, "NetworkPolicy", "fedtwin-twin"))
+    assert files["aggregator-networkpolicy.yaml"] == without_helm_labels(
+        one(app, "NetworkPolicy", "fedtwin-aggregator")
+    )
+    assert files["twin-subnet.yaml"] == without_helm_labels(one(app, "Subnet"))
+    assert files["storage-subnet.yaml"] == without_helm_labels(one(platform, "Subnet"))
+
+
+def test_render_script_reports_nothing_stale():
+    helm()  # installs the pinned helm the script uses when it is missing
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "render_networks.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_twin_isolation_in_the_standalone_manifests():
+    files = manifests()
+    twin = files["twin-networkpolicy.yaml"]["spec"]
+    subnet = files["twin-subnet.yaml"]["spec"]
+    storage = files["storage-subnet.yaml"]
+
+    assert twin["ingress"] == [] and twin["policyTypes"] == ["Ingress", "Egress"]
+    ports = sorted((p["protocol"], p["port"]) for rule in twin["egress"] for p in rule["ports"])
+    assert ports == [("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 9000), ("UDP", 53)]
+    assert subnet["private"] is True
+    assert subnet["allowSubnets"] == [storage["spec"]["cidrBlock"]]
+    assert "namespace" not in files["twin-subnet.yaml"]["metadata"]
+
+
+def test_readme_lists_every_manifest():
+    readme = (NETWORKS / "README.md").read_text()
+    for name in manifests():
+        assert f"`{name}`" in readme
+    assert Path(NETWORKS / "README.md").exists()

