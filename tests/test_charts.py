@@ -627,3 +627,36 @@ def test_workflow_template_values_pass_through_untouched_by_helm():
             assert params["rounds"] == "7"
         if "seed" in params:
             assert params["seed"] == "42"
+
+
+def pod_templates(wt: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in wt["spec"]["templates"] if "container" in t or "script" in t]
+
+
+def test_every_workflow_pod_is_covered_by_a_network_policy_and_a_service_account():
+    objects = render("app-defaults")
+    selected = {
+        p["spec"]["podSelector"]["matchLabels"]["fedtwin.io/role"] for p in by_kind(objects, "NetworkPolicy")
+    }
+    for wt in by_kind(objects, "WorkflowTemplate"):
+        params = {p["name"]: p.get("value") for p in wt["spec"]["arguments"]["parameters"]}
+        for t in pod_templates(wt):
+            role = t.get("metadata", {}).get("labels", {}).get("fedtwin.io/role")
+            assert role in selected, f"{wt['metadata']['name']}/{t['name']}: pod escapes the NetworkPolicies"
+            account = t["serviceAccountName"].removeprefix("{{workflow.parameters.").removesuffix("}}")
+            assert params[account] == f"fedtwin-{role}", f"{wt['metadata']['name']}/{t['name']}"
+
+
+def test_twin_pods_land_on_the_subnet_the_chart_creates():
+    objects = render("app-kubeovn")
+    subnet = one(objects, "Subnet")["metadata"]["name"]
+    federated = one(objects, "WorkflowTemplate", "fedtwin-federated")
+    params = {p["name"]: p.get("value") for p in federated["spec"]["arguments"]["parameters"]}
+    (train,) = [t for t in pod_templates(federated) if t["metadata"]["labels"]["fedtwin.io/role"] == "twin"]
+    ((key, value),) = train["metadata"]["annotations"].items()
+
+    assert params["subnet"] == subnet
+    assert "ovn.kubernetes.io/logical_switch" in key and "subnet" in key
+    assert value == "{{workflow.parameters.subnet}}"
+    default = one(render("app-defaults"), "WorkflowTemplate", "fedtwin-federated")
+    assert {p["name"]: p.get("value") for p in default["spec"]["arguments"]["parameters"]}["subnet"] == ""
