@@ -13,9 +13,12 @@ import tempfile
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedtwin.errors import ConfigError, IntegrityError, StoreError
+
+if TYPE_CHECKING:
+    from fedtwin.config import S3Config
 
 SHA_SUFFIX = ".sha256"
 
@@ -151,8 +154,11 @@ class LocalStore(ArtifactStore):
         return sorted(keys)
 
 
-def open_store(url: str) -> ArtifactStore:
-    """`s3://bucket/prefix` selects the S3 store; anything else is a local directory."""
+def open_store(url: str, s3: S3Config | None = None) -> ArtifactStore:
+    """`s3://bucket/prefix` selects the S3 store; anything else is a local directory.
+
+    `s3` is the config's S3 section; its keys win over `FEDTWIN_S3_*` environment variables.
+    """
     if url.startswith("s3://"):
         try:
             from fedtwin.s3store import S3Store
@@ -160,7 +166,7 @@ def open_store(url: str) -> ArtifactStore:
             raise ConfigError(
                 f"store {url} needs boto3; install it with `pip install 'fedtwin[s3]'`"
             ) from exc
-        return S3Store.from_url(url)
+        return S3Store.from_url(url, s3)
     if "://" in url:
         raise ConfigError(f"unsupported store URL {url!r}; use a directory path or s3://BUCKET/PREFIX")
     return LocalStore(url)

@@ -1,0 +1,281 @@
+"""S3Store: the run layout in an S3 bucket (AWS S3, MinIO, SeaweedFS), via boto3.
+
+Every object is one `put_object` of the complete bytes with its sha256 in the same request as user
+metadata (`x-amz-meta-sha256`), so an object is either absent or whole with its checksum; readers
+verify it (see `ArtifactStore.get_bytes`). Settings, strongest first: the config's `s3:` section,
+`FEDTWIN_S3_<KEY>` environment variables (ENDPOINT, REGION, PROFILE, ADDRESSING_STYLE,
+CONNECT_TIMEOUT, READ_TIMEOUT, MAX_ATTEMPTS), then boto3's own defaults. Credentials come from the
+standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or a
+named profile; they are never part of the config, because the config is stored with the run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProfileNotFound,
+    ReadTimeoutError,
+)
+
+from fedtwin.errors import ConfigError, StoreError
+from fedtwin.store import ArtifactStore
+
+if TYPE_CHECKING:
+    from fedtwin.config import S3Config
+
+SHA_METADATA = "sha256"
+"""User-metadata key of the recorded sha256 (sent as the `x-amz-meta-sha256` header)."""
+ENV_PREFIX = "FEDTWIN_S3_"
+AddressingStyle = Literal["auto", "path", "virtual"]
+
+ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden",
+                "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
+MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3BucketNotFoundError(StoreError):
+    """The store's bucket does not exist at the endpoint."""
+
+
+class S3AccessDeniedError(StoreError):
+    """The credentials are missing, wrong, or lack permission for the object."""
+
+
+class S3EndpointError(StoreError):
+    """The S3 endpoint could not be reached (refused, timed out, or closed the connection)."""
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Resolved connection settings (no secrets: those stay with boto3's credential chain)."""
+
+    endpoint: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    addressing_style: AddressingStyle | None = None
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    max_attempts: int = 5
+
+    @classmethod
+    def resolve(cls, config: S3Config | None = None, environ: Mapping[str, str] | None = None) -> S3Settings:
+        """Config values win over `FEDTWIN_S3_*` variables, which win over the defaults here."""
+        env = os.environ if environ is None else environ
+        given = config.model_dump() if config is not None else {}
+        values: dict[str, Any] = {}
+        for name in cls.__dataclass_fields__:
+            value = given.get(name)
+            if value is None:
+                raw = env.get(ENV_PREFIX + name.upper())
+                value = raw if raw else None
+            if value is None:
+                continue
+            try:
+                values[name] = _coerce(name, value)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"S3 setting {name}={value!r} (s3.{name} or {ENV_PREFIX}{name.upper()}) is invalid: {exc}"
+                ) from exc
+        return cls(**values)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "max_attempts":
+        number = int(value)
+        if number < 1:
+            raise ValueError("must be at least 1")
+        return number
+    if name in ("connect_timeout", "read_timeout"):
+        number = float(value)
+        if number <= 0:
+            raise ValueError("must be positive")
+        return number
+    if name == "addressing_style" and value not in ("auto", "path", "virtual"):
+        raise ValueError("use auto, path or virtual")
+    return str(value)
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix")."""
+    if not url.startswith("s3://"):
+        raise ConfigError(f"not an S3 store URL: {url!r}; use s3://BUCKET/PREFIX")
+    bucket, _, prefix = url[len("s3://") :].partition("/")
+    if not bucket:
+        raise ConfigError(f"store URL {url!r} names no bucket; use s3://BUCKET/PREFIX")
+    return bucket, prefix.strip("/")
+
+
+class S3Store(ArtifactStore):
+    """A prefix in an S3 bucket; keys are the run layout's keys below that prefix."""
+
+    def __init__(self, bucket: str, prefix: str = "", settings: S3Settings | None = None,
+                 client: Any | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.settings = settings or S3Settings()
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self._client = client
+        self._bucket_checked = False
+
+    @classmethod
+    def from_url(cls, url: str, config: S3Config | None = None,
+                 environ: Mapping[str, str] | None = None) -> S3Store:
+        bucket, prefix = parse_s3_url(url)
+        return cls(bucket, prefix, S3Settings.resolve(config, environ))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable for worker processes: the boto3 client is not, so it is rebuilt there."""
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    # ------------------------------------------------------------------------------ connection
+    @property
+    def endpoint(self) -> str:
+        """The endpoint requests go to, for messages."""
+        if self.settings.endpoint:
+            return self.settings.endpoint
+        client = self._client
+        return str(client.meta.endpoint_url) if client is not None else "the default AWS endpoint"
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        s = self.settings
+        style = s.addressing_style or ("path" if s.endpoint else "auto")
+        boto_config = BotoConfig(
+            region_name=s.region,
+            connect_timeout=s.connect_timeout,
+            read_timeout=s.read_timeout,
+            retries={"total_max_attempts": s.max_attempts, "mode": "standard"},  # initial try included
+            s3={"addressing_style": style},
+        )
+        try:
+            session = boto3.session.Session(profile_name=s.profile) if s.profile else boto3.session.Session()
+            return session.client("s3", endpoint_url=s.endpoint, config=boto_config)
+        except ProfileNotFound as exc:
+            raise ConfigError(
+                f"AWS profile {s.profile!r} (s3.profile or {ENV_PREFIX}PROFILE) is not in the AWS "
+                "config files; fix the name or use AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY"
+            ) from exc
+        except ValueError as exc:  # e.g. a malformed endpoint URL
+            raise ConfigError(f"S3 endpoint {s.endpoint!r} is invalid: {exc}") from exc
+
+    def _key(self, key: str) -> str:
+        if key.startswith("/") or ".." in key.split("/"):
+            raise StoreError(f"invalid store key {key!r}")
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    @contextmanager
+    def _errors(self, action: str, key: str | None = None) -> Iterator[None]:
+        """Translate boto errors into one-line StoreErrors naming bucket, key, endpoint and the fix."""
+        where = self.describe(key) if key is not None else f"s3://{self.bucket}"
+        try:
+            yield
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            message = exc.response.get("Error", {}).get("Message") or code
+            if code == "NoSuchBucket":
+                raise self._no_bucket() from exc
+            if code in ACCESS_CODES:
+                raise S3AccessDeniedError(
+                    f"access denied to {action} {where} at {self.endpoint} ({code}: {message}); check "
+                    "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (or s3.profile) and that this identity "
+                    "may access the key"
+                ) from exc
+            raise StoreError(f"cannot {action} {where} at {self.endpoint}: {code}: {message}") from exc
+        except (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, ConnectionClosedError) as exc:
+            raise S3EndpointError(
+                f"S3 endpoint {self.endpoint} is unreachable while trying to {action} {where} "
+                f"({type(exc).__name__} after {self.settings.max_attempts} attempts); check "
+                f"{ENV_PREFIX}ENDPOINT / s3.endpoint and that the server is up"
+            ) from exc
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise S3AccessDeniedError(
+                f"no S3 credentials to {action} {where} at {self.endpoint}; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or name a profile in s3.profile"
+            ) from exc
+        except BotoCoreError as exc:
+            raise StoreError(f"cannot {action} {where} at {self.endpoint}: {exc}") from exc
+
+    def _no_bucket(self) -> S3BucketNotFoundError:
+        return S3BucketNotFoundError(
+            f"bucket {self.bucket!r} does not exist at {self.endpoint}; create it (e.g. `aws s3 mb "
+            f"s3://{self.bucket} --endpoint-url {self.endpoint}`) or fix the store URL {self.url}"
+        )
+
+    def _check_bucket(self) -> None:
+        """A 404 from HEAD has no error code: tell a missing key from a missing bucket, once."""
+        if self._bucket_checked:
+            return
+        with self._errors("open bucket"):
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in ("404", "NoSuchBucket", "NotFound"):
+                    raise self._no_bucket() from exc
+                raise
+        self._bucket_checked = True
+
+    # ------------------------------------------------------------------------------ primitives
+    def _write(self, key: str, data: bytes, sha: str) -> None:
+        with self._errors("write", key):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                   Metadata={SHA_METADATA: sha})
+
+    def _read(self, key: str) -> tuple[bytes, str | None]:
+        with self._errors("read", key):
+            try:
+                response = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in MISSING_KEY_CODES:
+                    self._check_bucket()
+                    raise FileNotFoundError(key) from exc
+                raise
+            data = response["Body"].read()
+        return data, response.get("Metadata", {}).get(SHA_METADATA)
+
+    def exists(self, key: str) -> bool:
+        with self._errors("check", key):
+            try:
+                self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in MISSING_KEY_CODES:
+                    self._check_bucket()
+                    return False
+                raise
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(f"{self.prefix}/") if self.prefix else 0
+        keys: list[str] = []
+        with self._errors("list", prefix):
+            paginator = self.client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
+                for item in page.get("Contents", []):
+                    name = item["Key"]
+                    if not name.endswith("/"):  # directory markers some servers create
+                        keys.append(name[strip:])
+        return sorted(keys)
+
+    def describe(self, key: str) -> str:
+        return f"{self.url}/{key}"
