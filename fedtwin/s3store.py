@@ -4,7 +4,8 @@ Every object is one `put_object` of the complete bytes with its sha256 in the sa
 metadata (`x-amz-meta-sha256`), so an object is either absent or whole with its checksum; readers
 verify it (see `ArtifactStore.get_bytes`). Settings, strongest first: the config's `s3:` section,
 `FEDTWIN_S3_<KEY>` environment variables (ENDPOINT, REGION, PROFILE, ADDRESSING_STYLE,
-CONNECT_TIMEOUT, READ_TIMEOUT, MAX_ATTEMPTS), then boto3's own defaults. Credentials come from the
+CONNECT_TIMEOUT, READ_TIMEOUT, MAX_ATTEMPTS; the endpoint also from `AWS_ENDPOINT_URL_S3` or
+`AWS_ENDPOINT_URL`), then boto3's own defaults. Credentials come from the
 standard AWS variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or a
 named profile; they are never part of the config, because the config is stored with the run.
 """
@@ -81,6 +82,8 @@ class S3Settings:
             value = given.get(name)
             if value is None:
                 raw = env.get(ENV_PREFIX + name.upper())
+                if not raw and name == "endpoint":  # boto3's own variables, so path style applies too
+                    raw = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
                 value = raw if raw else None
             if value is None:
                 continue

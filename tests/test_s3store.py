@@ -55,6 +55,14 @@ def test_config_wins_over_environment_which_wins_over_defaults():
     assert from_config.connect_timeout == 2.0
 
 
+def test_endpoint_falls_back_to_boto3_variables():
+    env = {"AWS_ENDPOINT_URL": "http://aws-generic:9000", "AWS_ENDPOINT_URL_S3": "http://aws-s3:9000"}
+
+    assert S3Settings.resolve(None, env).endpoint == "http://aws-s3:9000"
+    assert S3Settings.resolve(None, {**env, "FEDTWIN_S3_ENDPOINT": "http://ours:9000"}).endpoint == (
+        "http://ours:9000")
+
+
 def test_bad_environment_setting_is_one_clear_line():
     with pytest.raises(ConfigError, match=r"max_attempts='zero'.*FEDTWIN_S3_MAX_ATTEMPTS"):
         S3Settings.resolve(None, {"FEDTWIN_S3_MAX_ATTEMPTS": "zero"})
