@@ -1,0 +1,275 @@
+"""Policy networks and the flat float32 parameter vector that moves between steps.
+
+Updates travel as one vector with a fixed, named layout, so aggregation is one matrix operation
+and model files are safetensors with the policy spec in their metadata (never pickle).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+import numpy as np
+import torch
+from safetensors.numpy import load as st_load
+from safetensors.numpy import save as st_save
+from torch import nn
+
+from fedtwin.errors import FedtwinError
+
+if TYPE_CHECKING:
+    from fedtwin.config import TrainConfig
+
+PolicyKind = Literal["actor_critic", "reinforce"]
+
+
+class LayoutError(FedtwinError):
+    """A parameter vector or model file does not match the policy's named layout."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """Everything needed to rebuild the network a parameter vector belongs to."""
+
+    kind: PolicyKind
+    """`actor_critic` (PPO: actor + separate critic) or `reinforce` (actor only)."""
+    hidden: tuple[int, ...]
+    """Hidden layer sizes, shared by actor and critic."""
+    obs_dim: int = 4
+    act_dim: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.kind not in get_args(PolicyKind):
+            raise LayoutError(f"policy kind {self.kind!r} is not one of {get_args(PolicyKind)}")
+        if not self.hidden or min(self.hidden) < 1 or self.obs_dim < 1 or self.act_dim < 2:
+            raise LayoutError(
+                f"policy sizes must be positive with act_dim >= 2 "
+                f"(hidden={list(self.hidden)}, obs_dim={self.obs_dim}, act_dim={self.act_dim})"
+            )
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "hidden": list(self.hidden)}, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> PolicySpec:
+        try:
+            data = json.loads(text)
+            return cls(data["kind"], tuple(data["hidden"]), int(data["obs_dim"]), int(data["act_dim"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LayoutError(f"policy metadata {text!r} is not a valid policy spec ({exc})") from exc
+
+
+def policy_spec(train_cfg: TrainConfig) -> PolicySpec:
+    """PPO trains an actor-critic; REINFORCE the reference systems' actor-only net (4-32-16-2)."""
+    kind: PolicyKind = "actor_critic" if train_cfg.algo == "ppo" else "reinforce"
+    return PolicySpec(kind, train_cfg.hidden_sizes)
+
+
+# ------------------------------------------------------------------------------------- network
+def _linear(n_in: int, n_out: int, std: float, generator: torch.Generator | None) -> nn.Linear:
+    """CleanRL's `layer_init` (orthogonal weights, zero bias); `generator=None` leaves it uninitialized."""
+    layer = nn.utils.skip_init(nn.Linear, n_in, n_out)
+    if generator is not None:
+        nn.init.orthogonal_(layer.weight, std, generator=generator)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _mlp(sizes: tuple[int, ...], out_std: float, generator: torch.Generator | None) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+        last = i == len(sizes) - 2
+        layers.append(_linear(n_in, n_out, out_std if last else math.sqrt(2), generator))
+        if not last:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+class PolicyNet(nn.Module):
+    """Tanh MLP actor (logits) and, for actor-critic, a separate critic MLP (one value)."""
+
+    def __init__(self, spec: PolicySpec, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.actor = _mlp((spec.obs_dim, *spec.hidden, spec.act_dim), 0.01, generator)
+        self.critic = (
+            _mlp((spec.obs_dim, *spec.hidden, 1), 1.0, generator) if spec.kind == "actor_critic" else None
+        )
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.actor(obs)
+
+    def value(self, obs: torch.Tensor) -> torch.Tensor:
+        if self.critic is None:
+            raise LayoutError("a REINFORCE policy has no value head")
+        return self.critic(obs).squeeze(-1)
+
+
+def build_policy(spec: PolicySpec, seed: int = 0) -> PolicyNet:
+    """A network initialized from its own generator: no global RNG is read or advanced."""
+    return PolicyNet(spec, torch.Generator().manual_seed(seed))
+
+
+# --------------------------------------------------------------------------------- flat layout
+@dataclass(frozen=True)
+class ParamLayout:
+    """Ordered parameter names and shapes: how a flat vector maps onto named tensors."""
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        return tuple(math.prod(s) for s in self.shapes)
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def to_dict(self, vector: Any) -> dict[str, Any]:
+        """Views of `vector` (NumPy or torch, shape (..., P)) as named tensors of shape (..., *shape)."""
+        if vector.shape[-1:] != (self.size,):
+            raise LayoutError(
+                f"parameter vector has shape {tuple(vector.shape)}, expected (..., {self.size}) "
+                "for this policy"
+            )
+        lead = tuple(vector.shape[:-1])
+        out: dict[str, Any] = {}
+        offset = 0
+        for name, shape, n in zip(self.names, self.shapes, self.sizes, strict=True):
+            out[name] = vector[..., offset : offset + n].reshape(*lead, *shape)
+            offset += n
+        return out
+
+    def from_dict(self, named: Mapping[str, Any]) -> np.ndarray:
+        """Inverse of `to_dict`: named arrays of shape (..., *shape) -> float32 (..., P)."""
+        self.check(
+            {k: tuple(v.shape) for k, v in named.items()},
+            {k: str(v.dtype) for k, v in named.items()},
+            lead=True,
+        )
+        arrays = [np.asarray(named[name], dtype=np.float32) for name in self.names]
+        lead = arrays[0].shape[: arrays[0].ndim - len(self.shapes[0])]
+        return np.concatenate([a.reshape(*lead, -1) for a in arrays], axis=-1)
+
+    def check(
+        self, shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, str], lead: bool = False
+    ) -> None:
+        """Raise a LayoutError naming every missing, unexpected or wrongly shaped tensor."""
+        problems = []
+        missing = [n for n in self.names if n not in shapes]
+        extra = sorted(set(shapes) - set(self.names))
+        if missing:
+            problems.append(f"missing tensors {missing}")
+        if extra:
+            problems.append(f"unexpected tensors {extra}")
+        leads = set()
+        for name, expected in zip(self.names, self.shapes, strict=True):
+            if name not in shapes:
+                continue
+            got = tuple(shapes[name])
+            tail = got[len(got) - len(expected) :] if lead else got
+            if tail != expected or (lead and len(got) < len(expected)):
+                problems.append(f"{name} has shape {list(got)}, expected {list(expected)}")
+            leads.add(got[: len(got) - len(expected)])
+            if dtypes.get(name, "float32").lower() not in ("float32", "f32", "torch.float32"):
+                problems.append(f"{name} has dtype {dtypes[name]}, expected float32")
+        if len(leads) > 1:
+            problems.append(f"tensors have different leading dimensions {sorted(leads)}")
+        if problems:
+            raise LayoutError("parameters do not match the policy layout: " + "; ".join(problems))
+
+
+@lru_cache(maxsize=32)
+def layout_for(spec: PolicySpec) -> ParamLayout:
+    """The layout is the module's own `named_parameters` order (built uninitialized: cheap)."""
+    params = list(PolicyNet(spec).named_parameters())
+    return ParamLayout(tuple(n for n, _ in params), tuple(tuple(p.shape) for _, p in params))
+
+
+def init_params(spec: PolicySpec, seed: int) -> np.ndarray:
+    """Initial global parameters, a pure function of (spec, seed)."""
+    named = {n: p.detach().numpy() for n, p in build_policy(spec, seed).named_parameters()}
+    return layout_for(spec).from_dict(named)
+
+
+# ----------------------------------------------------------------------------- safetensors I/O
+def params_to_bytes(vector: np.ndarray, spec: PolicySpec, metadata: dict[str, str] | None = None) -> bytes:
+    """Named float32 tensors plus `{"policy": spec json}` metadata, in safetensors format."""
+    layout = layout_for(spec)
+    vector = np.asarray(vector)
+    if vector.shape != (layout.size,):
+        raise LayoutError(f"parameter vector has shape {vector.shape}, expected ({layout.size},) for {spec}")
+    meta = dict(metadata or {})
+    if "policy" in meta:
+        raise LayoutError("metadata key 'policy' is reserved for the policy spec")
+    bad = [k for k, v in meta.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise LayoutError(f"safetensors metadata must map str to str; bad keys {bad}")
+    tensors = {n: np.ascontiguousarray(a) for n, a in layout.to_dict(vector.astype(np.float32)).items()}
+    return st_save(tensors, metadata={"policy": spec.to_json(), **meta})
+
+
+def read_header(data: bytes) -> dict[str, Any]:
+    """The safetensors JSON header (8-byte little-endian length, then JSON); no tensor data is read."""
+    try:
+        (length,) = struct.unpack("<Q", data[:8])
+        if length > len(data) - 8:
+            raise ValueError("header length exceeds the data")
+        header = json.loads(data[8 : 8 + length])
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except (struct.error, ValueError) as exc:
+        raise LayoutError(f"not a safetensors model file ({exc})") from exc
+    return header
+
+
+def params_from_bytes(data: bytes, spec: PolicySpec | None = None) -> tuple[np.ndarray, PolicySpec]:
+    """Parse and check a model file; `spec=None` trusts the spec recorded in the file."""
+    header = read_header(data)
+    meta = header.pop("__metadata__", None) or {}
+    file_spec = PolicySpec.from_json(meta["policy"]) if "policy" in meta else None
+    if spec is None:
+        if file_spec is None:
+            raise LayoutError("model file has no 'policy' metadata; pass the expected policy spec")
+        spec = file_spec
+    elif file_spec is not None and file_spec != spec:
+        raise LayoutError(f"model file holds policy {file_spec}, expected {spec}")
+    layout = layout_for(spec)
+    try:
+        shapes = {n: tuple(e["shape"]) for n, e in header.items()}
+        dtypes = {n: str(e["dtype"]) for n, e in header.items()}
+    except (KeyError, TypeError) as exc:
+        raise LayoutError(f"not a safetensors model file (bad tensor entry: {exc})") from exc
+    layout.check(shapes, dtypes)
+    try:
+        tensors = st_load(data)
+    except Exception as exc:  # safetensors raises its own SafetensorError for truncated data
+        raise LayoutError(f"model file is corrupt ({exc})") from exc
+    return layout.from_dict(tensors), spec
+
+
+# ---------------------------------------------------------------------------------- evaluation
+def actor_logits(spec: PolicySpec, vector: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Actor logits in NumPy: `vector` (P,) with `obs` (n, D), or per twin (K, P) with (K, n, D)."""
+    named = layout_for(spec).to_dict(np.asarray(vector, dtype=np.float32))
+    h = np.asarray(obs, dtype=np.float32)
+    depth = len(spec.hidden) + 1
+    for i in range(depth):
+        weight, bias = named[f"actor.{2 * i}.weight"], named[f"actor.{2 * i}.bias"]
+        h = h @ np.swapaxes(weight, -1, -2) + bias[..., None, :]
+        if i < depth - 1:
+            h = np.tanh(h)
+    return h
+
+
+def greedy_actions(spec: PolicySpec, vector: np.ndarray, obs: np.ndarray) -> np.ndarray:
+    """Argmax actions for evaluation; batched over twins when `vector` is (K, P) and `obs` (K, n, D)."""
+    return actor_logits(spec, vector, obs).argmax(axis=-1)

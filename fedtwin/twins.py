@@ -1,0 +1,342 @@
+"""Digital twins: the physics of one device (`TwinSpec`), deterministic fleets, held-out sets, YAML I/O.
+
+A twin's physics depends only on the fleet seed and its id (sha256, never Python's `hash()`), so a
+twin generated alone, in a fleet of 10 or of 10 000, on a laptop or in a pod, is the same device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import yaml
+
+from fedtwin.config import check_dns_label, read_yaml
+from fedtwin.errors import ConfigError
+
+Preset = Literal["default", "hard"]
+PRESETS: tuple[str, ...] = ("default", "hard")
+
+# Parameters perturbed by `spread` in every preset, in the order the twin's generator draws them.
+SCALED_FIELDS: tuple[str, ...] = ("gravity", "masscart", "masspole", "length", "force_mag")
+
+# Upper bounds of the `hard` preset's imperfections (each drawn uniformly from 0).
+# Barto et al. (1983) simulate mu_c = 5e-4 N and mu_p = 2e-6 N·m·s: so small that their effect is
+# below 1e-4 of the 10 N push and twins would not differ. Lab cart-poles measure Coulomb cart
+# friction of tenths of a newton and pole damping of a few 1e-3 N·m·s, so the preset spans
+# 0 .. 0.1 N (1 % of the push) and 0 .. 3e-3 N·m·s: small, physical, and visible in trajectories.
+HARD_FRICTION_CART_MAX = 0.1
+HARD_FRICTION_POLE_MAX = 3e-3
+HARD_SENSOR_NOISE_MAX = 0.02
+HARD_ACTUATOR_NOISE_MAX = 0.1
+HARD_MAX_ACTION_DELAY = 1
+
+FLEET_KEYS: tuple[str, ...] = ("twins", "validation", "heldout")
+
+
+@dataclass(frozen=True)
+class TwinSpec:
+    """Physics of one device; the defaults are gymnasium's CartPole-v1 exactly."""
+
+    id: str
+    """DNS-1123 label: it becomes a pod label and an S3 key."""
+    gravity: float = 9.8
+    masscart: float = 1.0
+    masspole: float = 0.1
+    length: float = 0.5
+    """Half the pole's length, as in gymnasium."""
+    force_mag: float = 10.0
+    tau: float = 0.02
+    """Seconds between state updates (Euler step)."""
+    friction_cart: float = 0.0
+    """Coulomb friction of the cart on the track, mu_c of Barto et al. (1983), in N."""
+    friction_pole: float = 0.0
+    """Friction of the pole on the cart, mu_p of Barto et al. (1983), in N·m·s."""
+    sensor_noise: float = 0.0
+    """Std of Gaussian noise added to each observation dimension (the state stays exact)."""
+    actuator_noise: float = 0.0
+    """Relative std of Gaussian noise on the applied force: force * (1 + actuator_noise * N(0, 1))."""
+    action_delay: int = 0
+    """Steps between choosing an action and the cart feeling it."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str):
+            raise ConfigError(f"twin id must be a string, got {self.id!r}; fix it in the fleet file")
+        try:
+            check_dns_label(self.id, "twin id")
+        except ValueError as exc:
+            raise ConfigError(f"{exc}; fix it in the fleet file") from None
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+                self._fail(name, "must be a number", value)
+            value = float(value)
+            if not math.isfinite(value):
+                self._fail(name, "must be finite", value)
+            if name in _POSITIVE_FIELDS and value <= 0:
+                self._fail(name, "must be > 0", value)
+            if name not in _POSITIVE_FIELDS and value < 0:
+                self._fail(name, "must be >= 0", value)
+            object.__setattr__(self, name, value)  # ints from YAML become floats: one type per field
+        delay = self.action_delay
+        if isinstance(delay, bool) or not isinstance(delay, int | np.integer):
+            self._fail("action_delay", "must be an integer (steps)", delay)
+        if delay < 0:
+            self._fail("action_delay", "must be >= 0", delay)
+        object.__setattr__(self, "action_delay", int(delay))
+
+    def _fail(self, name: str, rule: str, value: object) -> None:
+        raise ConfigError(f"twin {self.id!r}: {name} {rule}, got {value!r}; fix it in the fleet file")
+
+    @property
+    def total_mass(self) -> float:
+        """Cart plus pole; a property so a perturbed mass can never leave it stale."""
+        return self.masspole + self.masscart
+
+    @property
+    def polemass_length(self) -> float:
+        """masspole * length (gymnasium's phys2d has `+` here: that bug is tested against)."""
+        return self.masspole * self.length
+
+    @property
+    def is_default_physics(self) -> bool:
+        """True when the twin is gymnasium's CartPole-v1 (ids aside)."""
+        return all(getattr(self, f.name) == f.default for f in dataclasses.fields(self) if f.name != "id")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The id plus every field that differs from the default: short, readable fleet files."""
+        out: dict[str, Any] = {"id": self.id}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name != "id" and value != f.default:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TwinSpec:
+        """Build a twin from a mapping; unknown keys are errors (a typo must not become a default)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a twin must be a mapping of fields, got {data!r}; see the fleet file format")
+        unknown = sorted(str(k) for k in data if k not in _FIELD_NAMES)
+        twin = f"twin {data.get('id')!r}: " if "id" in data else ""
+        if unknown:
+            raise ConfigError(
+                f"{twin}unknown field(s) {', '.join(unknown)}; valid fields: {', '.join(_FIELD_NAMES)}"
+            )
+        if "id" not in data:
+            raise ConfigError(f"a twin has no 'id' (fields given: {', '.join(map(str, data))}); add one")
+        return cls(**{str(k): v for k, v in data.items()})
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(TwinSpec))
+_FLOAT_FIELDS: tuple[str, ...] = tuple(n for n in _FIELD_NAMES if n not in ("id", "action_delay"))
+_POSITIVE_FIELDS = frozenset({"gravity", "masscart", "masspole", "length", "force_mag", "tau"})
+
+
+def twin_seed(fleet_seed: int, twin_id: str) -> int:
+    """63-bit seed from sha256(f"{fleet_seed}:{twin_id}"): stable across processes and machines."""
+    digest = hashlib.sha256(f"{fleet_seed}:{twin_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def twin_ids(count: int, prefix: str = "twin") -> list[str]:
+    """`prefix-000` ... ; the width grows past 1000 twins so ids still sort in order."""
+    width = max(3, len(str(count - 1)))
+    return [f"{prefix}-{i:0{width}d}" for i in range(count)]
+
+
+def generate_twin(twin_id: str, seed: int, spread: float = 0.15, preset: Preset = "default") -> TwinSpec:
+    """One twin from (seed, id) alone, so it is the same device whatever fleet it is generated in."""
+    rng = np.random.default_rng(twin_seed(seed, twin_id))
+    base = TwinSpec(id=twin_id)
+    factors = rng.uniform(1.0 - spread, 1.0 + spread, size=len(SCALED_FIELDS))
+    values: dict[str, Any] = {
+        name: float(getattr(base, name) * factor) for name, factor in zip(SCALED_FIELDS, factors, strict=True)
+    }
+    if preset == "hard":
+        values["friction_cart"] = float(rng.uniform(0.0, HARD_FRICTION_CART_MAX))
+        values["friction_pole"] = float(rng.uniform(0.0, HARD_FRICTION_POLE_MAX))
+        values["sensor_noise"] = float(rng.uniform(0.0, HARD_SENSOR_NOISE_MAX))
+        values["actuator_noise"] = float(rng.uniform(0.0, HARD_ACTUATOR_NOISE_MAX))
+        values["action_delay"] = int(rng.integers(0, HARD_MAX_ACTION_DELAY + 1))
+    return TwinSpec(id=twin_id, **values)
+
+
+def _check_generation(count: int, spread: float, preset: str) -> None:
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        raise ConfigError(f"twin count must be an integer >= 0, got {count!r}")
+    if not (isinstance(spread, int | float) and 0.0 <= spread < 1.0):
+        raise ConfigError(f"spread must be in [0, 1), got {spread!r}; e.g. 0.15 for ±15 %")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown fleet preset {preset!r}; choose one of {', '.join(PRESETS)}")
+
+
+def generate_twins(
+    count: int, seed: int, spread: float = 0.15, preset: Preset = "default", prefix: str = "twin"
+) -> list[TwinSpec]:
+    """`count` twins `prefix-000`...: each physical parameter scaled by U(1-spread, 1+spread)."""
+    _check_generation(count, spread, preset)
+    return [generate_twin(twin_id, seed, spread, preset) for twin_id in twin_ids(count, prefix)]
+
+
+@dataclass
+class Fleet:
+    """Twins that train, twins that decide early stopping, and twins seen only in the final report."""
+
+    train: list[TwinSpec]
+    validation: list[TwinSpec] = field(default_factory=list)
+    heldout: list[TwinSpec] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_unique(self.all_twins(), "the fleet")
+
+    def all_twins(self) -> list[TwinSpec]:
+        return [*self.train, *self.validation, *self.heldout]
+
+    def all_ids(self) -> list[str]:
+        return [t.id for t in self.all_twins()]
+
+
+def _check_unique(twins: Iterable[TwinSpec], where: str) -> None:
+    """Ids key S3 objects and pods, so a duplicate would silently overwrite another twin's update."""
+    seen: set[str] = set()
+    for twin in twins:
+        if twin.id in seen:
+            raise ConfigError(f"twin id {twin.id!r} appears twice in {where}; give each twin its own id")
+        seen.add(twin.id)
+
+
+def make_fleet(
+    count: int,
+    seed: int,
+    spread: float = 0.15,
+    preset: Preset = "default",
+    validation_count: int = 4,
+    heldout_count: int = 8,
+) -> Fleet:
+    """Generated fleet; prefixes twin/val/heldout give the three sets different ids, hence physics."""
+    return Fleet(
+        train=generate_twins(count, seed, spread, preset, prefix="twin"),
+        validation=generate_twins(validation_count, seed, spread, preset, prefix="val"),
+        heldout=generate_twins(heldout_count, seed, spread, preset, prefix="heldout"),
+    )
+
+
+# --- YAML I/O (PyYAML safe_load/safe_dump only: a fleet file must never execute code) ---
+
+
+def _parse_twin_list(value: Any, key: str, source: str | Path) -> list[TwinSpec]:
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"fleet file {source}: '{key}' must be a list of twins (`- id: pole-07`), "
+            f"got {type(value).__name__}; fix the file"
+        )
+    twins = []
+    for i, entry in enumerate(value):
+        if not isinstance(entry, Mapping):
+            raise ConfigError(
+                f"fleet file {source}: {key}[{i}] must be a mapping of fields (`- id: ...`), got {entry!r}; "
+                "fix the file"
+            )
+        try:
+            twins.append(TwinSpec.from_dict(entry))
+        except ConfigError as exc:
+            raise ConfigError(f"fleet file {source}: {key}[{i}]: {exc}") from None
+    return twins
+
+
+def fleet_from_data(data: Any, source: str | Path) -> Fleet:
+    """A fleet from parsed YAML; every error names `source` (a file name or an S3 key)."""
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"fleet file {source} must be a mapping with a 'twins:' list, got {type(data).__name__}; "
+            "see `fedtwin twins generate` for the format"
+        )
+    unknown = sorted(str(k) for k in data if k not in FLEET_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"fleet file {source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FLEET_KEYS)}"
+        )
+    if "twins" not in data:
+        raise ConfigError(f"fleet file {source} has no 'twins:' list; add one (see `fedtwin twins generate`)")
+    train = _parse_twin_list(data["twins"], "twins", source)
+    if not train:
+        raise ConfigError(f"fleet file {source}: 'twins' is empty; list at least one twin")
+    # `validation:` with nothing under it is YAML null: an empty set, not an error.
+    validation = _parse_twin_list(data.get("validation") or [], "validation", source)
+    heldout = _parse_twin_list(data.get("heldout") or [], "heldout", source)
+    try:
+        return Fleet(train=train, validation=validation, heldout=heldout)
+    except ConfigError as exc:
+        raise ConfigError(f"fleet file {source}: {exc}") from None
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    """`twins:` (required) plus optional `validation:`/`heldout:`; absent sets are empty for the caller."""
+    return fleet_from_data(read_yaml(path, "fleet file"), path)
+
+
+def parse_fleet(text: str, source: str) -> Fleet:
+    """A fleet from YAML text read elsewhere (e.g. a run's twins.yaml in S3); errors name `source`."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"fleet file {source} is not valid YAML{where}; fix the syntax") from exc
+    return fleet_from_data(data, source)
+
+
+def load_twins(path: str | Path) -> list[TwinSpec]:
+    """The `twins:` list of a file (a fleet file's `validation:`/`heldout:` are checked but not returned)."""
+    return load_fleet(path).train
+
+
+def _twins_yaml(twins: Sequence[TwinSpec]) -> list[dict[str, Any]]:
+    return [t.to_dict() for t in twins]
+
+
+def dump_fleet(fleet: Fleet) -> str:
+    """YAML text of a fleet, readable by `load_fleet`."""
+    data = {
+        "twins": _twins_yaml(fleet.train),
+        "validation": _twins_yaml(fleet.validation),
+        "heldout": _twins_yaml(fleet.heldout),
+    }
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def dump_twins(twins: Sequence[TwinSpec]) -> str:
+    """YAML text of a plain `twins:` file."""
+    _check_unique(twins, "the twin list")
+    return yaml.safe_dump({"twins": _twins_yaml(twins)}, sort_keys=False)
+
+
+def _write_atomic(path: str | Path, text: str) -> None:
+    """Temp file + rename: a crash never leaves a half-written fleet file behind."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_twins(twins: Sequence[TwinSpec], path: str | Path) -> None:
+    _write_atomic(path, dump_twins(twins))
+
+
+def save_fleet(fleet: Fleet, path: str | Path) -> None:
+    _write_atomic(path, dump_fleet(fleet))
