@@ -96,7 +96,13 @@ class ArtifactStore(ABC):
 
 
 class LocalStore(ArtifactStore):
-    """A directory. Each object has a `<key>.sha256` sidecar written last: it is the commit marker."""
+    """A directory; each object has a `<name>.sha256` sidecar recording its hash.
+
+    A write is journaled so that a crash at any instant leaves either the old or the new object:
+    (1) the new bytes go to `.<name>.pending` (fsynced, renamed into place), (2) the sidecar is
+    atomically replaced with the new hash (the commit point), (3) the pending file is renamed over
+    the object. A reader that finds the sidecar ahead of the object rolls step 3 forward.
+    """
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -107,7 +113,16 @@ class LocalStore(ArtifactStore):
             raise StoreError(f"invalid store key {key!r}")
         return self.root / key
 
-    def _atomic_write(self, path: Path, data: bytes) -> None:
+    @staticmethod
+    def _sidecar(path: Path) -> Path:
+        return path.with_name(path.name + SHA_SUFFIX)
+
+    @staticmethod
+    def _pending(path: Path) -> Path:
+        return path.with_name(f".{path.name}.pending")
+
+    @staticmethod
+    def _atomic_write(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -122,21 +137,39 @@ class LocalStore(ArtifactStore):
 
     def _write(self, key: str, data: bytes, sha: str) -> None:
         path = self._path(key)
-        sidecar = path.with_name(path.name + SHA_SUFFIX)
-        sidecar.unlink(missing_ok=True)  # uncommit first: a crash in between leaves "absent", not "wrong"
-        self._atomic_write(path, data)
-        self._atomic_write(sidecar, sha.encode())
+        pending = self._pending(path)
+        self._atomic_write(pending, data)
+        self._atomic_write(self._sidecar(path), sha.encode())
+        os.replace(pending, path)
+
+    def _roll_forward(self, path: Path, recorded: str) -> bool:
+        """Finish a write interrupted between its commit point and its final rename."""
+        pending = self._pending(path)
+        try:
+            if sha256_hex(pending.read_bytes()) != recorded:
+                return False
+            os.replace(pending, path)
+        except FileNotFoundError:
+            return False
+        return True
 
     def _read(self, key: str) -> tuple[bytes, str | None]:
         path = self._path(key)
-        sidecar = path.with_name(path.name + SHA_SUFFIX)
-        data = path.read_bytes()
+        sidecar = self._sidecar(path)
         recorded = sidecar.read_text().strip() if sidecar.exists() else None
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            if recorded is None or not self._roll_forward(path, recorded):
+                raise
+            return path.read_bytes(), recorded
+        if recorded is not None and sha256_hex(data) != recorded and self._roll_forward(path, recorded):
+            data = path.read_bytes()
         return data, recorded
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
-        return path.is_file() and path.with_name(path.name + SHA_SUFFIX).is_file()
+        return self._sidecar(path).is_file() and (path.is_file() or self._pending(path).is_file())
 
     def list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
@@ -144,12 +177,9 @@ class LocalStore(ArtifactStore):
         if not search.is_dir():
             return []
         keys = []
-        for path in search.rglob("*"):
-            name = path.name
-            if not path.is_file() or name.endswith(SHA_SUFFIX) or name.startswith("."):
-                continue
-            key = path.relative_to(self.root).as_posix()
-            if key.startswith(prefix) and self.exists(key):
+        for sidecar in search.rglob("*" + SHA_SUFFIX):
+            key = sidecar.relative_to(self.root).as_posix()[: -len(SHA_SUFFIX)]
+            if key.startswith(prefix) and not sidecar.name.startswith(".") and self.exists(key):
                 keys.append(key)
         return sorted(keys)
 

@@ -71,3 +71,39 @@ def test_layout_matches_design():
 def test_unsupported_url_scheme():
     with pytest.raises(ConfigError, match="unsupported store URL"):
         open_store("gs://bucket/x")
+
+
+@pytest.mark.parametrize("crash_after", ["pending", "commit"])
+def test_a_crash_at_any_point_of_an_overwrite_leaves_old_or_new(tmp_path, monkeypatch, crash_after):
+    store = LocalStore(tmp_path)
+    store.put_json("runs/a/state.json", {"round": 1})
+    real_replace = __import__("os").replace
+    calls = []
+
+    def crashing_replace(src, dst):
+        calls.append(dst)
+        real_replace(src, dst)
+        if (crash_after == "pending" and str(dst).endswith(".pending")) or \
+           (crash_after == "commit" and str(dst).endswith(".sha256")):
+            raise KeyboardInterrupt("simulated kill")
+
+    monkeypatch.setattr("fedtwin.store.os.replace", crashing_replace)
+    with pytest.raises(KeyboardInterrupt):
+        store.put_json("runs/a/state.json", {"round": 2})
+    monkeypatch.undo()
+
+    expected = {"round": 1} if crash_after == "pending" else {"round": 2}
+    assert store.get_json("runs/a/state.json") == expected
+    assert store.exists("runs/a/state.json")
+    assert store.list("runs/") == ["runs/a/state.json"]
+
+
+def test_first_write_interrupted_after_commit_is_rolled_forward(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_bytes("k/obj.bin", b"v1")
+    target = tmp_path / "k" / "obj.bin"
+    (tmp_path / "k" / ".obj.bin.pending").write_bytes(b"v1")
+    target.unlink()  # as if killed between the sidecar commit and the final rename
+
+    assert store.exists("k/obj.bin")
+    assert store.get_bytes("k/obj.bin") == b"v1"
