@@ -70,3 +70,8 @@ single-cluster-setup: tools  ## kind cluster + image + Argo Workflows + fedtwin-
 
 single-cluster-teardown:  ## Delete the kind cluster made by single-cluster-setup
 	bash scripts/single-cluster-teardown.sh
+
+# --- workflows: Argo WorkflowTemplates from their Hera source (see workflows/README.md) ---------
+.PHONY: workflows
+workflows: $(STAMP)  ## Render workflows/rendered/*.yaml and the README parameter tables from the Hera source
+	$(BIN)/python -m workflows.render

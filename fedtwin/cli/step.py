@@ -7,6 +7,7 @@ results as small files that Argo reads as output parameters.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
@@ -41,17 +42,25 @@ def step_group() -> None:
 def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, **flags: Any) -> None:
     """Create a run (or accept the identical existing one) and output its twin list.
 
+    Outputs (--outputs-dir): run_id, twins and shards (JSON lists), round (the next round to play)
+    and pending_rounds (JSON list of the rounds still to play; empty when the run is complete).
+
     Example: fedtwin step init --run-id demo --twins 4 --outputs-dir /tmp/out
     """
     from fedtwin import steps
-    from fedtwin.store import open_store
+    from fedtwin.store import RunLayout, open_store
 
     config = resolve_config(config_file, **flags)
-    result = steps.init(open_store(config.store), config)
+    artifact_store = open_store(config.store)
+    result = steps.init(artifact_store, config)
     ids = result.twin_ids
     shards = [",".join(ids[i : i + shard_size]) for i in range(0, len(ids), shard_size)]
+    # Rounds still to play (empty once the run is complete): a workflow loops over this list.
+    state = artifact_store.get_json(RunLayout(result.run_id).state)
+    pending = [] if state.get("training_complete") else list(range(result.next_round,
+                                                                     config.federation.rounds))
     steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shards,
-                                      "round": str(result.next_round)})
+                                      "round": str(result.next_round), "pending_rounds": pending})
     click.echo(json.dumps({"run_id": result.run_id, "twins": ids, "next_round": result.next_round,
                            "resumed": result.resumed}))
 
@@ -93,12 +102,20 @@ def train_cmd(run_id: str, round_index: int, twins: tuple[str, ...], device: str
 def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | None) -> None:
     """Aggregate the round's valid updates into the next global model; fails below quorum.
 
+    Outputs (--outputs-dir): round, next_round, participants, rejected (counts), mean_return,
+    continue (true/false) and model.safetensors (the new global model).
+
     Example: fedtwin step aggregate --run demo --round 0 --outputs-dir /tmp/out
     """
     from fedtwin import steps
-    from fedtwin.store import open_store
+    from fedtwin.store import RunLayout, open_store
 
-    summary = steps.aggregate(open_store(store), run_id, round_index)
+    artifact_store = open_store(store)
+    summary = steps.aggregate(artifact_store, run_id, round_index)
+    if outputs_dir is not None:  # the new global model, for an Argo output artifact
+        Path(outputs_dir).mkdir(parents=True, exist_ok=True)
+        model = artifact_store.get_bytes(RunLayout(run_id).global_model(round_index + 1))
+        (Path(outputs_dir) / "model.safetensors").write_bytes(model)
     steps.write_outputs(outputs_dir, {
         "round": str(round_index),
         "next_round": str(round_index + 1),
@@ -149,10 +166,48 @@ def report_cmd(run_id: str, store: str) -> None:
     click.echo(write_report(artifact_store, run_id))
 
 
+# Argo's {{workflow.status}} values, so an exit handler can pass it through unchanged.
+ARGO_STATUS = {"Succeeded": "done", "Failed": "failed", "Error": "failed"}
+
+
+@step_group.command("status")
+@run_option
+@click.option("--round", "round_index", type=click.IntRange(min=0),
+              help="Also output `play`: whether this round is the next one to play.")
+@store_option
+@outputs_option
+def status_cmd(run_id: str, round_index: int | None, store: str, outputs_dir: str | None) -> None:
+    """Output a run's progress; with --round, whether that round should be played now.
+
+    Outputs (--outputs-dir): status, next_round, complete (true/false) and, with --round, play
+    (true when the round is the next one and training is not complete; false when it was already
+    played or the run stopped early). A round further ahead is an error: rounds run in order.
+
+    Example: fedtwin step status --run demo --round 3
+    """
+    from fedtwin.errors import RunConflictError
+    from fedtwin.steps import RunContext, write_outputs
+    from fedtwin.store import open_store
+
+    state = RunContext.load(open_store(store), run_id).state()
+    next_round, complete = int(state["next_round"]), bool(state.get("training_complete"))
+    values: dict[str, Any] = {"status": state["status"], "next_round": str(next_round), "complete": complete}
+    if round_index is not None:
+        if round_index > next_round and not complete:
+            raise RunConflictError(
+                f"round {round_index} of run {run_id!r} cannot start: round {next_round} is not "
+                "aggregated yet; rounds run in order"
+            )
+        values["play"] = round_index == next_round and not complete
+    write_outputs(outputs_dir, values)
+    click.echo(json.dumps({"run_id": run_id, **values}))
+
+
 @step_group.command("finish")
 @run_option
-@click.option("--status", type=click.Choice(["done", "failed"]), required=True)
-@click.option("--reason", help="Why the run failed (shown by `fedtwin runs list`).")
+@click.option("--status", type=click.Choice(["done", "failed", *ARGO_STATUS]), required=True,
+              help="done or failed; Argo's Succeeded (= done) and Failed/Error (= failed) are accepted.")
+@click.option("--reason", help="Why the run failed (shown by `fedtwin runs list`; dropped for Succeeded).")
 @store_option
 def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None:
     """Record how the run ended (the workflow's exit handler calls this).
@@ -162,5 +217,8 @@ def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None
     from fedtwin import steps
     from fedtwin.store import open_store
 
+    if status in ARGO_STATUS:
+        status = ARGO_STATUS[status]
+        reason = None if status == "done" else reason
     state = steps.finish(open_store(store), run_id, status, reason)
     click.echo(json.dumps({"run_id": run_id, "status": state["status"]}))

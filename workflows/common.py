@@ -1,0 +1,371 @@
+"""The one place for the image, fixed names and every Argo expression string the templates use.
+
+Template modules never spell `{{...}}` themselves: they call the helpers here, so a renamed
+parameter or a changed expression is one edit, and the tests parse the same strings back. Every pod
+runs the `fedtwin` CLI from the project image; nothing is inlined.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hera.workflows import Container, Env, Parameter, RetryStrategy, SecretEnv
+from hera.workflows import models as m
+
+from fedtwin import __version__
+from fedtwin.config import Config
+
+# ------------------------------------------------------------------------------- fixed names
+IMAGE = f"fedtwin:{__version__}"
+"""Default image: a plain name:tag. Which registry serves it is the installer's choice (Helm values)."""
+IMAGE_PULL_POLICY = "IfNotPresent"
+"""A fixed field, not a parameter (Hera validates it); Helm may rewrite it in the rendered YAML."""
+ENTRYPOINT = "fedtwin"
+OUTPUTS_DIR = "/tmp/fedtwin/outputs"
+"""Where steps write their Argo output parameters (`--outputs-dir`)."""
+FLEET_DIR = "/etc/fedtwin/fleet"
+FLEET_KEY = "fleet.yaml"
+"""Key of the fleet YAML in a fleet ConfigMap (mounted at FLEET_DIR)."""
+NO_CONFIGMAP = "fedtwin-no-fleet"
+"""Stand-in ConfigMap name (mounted optional) when no fleet ConfigMap is given."""
+ARTIFACT_REPOSITORY = m.ArtifactRepositoryRef(
+    config_map="artifact-repositories", key="default-v1-s3-artifact-repository"
+)
+S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "accessKey", "AWS_SECRET_ACCESS_KEY": "secretKey"}
+"""Env var -> key in the S3 credentials Secret."""
+STEP_DEADLINE_SECONDS = "3600"
+"""activeDeadlineSeconds of the aggregator-side steps (twin pods have a parameter)."""
+POD_GC = m.PodGC(strategy="OnPodSuccess", delete_delay_duration="10m")
+TTL = m.TTLStrategy(seconds_after_success=3 * 86400, seconds_after_failure=7 * 86400)
+
+APP = "fedtwin"
+LABEL_APP = "app.kubernetes.io/name"
+LABEL_ROLE = "fedtwin.io/role"
+LABEL_RUN = "fedtwin.io/run-id"
+LABEL_TWIN = "fedtwin.io/twin-id"
+LABEL_ROUND = "fedtwin.io/round"
+ROLE_TWIN = "twin"
+ROLE_AGGREGATOR = "aggregator"
+KUBEOVN_SWITCH = "ovn.kubernetes.io/logical_switch"
+UNUSED_SWITCH = "fedtwin.io/logical-switch"
+"""Harmless annotation key used instead of KUBEOVN_SWITCH when no subnet is given."""
+
+
+# ---------------------------------------------------------------------- Argo expression strings
+def param(name: str) -> str:
+    """A workflow parameter: `{{workflow.parameters.NAME}}`."""
+    return "{{workflow.parameters." + name + "}}"
+
+
+def inp(name: str) -> str:
+    """An input parameter of the current template."""
+    return "{{inputs.parameters." + name + "}}"
+
+
+def task_output(task: str, name: str) -> str:
+    """An output parameter of an earlier DAG task."""
+    return "{{tasks." + task + ".outputs.parameters." + name + "}}"
+
+
+def global_output(name: str) -> str:
+    """A workflow output parameter (exported with `globalName`), readable in the exit handler."""
+    return "{{workflow.outputs.parameters." + name + "}}"
+
+
+def own_output(name: str) -> str:
+    """An output parameter of the template itself (metrics are emitted after the step ran)."""
+    return "{{outputs.parameters." + name + "}}"
+
+
+ITEM = "{{item}}"
+WORKFLOW_NAME = "{{workflow.name}}"
+WORKFLOW_STATUS = "{{workflow.status}}"
+STEP_SUCCEEDED = "{{status}} == Succeeded"
+"""`when` of a template metric: emit only after a successful step."""
+
+
+def expr(source: str) -> str:
+    """An expression tag, evaluated by Argo (expr-lang with sprig) at run time."""
+    return "{{=" + source + "}}"
+
+
+def param_ref(name: str) -> str:
+    """A workflow parameter inside an expression (index form: names contain '-')."""
+    return f"workflow.parameters['{name}']"
+
+
+def literal(text: str) -> str:
+    return "'" + text.replace("'", "\\'") + "'"
+
+
+def if_given(name: str, then: str, otherwise: str) -> str:
+    """Expression: `then` when parameter `name` is not empty, else `otherwise` (both expressions)."""
+    return expr(f"{param_ref(name)} != '' ? {then} : {otherwise}")
+
+
+RUN_ID_SOURCE = f"{param_ref('run-id')} != '' ? {param_ref('run-id')} : workflow.name"
+RUN_ID = expr(RUN_ID_SOURCE)
+"""The run id: the `run-id` parameter, or the workflow name when it is empty."""
+FLEET_CONFIGMAP = if_given("fleet-configmap", param_ref("fleet-configmap"), literal(NO_CONFIGMAP))
+FLEET_FILE = if_given("fleet-configmap", literal(f"{FLEET_DIR}/{FLEET_KEY}"), "''")
+"""FEDTWIN_FLEET__FILE: the mounted fleet, or empty (generate `twins` twins)."""
+TRAIN_DEVICE = expr(f"asInt({param_ref('twin-gpu-limit')}) > 0 ? 'cuda' : 'cpu'")
+ENGINE = expr(f"asInt({param_ref('twins-per-pod')}) > 1 ? 'fleet' : 'pool'")
+SUBNET_ANNOTATION_KEY = if_given("subnet", literal(KUBEOVN_SWITCH), literal(UNUSED_SWITCH))
+"""KubeOVN reads an *empty* logical_switch annotation as a subnet named "", so without a subnet the
+annotation goes under a key KubeOVN ignores (Argo substitutes keys as well as values)."""
+TWIN_LABEL = expr(
+    "sprig.trimAll('.-', sprig.trunc(63, sprig.replace(',', '.', inputs.parameters.twins)))"
+)
+"""Label value for a pod's twins: the twin id, or a shard's ids joined by '.' (<= 63 characters)."""
+TWIN_SECRET = expr(
+    f"{param_ref('per-twin-secrets')} == 'true'"
+    f" ? {param_ref('twin-s3-secret')} + '-' + inputs.parameters.twins : {param_ref('twin-s3-secret')}"
+)
+"""The twin pod's S3 Secret: the shared twin identity, or `<twin-s3-secret>-<twin id>` per twin."""
+RETRY_UNLESS_BAD_INPUT = "lastRetry.exitCode != '2'"
+"""fedtwin exits 2 on bad input (config, flags): retrying cannot help; 1 and pod errors may be transient."""
+
+
+# ------------------------------------------------------------------------------ parameters
+@dataclass(frozen=True)
+class WorkflowParam:
+    """A workflow-level parameter: name, default (None = must be given at submit) and meaning."""
+
+    name: str
+    default: str | None
+    description: str
+
+    def build(self) -> Parameter:
+        if self.default is None:
+            return Parameter(name=self.name, description=self.description)
+        return Parameter(name=self.name, value=self.default, description=self.description)
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+DEFAULTS = Config()
+
+
+def P(name: str, default: str | None, description: str) -> WorkflowParam:
+    return WorkflowParam(name, default, description)
+
+
+RUN_PARAMS = [
+    P("run-id", "", "Run id (DNS-1123 label); empty = the workflow name. An existing run id resumes "
+      "that run."),
+    P("seed", str(DEFAULTS.seed), "Run seed; the same seed reproduces the run."),
+    P("rounds", str(DEFAULTS.federation.rounds), "Federated rounds (maximum; the run stops early at "
+      "`target-return`)."),
+    P("twins", str(DEFAULTS.fleet.count), "Number of generated training twins (ignored with "
+      "`fleet-configmap`)."),
+    P("fleet-configmap", "", f"ConfigMap with a fleet YAML under key `{FLEET_KEY}` describing real devices; "
+      "empty = generate `twins` twins."),
+    P("algo", DEFAULTS.train.algo, "Local trainer: ppo or reinforce."),
+]
+TARGET_RETURN = P("target-return", _number(DEFAULTS.federation.target_return or 0), "Stop early when the "
+                  "(global) model's validation return reaches this; empty = always spend all rounds.")
+FEDERATION_PARAMS = [
+    P("min-twins", _number(DEFAULTS.federation.min_twins), "Quorum of valid updates per round: a count "
+      "(>= 1) or a fraction of the fleet (< 1); below it the round fails."),
+    P("strategy", DEFAULTS.federation.strategy, "Aggregation strategy (e.g. fedavg, fedprox, fedadam, "
+      "median, krum)."),
+    TARGET_RETURN,
+    P("privacy", DEFAULTS.privacy.mode, "Differential privacy: off, local (Opacus per twin) or central "
+      "(at the aggregator)."),
+]
+TWINS_PER_POD = P("twins-per-pod", "1", "Twins per training pod: 1 = one pod per twin; N > 1 = shards of N "
+                  "twins trained together by the fleet engine.")
+STORE_PARAMS = [
+    P("store", "s3://fedtwin", "Artifact store of the runs (s3://BUCKET[/PREFIX]); the single source of "
+      "truth."),
+    P("s3-endpoint", "", "S3 endpoint URL (MinIO, SeaweedFS, ...); empty = AWS."),
+    P("s3-region", "us-east-1", "S3 region."),
+    P("aggregator-s3-secret", "fedtwin-platform-s3-aggregator", "Secret (keys `accessKey`, `secretKey`) "
+      "with the aggregator-side S3 identity: reads and writes the run."),
+]
+TWIN_STORE_PARAMS = [
+    P("twin-s3-secret", "fedtwin-platform-s3-twin", "Secret (keys `accessKey`, `secretKey`) with the twin "
+      "S3 identity: reads global models, writes only updates."),
+    P("per-twin-secrets", "false", "true = each twin pod uses the Secret `<twin-s3-secret>-<twin id>`, an "
+      "identity that may write only that twin's updates (needs `twins-per-pod` 1)."),
+]
+TRACKING_PARAMS = [
+    P("mlflow-uri", "", "MLflow tracking URI for the aggregator-side steps; empty = no MLflow."),
+    P("mlflow-experiment", DEFAULTS.tracking.experiment, "MLflow experiment name."),
+]
+IMAGE_PARAMS = [
+    P("image", IMAGE, "Image every step runs (it provides the `fedtwin` CLI)."),
+]
+AGGREGATOR_POD_PARAMS = [
+    P("aggregator-service-account", "fedtwin-aggregator", "Service account of the aggregator-side pods "
+      "(every pod but the twins')."),
+    P("aggregator-cpu-request", "500m", "CPU request of aggregator-side pods."),
+    P("aggregator-memory-request", "512Mi", "Memory request of aggregator-side pods."),
+    P("aggregator-cpu-limit", "2", "CPU limit of aggregator-side pods."),
+    P("aggregator-memory-limit", "2Gi", "Memory limit of aggregator-side pods."),
+]
+TWIN_POD_PARAMS = [
+    P("twin-service-account", "fedtwin-twin", "Service account of twin pods."),
+    P("subnet", "", "KubeOVN subnet (logical switch) of twin pods; empty = none (no KubeOVN annotation)."),
+    P("twin-cpu-request", "500m", "CPU request of each twin pod."),
+    P("twin-memory-request", "512Mi", "Memory request of each twin pod."),
+    P("twin-cpu-limit", "1", "CPU limit of each twin pod."),
+    P("twin-memory-limit", "1Gi", "Memory limit of each twin pod."),
+    P("twin-gpu-limit", "0", "GPUs (nvidia.com/gpu) per twin pod; > 0 also trains on cuda."),
+    P("twin-retries", "2", "Retries of a failed twin pod (with exponential backoff); bad input (exit 2) is "
+      "not retried."),
+    P("twin-deadline", "3600", "activeDeadlineSeconds of each twin pod attempt."),
+]
+
+
+def parameters(groups: Sequence[Sequence[WorkflowParam]]) -> list[WorkflowParam]:
+    """Concatenate parameter groups, refusing duplicates."""
+    out: list[WorkflowParam] = []
+    for group in groups:
+        for p in group:
+            if any(q.name == p.name for q in out):
+                raise ValueError(f"parameter {p.name!r} declared twice")
+            out.append(p)
+    return out
+
+
+# ------------------------------------------------------------------------------- pod pieces
+def s3_env(secret: str) -> list[Env | SecretEnv]:
+    """S3 credentials from a Secret (optional: IRSA/workload identity need none) and the endpoint."""
+    env: list[Env | SecretEnv] = [
+        SecretEnv(name=var, secret_name=secret, secret_key=key, optional=True)
+        for var, key in S3_SECRET_KEYS.items()
+    ]
+    env += [Env(name="FEDTWIN_S3_ENDPOINT", value=param("s3-endpoint")),
+            Env(name="FEDTWIN_S3_REGION", value=param("s3-region"))]
+    return env
+
+
+def yaml_string(value: str) -> str:
+    """A FEDTWIN_* value that stays a string: the variables are parsed as YAML scalars, where a bare
+    `off` is the boolean false and `123` a number."""
+    return f"'{value}'"
+
+
+def config_env() -> list[Env]:
+    """Config keys without a CLI flag, as FEDTWIN_<SECTION>__<KEY> (an empty value means null)."""
+    return [
+        Env(name="FEDTWIN_FLEET__FILE", value=FLEET_FILE),
+        Env(name="FEDTWIN_FEDERATION__MIN_TWINS", value=param("min-twins")),
+        Env(name="FEDTWIN_FEDERATION__TARGET_RETURN", value=param("target-return")),
+        Env(name="FEDTWIN_PRIVACY__MODE", value=yaml_string(param("privacy"))),
+        Env(name="FEDTWIN_TRACKING__EXPERIMENT", value=yaml_string(param("mlflow-experiment"))),
+    ]
+
+
+def config_args() -> list[str]:
+    """The run's config as `fedtwin step init` / `fedtwin baseline` flags (the rest: config_env)."""
+    return ["--store", param("store"), "--run-id", RUN_ID, "--seed", param("seed"),
+            "--rounds", param("rounds"), "--twins", param("twins"), "--algo", param("algo"),
+            "--strategy", param("strategy")]
+
+
+def fleet_volume() -> tuple[list[m.Volume], list[m.VolumeMount]]:
+    """The optional fleet ConfigMap, mounted read-only at FLEET_DIR."""
+    volume = m.Volume(name="fleet", config_map=m.ConfigMapVolumeSource(name=FLEET_CONFIGMAP, optional=True))
+    return [volume], [m.VolumeMount(name="fleet", mount_path=FLEET_DIR, read_only=True)]
+
+
+def resources(prefix: str, gpu: bool = False) -> m.ResourceRequirements:
+    """Requests and limits from the `<prefix>-cpu-request`, ... parameters."""
+    limits = {"cpu": m.Quantity(param(f"{prefix}-cpu-limit")),
+              "memory": m.Quantity(param(f"{prefix}-memory-limit"))}
+    if gpu:
+        limits["nvidia.com/gpu"] = m.Quantity(param(f"{prefix}-gpu-limit"))
+    return m.ResourceRequirements(
+        requests={"cpu": m.Quantity(param(f"{prefix}-cpu-request")),
+                  "memory": m.Quantity(param(f"{prefix}-memory-request"))},
+        limits=limits,
+    )
+
+
+def retry(limit: str) -> RetryStrategy:
+    """Retry transient failures with exponential backoff; never retry bad input (exit 2)."""
+    return RetryStrategy(
+        limit=limit,
+        retry_policy="Always",
+        expression=RETRY_UNLESS_BAD_INPUT,
+        backoff=m.Backoff(duration="15s", factor=m.IntOrString("2"), max_duration="10m"),
+    )
+
+
+def outputs_param(name: str, default: str | None = None, global_name: str | None = None) -> Parameter:
+    """An output parameter read from the file a step wrote with `--outputs-dir`."""
+    value_from = m.ValueFrom(path=f"{OUTPUTS_DIR}/{name}", default=default)
+    return Parameter(name=name, value_from=value_from, global_name=global_name)
+
+
+@dataclass(frozen=True)
+class PodKind:
+    """Who a pod is: its role label, service account, resources, deadline and retries."""
+
+    role: str
+    prefix: str
+    """Parameter prefix: `<prefix>-service-account`, `<prefix>-cpu-request`, ..."""
+    gpu: bool = False
+    deadline: str = STEP_DEADLINE_SECONDS
+    retries: str = "2"
+
+
+TWIN_POD = PodKind(ROLE_TWIN, "twin", gpu=True, deadline=param("twin-deadline"),
+                   retries=param("twin-retries"))
+AGGREGATOR_POD = PodKind(ROLE_AGGREGATOR, "aggregator")
+
+
+def fedtwin_step(
+    name: str,
+    args: list[str],
+    *,
+    pod: PodKind = AGGREGATOR_POD,
+    inputs: list[Parameter] | None = None,
+    outputs: list | None = None,
+    env: list | None = None,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    volumes: tuple[list[m.Volume], list[m.VolumeMount]] | None = None,
+    **template: object,
+) -> Container:
+    """A template running `fedtwin ARGS` from the project image."""
+    return Container(
+        name=name,
+        image=param("image"),
+        image_pull_policy=IMAGE_PULL_POLICY,
+        command=[ENTRYPOINT],
+        args=args,
+        inputs=inputs,
+        outputs=outputs,
+        env=[*(env or []), Env(name="PYTHONUNBUFFERED", value="1")],
+        labels={LABEL_ROLE: pod.role, **(labels or {})},
+        annotations=annotations,
+        service_account_name=param(f"{pod.prefix}-service-account"),
+        resources=resources(pod.prefix, gpu=pod.gpu),
+        volumes=volumes[0] if volumes else None,
+        volume_mounts=volumes[1] if volumes else None,
+        active_deadline_seconds=pod.deadline,
+        retry_strategy=retry(pod.retries),
+        **template,  # type: ignore[arg-type]
+    )
+
+
+def run_mutex() -> m.Synchronization:
+    """One workflow per run id at a time (Argo v4 `mutexes`): two submissions never write one run."""
+    return m.Synchronization(mutexes=[m.Mutex(name=f"fedtwin-run-{RUN_ID}")])
+
+
+def run_metadata() -> tuple[m.Metadata, m.WorkflowMetadata]:
+    """Labels on every pod (app, run id) and on the Workflow object (run id, for `argo list -l`)."""
+    pod = m.Metadata(labels={LABEL_APP: APP, LABEL_RUN: RUN_ID})
+    workflow = m.WorkflowMetadata(
+        labels={LABEL_APP: APP},
+        labels_from={LABEL_RUN: m.LabelValueFrom(expression=RUN_ID_SOURCE)},
+    )
+    return pod, workflow

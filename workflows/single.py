@@ -1,0 +1,73 @@
+"""`fedtwin-single`: the single-agent baseline, one pod, with the federated run's env-step budget.
+
+    main:  baseline
+
+It takes the federated template's run parameters (rounds, twins or fleet ConfigMap, seed, algo,
+strategy, quorum, target return, privacy), so `fedtwin baseline` spends exactly the environment
+steps a federated run with the same values does; given the federated run's `run-id`, it attaches
+to that run (same config, same initial model; stored under `runs/<run-id>/baseline/`) and the
+report plots both. It shares the run's mutex, so it waits while a federated workflow on the same
+run id is running.
+"""
+
+from __future__ import annotations
+
+from hera.workflows import DAG, Env, WorkflowTemplate
+
+from workflows.common import (
+    AGGREGATOR_POD_PARAMS,
+    ARTIFACT_REPOSITORY,
+    FEDERATION_PARAMS,
+    IMAGE_PARAMS,
+    POD_GC,
+    RUN_PARAMS,
+    STORE_PARAMS,
+    TRACKING_PARAMS,
+    TTL,
+    P,
+    config_args,
+    config_env,
+    fedtwin_step,
+    fleet_volume,
+    param,
+    parameters,
+    run_metadata,
+    run_mutex,
+    s3_env,
+)
+
+NAME = "fedtwin-single"
+PARAMS = parameters([
+    RUN_PARAMS, FEDERATION_PARAMS,
+    [P("mode", "pooled", "pooled: one agent cycling over every training twin (all data on one machine); "
+       "single: one agent on one twin."),
+     P("twin", "", "The twin of a `single` baseline; empty = the fleet's first.")],
+    STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS, AGGREGATOR_POD_PARAMS,
+])
+
+baseline = fedtwin_step(
+    "baseline",
+    ["baseline", *config_args(), "--mode", param("mode"), "--twin", param("twin"),
+     "--no-progress", "--json"],
+    env=[*s3_env(param("aggregator-s3-secret")), *config_env(),
+         Env(name="MLFLOW_TRACKING_URI", value=param("mlflow-uri"))],
+    volumes=fleet_volume(),
+)
+
+pod_metadata, workflow_metadata = run_metadata()
+
+with WorkflowTemplate(
+    name=NAME,
+    annotations={"workflows.argoproj.io/description": "Single-agent baseline with the env-step budget of "
+                 "a federated run (see workflows/README.md)."},
+    labels={"app.kubernetes.io/name": "fedtwin"},
+    entrypoint="main",
+    arguments=[p.build() for p in PARAMS],
+    synchronization=run_mutex(),
+    pod_gc=POD_GC,
+    ttl_strategy=TTL,
+    artifact_repository_ref=ARTIFACT_REPOSITORY,
+    pod_metadata=pod_metadata,
+    workflow_metadata=workflow_metadata,
+) as w, DAG(name="main"):
+    baseline(name="baseline")
