@@ -18,7 +18,7 @@ from fedtwin.rollout import collect_rollout, gae, sample_actions
 from fedtwin.train import DeviceError, StackedPolicy, optimizer_step, train_twin, train_twins
 from fedtwin.twins import TwinSpec, make_fleet
 
-SMALL_PPO = TrainConfig(num_envs=2, num_steps=32, updates=2, epochs=2, minibatches=2, hidden=[16, 16])
+SMALL_PPO = TrainConfig(num_envs=2, num_steps=32, updates=2, epochs=2, minibatches=2)
 SMALL_REINFORCE = TrainConfig(algo="reinforce", num_envs=2, num_steps=32, updates=2)
 
 
