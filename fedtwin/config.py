@@ -200,6 +200,40 @@ class S3Config(StrictModel):
     """Attempts per request, botocore `standard` retry mode (default 5)."""
 
 
+class MulticlusterConfig(StrictModel):
+    """How members and the coordinator of a multi-cluster run wait for each other through the store."""
+
+    poll_interval: float = Field(1.0, gt=0)
+    """Seconds before the second look at the store while waiting (the first look is immediate)."""
+    max_poll_interval: float = Field(15.0, gt=0)
+    """Cap of the poll interval as it backs off."""
+    backoff: float = Field(2.0, ge=1)
+    """Factor the poll interval grows by after each look that saw nothing new (1 = fixed interval)."""
+    jitter: float = Field(0.1, ge=0, lt=1)
+    """Random +/- fraction of each pause, so that many members do not poll in lockstep."""
+    round_deadline_seconds: float = Field(1800.0, gt=0)
+    """Coordinator: seconds a round waits for every expected update; then it aggregates if at least
+    `federation.min_twins` are there, else the run fails."""
+    wait_timeout_seconds: float = Field(3600.0, gt=0)
+    """Member: seconds one wait (for the run, a round's global model, its aggregation) may last
+    before the member gives up."""
+
+    @model_validator(mode="after")
+    def _check_intervals(self) -> MulticlusterConfig:
+        if self.max_poll_interval < self.poll_interval:
+            raise ValueError(
+                f"max_poll_interval ({self.max_poll_interval:g}) must be at least poll_interval "
+                f"({self.poll_interval:g})"
+            )
+        if self.wait_timeout_seconds <= self.round_deadline_seconds:
+            raise ValueError(
+                f"wait_timeout_seconds ({self.wait_timeout_seconds:g}) must exceed round_deadline_seconds "
+                f"({self.round_deadline_seconds:g}): a member waits for the aggregation of a round, which "
+                "can take the whole round deadline"
+            )
+        return self
+
+
 class Config(StrictModel):
     run_id: str | None = None
     """Run id (DNS-1123 label); default: generated from the time."""
@@ -213,6 +247,7 @@ class Config(StrictModel):
     privacy: PrivacyConfig = PrivacyConfig()
     tracking: TrackingConfig = TrackingConfig()
     s3: S3Config = S3Config()
+    multicluster: MulticlusterConfig = MulticlusterConfig()
 
     @field_validator("run_id")
     @classmethod
@@ -242,7 +277,7 @@ class Config(StrictModel):
 
 
 # Keys that change how a run executes but not what it computes: a resume may change them.
-EXECUTION_ONLY = {"run_id", "store", "execution", "tracking", "s3"}
+EXECUTION_ONLY = {"run_id", "store", "execution", "tracking", "s3", "multicluster"}
 
 
 def fingerprint(config: Config) -> str:
@@ -275,6 +310,16 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise ConfigError(f"{what} {path} is not valid YAML{where}; fix the syntax") from exc
 
 
+def parse_env_value(raw: str) -> Any:
+    """A YAML scalar, except YAML 1.1's on/off/yes/no stay words (`FEDTWIN_PRIVACY__MODE=off`)."""
+    if not raw:
+        return None
+    value = yaml.safe_load(raw)
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        return raw.strip()
+    return value
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """`FEDTWIN_A__B=v` -> {"a": {"b": v}}; values parsed as YAML scalars."""
     out: dict[str, Any] = {}
@@ -287,7 +332,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        node[path[-1]] = yaml.safe_load(raw) if raw else None
+        node[path[-1]] = parse_env_value(raw)
     return out
 
 

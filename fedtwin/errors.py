@@ -28,4 +28,9 @@ class RunConflictError(FedtwinError):
 
 
 class QuorumError(FedtwinError):
-    """Fewer valid updates than `min_twins`: the round (and the run) fails."""
+    """Fewer valid updates than `min_twins`: the round (and the run) fails; exit code 3.
+
+    Its own code lets a workflow engine tell it from transient failures and not retry it.
+    """
+
+    exit_code = 3

@@ -73,3 +73,9 @@ def test_fingerprint_ignores_execution_only_keys():
     different = Config(run_id="a", seed=5)
     assert fingerprint(base) == fingerprint(same)
     assert fingerprint(base) != fingerprint(different)
+
+
+def test_env_words_stay_strings_for_string_fields():
+    config = load_config(environ={"FEDTWIN_PRIVACY__MODE": "off", "FEDTWIN_TRACKING__ENABLED": "true"})
+    assert config.privacy.mode == "off"
+    assert config.tracking.enabled is True

@@ -124,8 +124,9 @@ TWIN_SECRET = expr(
     f" ? {param_ref('twin-s3-secret')} + '-' + inputs.parameters.twins : {param_ref('twin-s3-secret')}"
 )
 """The twin pod's S3 Secret: the shared twin identity, or `<twin-s3-secret>-<twin id>` per twin."""
-RETRY_UNLESS_BAD_INPUT = "lastRetry.exitCode != '2'"
-"""fedtwin exits 2 on bad input (config, flags): retrying cannot help; 1 and pod errors may be transient."""
+RETRY_UNLESS_BAD_INPUT = "lastRetry.exitCode != '2' && lastRetry.exitCode != '3'"
+"""fedtwin exits 2 on bad input and 3 on a lost quorum: retrying cannot help; 1 and pod errors may be
+transient."""
 
 
 # ------------------------------------------------------------------------------ parameters

@@ -1,6 +1,6 @@
 """`fedtwin` command line: thin layers that parse, call the library, and print.
 
-Exit codes: 0 success; 1 a run or step failed (e.g. quorum lost, store unreachable); 2 bad input
+Exit codes: 0 success; 1 a run or step failed (e.g. store unreachable); 3 a round lost its quorum; 2 bad input
 (config, fleet file, flags, a run id reused with another config): nothing was written.
 """
 
@@ -12,7 +12,7 @@ import sys
 import click
 
 from fedtwin import __version__
-from fedtwin.cli.local import config_group, evaluate_cmd, report_cmd, run_cmd
+from fedtwin.cli.local import baseline_cmd, config_group, evaluate_cmd, report_cmd, run_cmd
 from fedtwin.cli.runs import runs_group
 from fedtwin.cli.step import step_group
 from fedtwin.cli.twins import twins_group
@@ -31,7 +31,7 @@ def cli(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
-for command in (run_cmd, evaluate_cmd, report_cmd, config_group, twins_group, runs_group,
+for command in (run_cmd, baseline_cmd, evaluate_cmd, report_cmd, config_group, twins_group, runs_group,
                 step_group):
     cli.add_command(command)
 
