@@ -1,0 +1,111 @@
+"""Kill-and-rerun: a step killed at any write and rerun gives the clean run's final model.
+
+A kill is simulated by making the store raise (a BaseException, like a SIGKILL nothing can catch)
+on one chosen write; everything the step wrote before it stays in the store, as after a real kill.
+FedAdam is used so the persisted server state (m, v) is part of what must survive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from fedtwin import steps
+from fedtwin.config import load_config
+from fedtwin.store import LocalStore, RunLayout, sha256_hex
+from tests.helpers import write_tiny_config
+
+torch.set_num_threads(1)
+ROUNDS = 3
+
+
+class Killed(BaseException):
+    """The process died here."""
+
+
+@pytest.fixture
+def config_for(tmp_path):
+    path = write_tiny_config(tmp_path, **{"federation.strategy": "fedadam", "federation.rounds": ROUNDS,
+                                          "federation.server_lr": 0.01})
+
+    def make(run_id: str):
+        return load_config(path, {"run_id": run_id, "store": str(tmp_path / "store")}, environ={})
+    return make
+
+
+def play(store: LocalStore, run_id: str, start: int = 0) -> None:
+    """Rounds `start`.. as the runner plays them: one train step per twin still without an update
+    (the pool engine), then the aggregate step (which returns the summary if it exists)."""
+    layout = RunLayout(run_id)
+    twins = steps.RunContext.load(store, run_id).fleet.train
+    for round_index in range(start, ROUNDS):
+        for twin in twins:
+            if not store.exists(layout.update_meta(round_index, twin.id)):
+                steps.train(store, run_id, round_index, [twin.id])
+        steps.aggregate(store, run_id, round_index)
+
+
+def final_hash(store: LocalStore, run_id: str) -> str:
+    steps.evaluate(store, run_id)
+    return sha256_hex(store.get_bytes(RunLayout(run_id).report("final.safetensors")))
+
+
+def kill_on(store: LocalStore, method: str, predicate: Callable[[str], bool]) -> None:
+    """Make `store.<method>(key, ...)` die when `predicate(key)` holds (once)."""
+    original = getattr(store, method)
+
+    def dying(key, *args, **kwargs):
+        if predicate(key):
+            setattr(store, method, original)
+            raise Killed(key)
+        return original(key, *args, **kwargs)
+
+    setattr(store, method, dying)
+
+
+KILL_POINTS = {
+    # the aggregator, round 1: after the new global, before its server state
+    "aggregate-after-global": ("put_bytes", lambda key: key.endswith("rounds/0001/server_state.safetensors")),
+    # after global and server state, before the summary
+    "aggregate-before-summary": ("put_json", lambda key: key.endswith("rounds/0001/summary.json")),
+    # after the summary, before state.json moves on (last round: evaluate must still see the new model)
+    "aggregate-before-state": ("put_json", lambda key: key.endswith("state.json")),
+    # a twin after writing its weights but before its record
+    "train-mid-write": ("put_json", lambda key: key.endswith("rounds/0001/updates/twin-001.json")),
+}
+
+
+@pytest.mark.parametrize("point", sorted(KILL_POINTS))
+def test_killed_step_reruns_to_the_clean_final_model(config_for, point):
+    # Prepare: a clean run, and the same config started under another run id
+    clean = config_for("clean")
+    store = LocalStore(clean.store)
+    steps.init(store, clean)
+    play(store, "clean")
+    expected = final_hash(store, "clean")
+    killed = config_for("killed")
+    steps.init(store, killed)
+
+    # Execute: play until the kill, then rerun from where the store says the run is
+    method, predicate = KILL_POINTS[point]
+    if point == "aggregate-before-state":  # only in the last round, once its summary is written
+        last = RunLayout("killed").summary(ROUNDS - 1)
+        kill_on(store, method, lambda key: predicate(key) and store.exists(last))
+    else:
+        kill_on(store, method, predicate)
+    with pytest.raises(Killed):
+        play(store, "killed")
+    rerun_store = LocalStore(clean.store)  # a fresh process
+    next_round = steps.RunContext.load(rerun_store, "killed").state()["next_round"]
+    play(rerun_store, "killed", next_round)
+
+    # Assert: the same final model, and every round counted each twin once
+    assert final_hash(rerun_store, "killed") == expected
+    layout = RunLayout("killed")
+    for round_index in range(ROUNDS):
+        summary = rerun_store.get_json(layout.summary(round_index))
+        assert summary["participants"] == ["twin-000", "twin-001", "twin-002"]
+        assert rerun_store.get_bytes(layout.global_model(round_index + 1)) == \
+            store.get_bytes(RunLayout("clean").global_model(round_index + 1))
