@@ -37,10 +37,13 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _train_job(store_url: str, run_id: str, round_index: int, twin_ids: list[str], device: str,
+def _train_job(store: ArtifactStore, run_id: str, round_index: int, twin_ids: list[str], device: str,
                engine: str) -> list[str]:
-    """Runs in a worker process: the same `steps.train` an Argo pod runs."""
-    records = steps.train(open_store(store_url), run_id, round_index, twin_ids, device, engine)
+    """Runs in a worker process: the same `steps.train` an Argo pod runs.
+
+    The store travels pickled, with its settings (an S3 store reconnects in the worker).
+    """
+    records = steps.train(store, run_id, round_index, twin_ids, device, engine)
     return [r.twin_id for r in records]
 
 
@@ -97,7 +100,7 @@ def run(config: Config, progress: bool = True, report: bool = True) -> RunResult
     if config.run_id is None:
         config = config.model_copy(update={"run_id": new_run_id()})
     assert config.run_id is not None
-    store = open_store(config.store)
+    store = open_store(config.store, config.s3)
     init = steps.init(store, config)
     ctx = steps.RunContext.load(store, config.run_id)
     state = ctx.state()
@@ -151,7 +154,7 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
     done = len(twin_ids) - len(pending)
     bar.set_description(f"round {round_index + 1}/{ctx.config.federation.rounds}")
     futures = [
-        executor.submit(_train_job, store.url, ctx.layout.run_id, round_index, ids, device, engine)
+        executor.submit(_train_job, store, ctx.layout.run_id, round_index, ids, device, engine)
         for ids in shard(pending, engine, workers)
     ]
     for future in as_completed(futures):

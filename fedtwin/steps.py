@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from fedtwin import tracking
 from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
 from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
@@ -224,6 +225,7 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     ctx = RunContext.load(store, run_id)
     layout, config = ctx.layout, ctx.config
     if store.exists(layout.summary(round_index)):
+        tracking.log_round(ctx)  # a retry: logs only what MLflow lacks
         return store.get_json(layout.summary(round_index))
     started = time.perf_counter()
     global_params, base = ctx.global_model(round_index)
@@ -273,6 +275,7 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     }
     store.put_json(layout.summary(round_index), summary)
     ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
+    tracking.log_round(ctx)
     return summary
 
 
@@ -305,6 +308,7 @@ def evaluate(store: ArtifactStore, run_id: str, episodes: int | None = None) -> 
     if store.exists(key):
         existing = store.get_json(key)
         if existing.get("model_round") == model_round:
+            tracking.log_evaluation(ctx, existing)
             return existing
     params, data = ctx.global_model(model_round)
     n = episodes or ctx.config.federation.heldout_episodes
@@ -320,6 +324,7 @@ def evaluate(store: ArtifactStore, run_id: str, episodes: int | None = None) -> 
     }
     store.put_json(key, result)
     store.put_bytes(ctx.layout.report("final.safetensors"), data)
+    tracking.log_evaluation(ctx, result)
     return result
 
 

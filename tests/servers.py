@@ -243,6 +243,7 @@ class MlflowProcess:
             "--serve-artifacts", "--host", HOST, "--port", str(port), "--workers", "1",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no huey job workers: 7 fewer processes
         self.server = ServerProcess("mlflow", self.workdir, argv, env)
         uri = f"http://{HOST}:{port}"
 

@@ -41,7 +41,62 @@ def run_cmd(config_file: str | None, no_progress: bool, as_json: bool, **flags: 
                f"{result.seconds:.1f} s")
     click.echo(f"  held-out return {ev['heldout']['mean_return']:.1f}, training twins "
                f"{ev['train']['mean_return']:.1f}, generalization gap {ev['generalization_gap']:.1f}")
-    click.echo(f"  report: {result.store.rstrip('/')}/runs/{result.run_id}/report/report.md")
+    click.echo(f"  report: {result.store.rstrip('/')}/runs/{result.run_id}/report/report.html")
+
+
+@click.command("baseline")
+@config_options
+@click.option("--mode", type=click.Choice(["pooled", "single"]), default="pooled", show_default=True,
+              help="pooled: one agent cycling over every training twin; single: one agent on one twin.")
+@click.option("--twin", "twin_id", help="The twin of a `single` baseline (default: the fleet's first).")
+@click.option("--no-progress", is_flag=True, help="No progress bar (e.g. in CI logs).")
+@json_option
+def baseline_cmd(config_file: str | None, mode: str, twin_id: str | None, no_progress: bool, as_json: bool,
+                 **flags: Any) -> None:
+    """Train the single-agent baseline of a run with the same env-step budget, for the report.
+
+    Takes the same flags as `fedtwin run` and needs --run-id: the run is created if it does not
+    exist yet (or must have the same config), and its initial model is the baseline's start. Each
+    round-equivalent, one agent trains as many local chunks as the fleet has training twins (each
+    chunk is one twin's local training of a federated round), so round r of the baseline has used
+    the env steps of round r of the federated run; it is validated like the global model.
+
+    \b
+    Modes:
+      pooled  (default) the chunks cycle over all training twins: all data on one machine.
+      single  every chunk on one twin (--twin): one device learning alone.
+
+    Stored under runs/<run_id>/baseline/<pooled|single-TWIN>/ and resumed if interrupted;
+    `fedtwin report` plots it next to the federated model.
+
+    Example: fedtwin baseline --run-id demo --twins 8 --rounds 20 --mode pooled
+    """
+    import torch
+
+    from fedtwin import steps
+    from fedtwin.baseline import run_baseline
+    from fedtwin.store import open_store
+
+    config = resolve_config(config_file, **flags)
+    if config.run_id is None:
+        raise ConfigError("fedtwin baseline needs --run-id: the federated run whose budget it matches")
+    torch.set_num_threads(1)  # bit-for-bit repeatable, like the training steps
+    store = open_store(config.store, config.s3)
+    steps.init(store, config)
+    result = run_baseline(store, config.run_id, mode, twin_id, config.execution.device,
+                          progress=not no_progress and not as_json)
+    ev = result.evaluation
+    if as_json:
+        click.echo(json.dumps({
+            "run_id": result.run_id, "baseline": result.name, "rounds": result.rounds_played,
+            "env_steps": result.env_steps, "validation_return": result.validation_return,
+            "heldout_return": ev["heldout"]["mean_return"], "seconds": round(result.seconds, 2),
+        }))
+        return
+    click.echo(f"baseline {result.name} of run {result.run_id}: {result.rounds_played} rounds, "
+               f"{result.env_steps:,} env steps, {result.seconds:.1f} s")
+    click.echo(f"  validation return {result.validation_return:.1f}, held-out return "
+               f"{ev['heldout']['mean_return']:.1f}, generalization gap {ev['generalization_gap']:.1f}")
 
 
 @click.command("evaluate")
