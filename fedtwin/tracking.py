@@ -12,8 +12,10 @@ after it. A retried aggregate logs nothing twice, and rounds played while the se
 logged by the next step that reaches it. If the server is down, the step logs one warning and goes
 on; short HTTP timeouts and few retries keep a dead server from stalling it.
 
-Enabled when `tracking.enabled` is true or `MLFLOW_TRACKING_URI` is set; the URI is
-`tracking.uri`, else `MLFLOW_TRACKING_URI`, else a local sqlite database `./mlruns/mlflow.db`.
+Enabled when `tracking.enabled` is true or `MLFLOW_TRACKING_URI` is set (non-empty); the URI is
+`tracking.uri`, else `MLFLOW_TRACKING_URI`, else a local sqlite database `./mlruns/mlflow.db` (its
+artifacts in `./mlruns/artifacts`). `tracking:` is the run's stored config overridden by the
+step's own `FEDTWIN_TRACKING__*` variables, since where to log is not part of what a run computes.
 """
 
 from __future__ import annotations
@@ -28,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fedtwin.config import TrackingConfig, env_overrides
 from fedtwin.store import LocalStore
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from fedtwin.config import TrackingConfig
     from fedtwin.steps import RunContext
 
 log = logging.getLogger("fedtwin.tracking")
@@ -60,7 +62,15 @@ class TrackingSettings:
 
     @classmethod
     def resolve(cls, config: TrackingConfig, environ: Mapping[str, str] | None = None) -> TrackingSettings:
+        """The stored run config's `tracking:` < this process's `FEDTWIN_TRACKING__*` variables.
+
+        Tracking is execution-only config, so a step (an Argo pod) may log somewhere else than the
+        run's creator configured.
+        """
         env = os.environ if environ is None else environ
+        overrides = env_overrides(env).get("tracking")
+        if isinstance(overrides, dict) and overrides:
+            config = TrackingConfig.model_validate({**config.model_dump(), **overrides})
         env_uri = env.get("MLFLOW_TRACKING_URI") or None
         uri = config.uri or env_uri or default_uri()
         return cls(config.enabled or env_uri is not None, uri, config.experiment,
@@ -118,8 +128,13 @@ class Tracker:
     def __init__(self, ctx: RunContext, step: str, settings: TrackingSettings | None = None) -> None:
         self.ctx = ctx
         self.step = step
-        self.settings = settings or TrackingSettings.resolve(ctx.config.tracking)
         self.failed = False
+        try:
+            self.settings = settings or TrackingSettings.resolve(ctx.config.tracking)
+        except Exception as exc:  # e.g. FEDTWIN_TRACKING__ENABLED=maybe: never fail the step for it
+            self.settings = TrackingSettings(False, "", "")
+            log.warning("MLflow tracking is off in the %s step: its settings are invalid (%s)", step,
+                        str(exc).splitlines()[0])
         self._client: MlflowClient | None = None
         self._parent: Run | None = None
         self._twins: dict[str, Run] | None = None

@@ -29,6 +29,17 @@ def test_settings_enabled_by_config_or_environment():
     assert by_config.enabled and by_config.uri == "http://cfg:5000"
 
 
+def test_a_step_environment_overrides_the_stored_tracking_config():
+    stored = TrackingConfig(enabled=False, experiment="stored")
+    env = {"FEDTWIN_TRACKING__ENABLED": "true", "FEDTWIN_TRACKING__EXPERIMENT": "pods",
+           "FEDTWIN_TRACKING__URI": "http://mlflow:5000", "MLFLOW_TRACKING_URI": ""}
+
+    settings = tracking.TrackingSettings.resolve(stored, env)
+
+    assert (settings.enabled, settings.experiment, settings.uri) == (True, "pods", "http://mlflow:5000")
+    assert not tracking.TrackingSettings.resolve(stored, {"MLFLOW_TRACKING_URI": ""}).enabled  # "" = off
+
+
 def test_flatten_config_into_params():
     assert tracking.flatten({"a": {"b": 1, "c": None}, "d": [1, 2]}) == {"a.b": "1", "a.c": "null",
                                                                         "d": "[1, 2]"}
