@@ -40,7 +40,8 @@ RESET_LOW, RESET_HIGH = -0.05, 0.05
 NOISE_SLOTS = 5
 _NOISE_KEY = 0x6E6F697365  # "noise": separates a twin's noise stream from its reset stream
 _NOISE_BLOCK_BYTES = 16 << 20  # pre-drawn per-step noise: up to 256 steps, at most 16 MiB
-_STREAM_BUFFER_VALUES = 1 << 20  # pre-drawn reset values per stream, all twins together (8 MiB)
+_STREAM_BUFFER_VALUES = 1 << 20  # pre-drawn values per stream, all twins together (8 MiB)
+_REBASE_STEPS = 1 << 30  # step count at which episode start steps shift back towards 0 (int32)
 
 # 0-d arrays, not Python floats: NumPy converts a Python scalar on every ufunc call.
 _X_THRESHOLD = np.array(X_THRESHOLD)
@@ -88,6 +89,8 @@ class TwinPhysics:
     action_delay: npt.NDArray[np.int64] | None
     noisy_twins: tuple[int, ...]
     """Twins with sensor or actuator noise: the only ones whose noise generator draws."""
+    pml_and_masspole: Float64Array
+    """(2, 1) or (2, n): polemass_length over masspole, to scale theta_dot**2 and cos**2 in one call."""
 
     @property
     def num_twins(self) -> int:
@@ -117,14 +120,15 @@ class TwinPhysics:
             return per_env(values) if any(values) else None
 
         delays = [t.action_delay for t in twins]
+        pml, masspole = per_env([t.polemass_length for t in twins]), per_env([t.masspole for t in twins])
         return cls(
             twins=tuple(twins),
             envs_per_twin=envs_per_twin,
             gravity=per_env([t.gravity for t in twins]),
-            masspole=per_env([t.masspole for t in twins]),
+            masspole=masspole,
             # TwinSpec's properties are gymnasium's expressions (masspole + masscart, masspole * length).
             total_mass=per_env([t.total_mass for t in twins]),
-            polemass_length=per_env([t.polemass_length for t in twins]),
+            polemass_length=pml,
             length=per_env([t.length for t in twins]),
             force_mag=per_env([t.force_mag for t in twins]),
             tau=per_env([t.tau for t in twins]),
@@ -136,6 +140,7 @@ class TwinPhysics:
             if any(delays)
             else None,
             noisy_twins=tuple(k for k, t in enumerate(twins) if t.sensor_noise > 0 or t.actuator_noise > 0),
+            pml_and_masspole=np.stack(np.broadcast_arrays(pml, masspole)).reshape(2, -1),
         )
 
 
@@ -144,12 +149,21 @@ class _Scratch:
     working set is what keeps its ~30 passes over memory in cache."""
 
     def __init__(self, n: int) -> None:
+        self.state: Float64Array | None = None
+        self._views: tuple[Float64Array, ...] = ()
         self.trig = np.empty((2, n))  # cos, sin; once dead, the velocity increments and |x|, |theta|
-        self.temp = np.empty(n)
+        self.pair = np.empty((2, n))  # temp and the denominator of thetaacc
         self.tmp = np.empty(n)
         self.acc = np.empty((2, n))  # xacc, thetaacc: they update state rows 1 and 3
         self.flag = np.empty(n, dtype=np.bool_)
         self.noisy = np.empty((4, n))
+
+    def views(self, state: Float64Array) -> tuple[Float64Array, ...]:
+        """x_dot, theta, theta_dot, positions (rows 0, 2), velocities (rows 1, 3) of `state`, made once."""
+        if state is not self.state:
+            self.state = state
+            self._views = (state[1], state[2], state[3], state[0::2], state[1::2])
+        return self._views
 
 
 def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _Scratch) -> None:
@@ -160,23 +174,27 @@ def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _
     `CartPoleEnv`/`CartPoleVectorEnv`. Ufuncs are called positionally into preallocated buffers.
     """
     mul, div, add, sub = np.multiply, np.divide, np.add, np.subtract
-    x_dot, theta, theta_dot = state[1], state[2], state[3]
+    x_dot, theta, theta_dot, positions, velocities = s.views(state)
     cos, sin = s.trig
-    temp, tmp = s.temp, s.tmp
+    pair, tmp = s.pair, s.tmp
+    temp, den = pair  # computed side by side: one multiply and one divide serve both
     np.cos(theta, cos)
     np.sin(theta, sin)
     # temp = (force + polemass_length * theta_dot**2 * sin - mu_c * sign(x_dot)) / total_mass
+    # den  = length * (4/3 - masspole * cos**2 / total_mass)
     np.square(theta_dot, temp)
-    mul(temp, p.polemass_length, temp)
+    np.square(cos, den)
+    mul(pair, p.pml_and_masspole, pair)
     mul(temp, sin, temp)
     add(temp, force, temp)
     if p.friction_cart is not None:
         np.sign(x_dot, tmp)
         mul(tmp, p.friction_cart, tmp)
         sub(temp, tmp, temp)
-    div(temp, p.total_mass, temp)
-    # thetaacc = (g * sin - cos * temp - mu_p * theta_dot / polemass_length)
-    #            / (length * (4/3 - masspole * cos**2 / total_mass))
+    div(pair, p.total_mass, pair)
+    sub(_FOUR_THIRDS, den, den)
+    mul(den, p.length, den)
+    # thetaacc = (g * sin - cos * temp - mu_p * theta_dot / polemass_length) / den
     xacc, thetaacc = s.acc
     mul(sin, p.gravity, thetaacc)
     mul(cos, temp, tmp)
@@ -185,12 +203,6 @@ def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _
         mul(theta_dot, p.friction_pole, tmp)
         div(tmp, p.polemass_length, tmp)
         sub(thetaacc, tmp, thetaacc)
-    den = tmp  # free until xacc
-    np.square(cos, den)
-    mul(den, p.masspole, den)
-    div(den, p.total_mass, den)
-    sub(_FOUR_THIRDS, den, den)
-    mul(den, p.length, den)
     div(thetaacc, den, thetaacc)
     # xacc = temp - polemass_length * thetaacc * cos / total_mass
     mul(thetaacc, p.polemass_length, tmp)
@@ -198,16 +210,16 @@ def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _
     div(tmp, p.total_mass, tmp)
     sub(temp, tmp, xacc)
     # Euler (gymnasium's default integrator): positions move with the old velocities.
-    velocities, increments = state[1::2], s.trig  # cos and sin are dead now
+    increments = s.trig  # cos and sin are dead now
     mul(velocities, p.tau, increments)
-    add(state[0::2], increments, state[0::2])
+    add(positions, increments, positions)
     mul(s.acc, p.tau, s.acc)
     add(velocities, s.acc, velocities)
 
 
 def _terminated(state: Float64Array, s: _Scratch) -> BoolArray:
     """|x| > 2.4 or |theta| > 12°: the truth value of gymnasium's four comparisons, in fewer passes."""
-    abs_x, abs_theta = np.abs(state[0::2], s.trig)
+    abs_x, abs_theta = np.abs(s.views(state)[3], s.trig)
     out = np.greater(abs_x, _X_THRESHOLD)
     np.greater(abs_theta, _THETA_THRESHOLD, s.flag)
     return np.logical_or(out, s.flag, out)
@@ -268,7 +280,11 @@ class _NoiseSource:
     def __init__(self, p: TwinPhysics) -> None:
         self.p = p
         self.block_steps = max(1, min(256, _NOISE_BLOCK_BYTES // (4 * NOISE_SLOTS * p.n)))
-        self.block = np.zeros((self.block_steps, NOISE_SLOTS, p.n), dtype=np.float32)
+        # One contiguous block per twin, so each twin's draw lands in place (a scattered write of
+        # every twin's few envs into a (steps, slots, n) block costs more than the draws).
+        shape = (p.num_twins, self.block_steps, NOISE_SLOTS, p.envs_per_twin)
+        self.block = np.zeros(shape, dtype=np.float32)
+        self.step = np.empty((NOISE_SLOTS, p.num_twins, p.envs_per_twin), dtype=np.float32)
         self.pos = self.block_steps
         self.generators: dict[int, np.random.Generator] = {}
 
@@ -279,13 +295,12 @@ class _NoiseSource:
     def next_step(self) -> Float32Array:
         """(NOISE_SLOTS, n) normals for this step (zero for twins without noise)."""
         if self.pos == self.block_steps:
-            shape = (self.block_steps, NOISE_SLOTS, self.p.envs_per_twin)
             for k, gen in self.generators.items():
-                self.block[:, :, self.p.twin_slice(k)] = gen.standard_normal(shape, dtype=np.float32)
+                gen.standard_normal(dtype=np.float32, out=self.block[k])
             self.pos = 0
-        z = self.block[self.pos]
+        np.copyto(self.step, self.block[:, self.pos].transpose(1, 0, 2))
         self.pos += 1
-        return z
+        return self.step.reshape(NOISE_SLOTS, self.p.n)
 
 
 def _noise_generators(entropy: int | None) -> tuple[np.random.Generator, np.random.Generator]:
@@ -298,15 +313,16 @@ class _TwinStream:
     """Each twin's values, drawn ahead in blocks from that twin's own generator, taken as (4, c) blocks.
 
     A twin whose c sub-envs start over reads its next 4c values as a (4, c) block, as a call
-    `draw(size=(4, c))` would; the generators used here make one value per draw however the draws
-    are chunked, so drawing ahead changes nothing, and a vectorized gather replaces a Python loop
-    over the twins with finished episodes. Twins without a generator read zeros.
+    `draw(size=(4, c))` would. A NumPy Generator yields the same sequence of values however the
+    draws are chunked (nothing is cached between calls), so drawing ahead changes nothing, and a
+    vectorized gather replaces a Python loop over the twins with finished episodes. Twins without
+    a generator read zeros.
     """
 
     def __init__(self, num_twins: int, envs_per_twin: int) -> None:
         self.num_twins, self.envs_per_twin = num_twins, envs_per_twin
         self.need = 4 * envs_per_twin  # the most one twin can consume in one step
-        self.size = max(4 * self.need, min(16 * self.need, _STREAM_BUFFER_VALUES // num_twins))
+        self.size = max(4 * self.need, min(64 * self.need, _STREAM_BUFFER_VALUES // num_twins))
         self.buf = np.zeros((num_twins, self.size))
         self.ptr = np.full(num_twins, self.size, dtype=np.intp)
         self.generators: dict[int, np.random.Generator] = {}
@@ -329,9 +345,10 @@ class _TwinStream:
                 self.buf[k, left:] = self._draw(gen, self.size - left)
             self.ptr[k] = 0
 
-    def _consumed(self, counts: IndexArray) -> None:
-        self.ptr += 4 * counts
-        short = np.flatnonzero(self.ptr > self.size - self.need)
+    def _consumed(self, twins: IndexArray, counts: IndexArray) -> None:
+        """Twins `twins` (distinct) used the next 4 * counts values."""
+        self.ptr[twins] += 4 * counts
+        short = twins[self.ptr[twins] > self.size - self.need]
         if short.size:
             self._refill(short.tolist())
 
@@ -346,7 +363,7 @@ class _TwinStream:
         k, m = self.num_twins, self.envs_per_twin
         flat = (np.arange(k) * self.size + self.ptr)[:, None] + np.arange(4 * m)
         values = self.buf.ravel()[flat].reshape(k, 4, m).transpose(1, 0, 2).reshape(4, k * m)
-        self._consumed(np.full(k, m, dtype=np.intp))
+        self._consumed(np.arange(k), np.full(k, m, dtype=np.intp))
         return values
 
     def take(self, idx: IndexArray) -> Float64Array:
@@ -357,13 +374,20 @@ class _TwinStream:
             values = self.buf[0, start : start + 4 * m].reshape(4, m).copy()  # a refill moves buf
             self._consumed_one(4 * m)
             return values
+        # idx is sorted, so each twin's finished envs form a run; all work is O(m), not O(twins).
         twin = idx // self.envs_per_twin
-        counts = np.bincount(twin, minlength=self.num_twins)
-        first = np.cumsum(counts) - counts  # where each twin's group starts in idx
-        base = twin * self.size + self.ptr[twin] + np.arange(m) - first[twin]
-        flat = base + np.arange(4)[:, None] * counts[twin]
+        first = np.empty(m, dtype=np.bool_)
+        first[0] = True
+        np.not_equal(twin[1:], twin[:-1], out=first[1:])
+        starts = first.nonzero()[0]
+        counts = np.empty(starts.size, dtype=np.intp)
+        np.subtract(starts[1:], starts[:-1], out=counts[:-1])
+        counts[-1] = m - starts[-1]
+        per_env = np.repeat(counts, counts)
+        rank = np.arange(m) - np.repeat(starts, counts)
+        flat = (twin * self.size + self.ptr[twin] + rank) + np.arange(4)[:, None] * per_env
         values = self.buf.ravel()[flat]
-        self._consumed(counts)
+        self._consumed(twin[starts], counts)
         return values
 
 
@@ -388,9 +412,9 @@ class _ResetStream(_TwinStream):
     def _draw(self, gen: np.random.Generator, size: int) -> Float64Array:
         return gen.uniform(self.low, self.high, size=size)
 
-    def _consumed(self, counts: IndexArray) -> None:
-        self.consumed += 4 * counts
-        super()._consumed(counts)
+    def _consumed(self, twins: IndexArray, counts: IndexArray) -> None:
+        self.consumed[twins] += 4 * counts
+        super()._consumed(twins, counts)
 
     def _consumed_one(self, values: int) -> None:
         self.consumed[0] += values
@@ -487,14 +511,13 @@ class _Simulator:
     def restart(self, idx: IndexArray, values: Float64Array, obs: Float32Array) -> Float32Array:
         """Sub-envs `idx` start over from `values` (4, m); returns `obs` with their reset observations."""
         self.state[:, idx] = values
-        out = obs.T.copy()  # (4, n), C-ordered like every observation
-        std = self.p.sensor_noise
-        if self.reset_noise is None or std is None:
-            out[:, idx] = values
-        else:
-            out[:, idx] = values + self.reset_noise.take(idx) * _rows(std, idx)
         if self.delay is not None:
             self.delay.restart(idx)
+        std = self.p.sensor_noise
+        if self.reset_noise is None or std is None:
+            return self.observe(self.state)  # one cast: cheaper than copying `obs` and patching rows
+        out = obs.T.copy()  # (4, n), C-ordered like every observation
+        out[:, idx] = values + self.reset_noise.take(idx) * _rows(std, idx)
         return out.T
 
 
@@ -607,9 +630,11 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         self._sim = _Simulator(self.physics)
         self._resets = _ResetStream(self.physics.num_twins, envs_per_twin)
         self._seeded = False
-        self._max_steps = np.array(max_episode_steps, dtype=np.int32)
-        self._steps = np.zeros(self.num_envs, dtype=np.int32)
+        # Episode lengths as (step count - start step): no per-env counter to bump every step.
+        self._t = 0
+        self._start = np.zeros(self.num_envs, dtype=np.int32)
         self._returns = np.zeros(self.num_envs, dtype=np.float32)
+        self._ones = np.ones(self.num_envs, dtype=np.float32)  # copying it beats np.ones()
 
     @property
     def state(self) -> Float64Array:
@@ -636,34 +661,41 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
             self._seeded = True
         else:
             self._resets.set_bounds(low, high)
-        self._steps[:] = 0
-        self._returns[:] = 0.0
+        # New arrays, not zeroed ones: the old ones may be held by an earlier step's info.
+        self._t = 0
+        self._start = np.zeros(self.num_envs, dtype=np.int32)
+        self._returns = np.zeros(self.num_envs, dtype=np.float32)
         return sim.start_all(self._resets.take_all()), {}
 
     def step(self, actions: np.ndarray) -> StepResult:
         if not self._seeded:
             raise RuntimeError("call reset() before step()")
         obs, terminated = self._sim.step(_check_actions(actions, self.num_envs))
-        reward = np.ones(self.num_envs, dtype=np.float32)
-        steps, returns = self._steps, self._returns
-        np.add(steps, 1, steps)
+        reward = self._ones.copy()
+        returns = self._returns
         np.add(returns, reward, returns)
-        truncated = np.greater_equal(steps, self._max_steps)
+        if self._t == _REBASE_STEPS:  # keep the int32 step counts far from overflow
+            self._start -= self._t
+            self._t = 0
+        self._t += 1
+        # length = t - start >= max_episode_steps, i.e. start <= t - max_episode_steps
+        truncated = np.less_equal(self._start, self._t - self.max_episode_steps)
         done = np.logical_or(terminated, truncated)
-        if not done.any():
+        idx = done.nonzero()[0]
+        if not idx.size:
             return obs, reward, terminated, truncated, {}
         # SAME_STEP autoreset: finished sub-envs start over now, drawing only from their twins' streams.
-        idx = np.flatnonzero(done)
         info = {
             "final_obs": obs,
             "_final_obs": done,
-            "episode_return": returns.copy(),
-            "episode_length": steps.copy(),
+            "episode_return": returns,
+            "episode_length": np.subtract(self._t, self._start),
             "_episode": done.copy(),
         }
+        self._returns = returns.copy()  # a new array: `info` holds the old one
+        self._returns[idx] = 0.0
+        self._start[idx] = self._t
         obs = self._sim.restart(idx, self._resets.take(idx), obs)
-        steps[idx] = 0
-        returns[idx] = 0.0
         return obs, reward, terminated, truncated, info
 
     def __repr__(self) -> str:

@@ -391,6 +391,35 @@ def test_autoreset_returns_start_states_and_keeps_final_observations() -> None:
     assert np.array_equal(info["episode_return"][done], lengths[done].astype(np.float32))
     assert np.array_equal(env.state.T[done].astype(np.float32), obs[done])
     assert reward.tolist() == [1.0] * 16
+    # What was handed out stays as it was: later steps and resets use arrays of their own.
+    kept = {key: np.copy(value) for key, value in info.items()}
+    for _ in range(3):
+        env.step(np.ones(16, dtype=np.int64))
+    env.reset()
+    assert all(np.array_equal(info[key], kept[key]) for key in kept)
+
+
+def test_step_counter_rebase_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: one env shifts its int32 episode start steps every 7 steps, the other never does
+    shifting = TwinCartPoleVectorEnv([DEFAULT], envs_per_twin=8, max_episode_steps=20)
+    plain = TwinCartPoleVectorEnv([DEFAULT], envs_per_twin=8, max_episode_steps=20)
+    shifting.reset(seed=4)
+    plain.reset(seed=4)
+    rng = np.random.default_rng(4)
+
+    # Execute / Assert
+    for _ in range(100):
+        actions = rng.integers(0, 2, size=8)
+        monkeypatch.setattr(envs, "_REBASE_STEPS", 7)
+        out_shifting = shifting.step(actions)
+        monkeypatch.undo()
+        out_plain = plain.step(actions)
+        for a, b in zip(out_shifting[:4], out_plain[:4], strict=True):
+            assert np.array_equal(a, b)
+        assert out_shifting[4].keys() == out_plain[4].keys()
+        for key in out_plain[4]:
+            assert np.array_equal(out_shifting[4][key], out_plain[4][key])
+    assert shifting._t < plain._t
 
 
 @pytest.mark.parametrize(
