@@ -134,7 +134,7 @@ def test_tampered_global_model_is_refused(tiny):
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
 
-    with pytest.raises(IntegrityError, match="global.safetensors is corrupt"):
+    with pytest.raises(IntegrityError, match=r"global\.safetensors is corrupt"):
         steps.train(store, "demo", 0, ["twin-000"])
 
 

@@ -52,7 +52,7 @@ def test_keys_cannot_escape_the_root(tmp_path):
 
 
 def test_missing_object_names_it(tmp_path):
-    with pytest.raises(StoreError, match="runs/x/state.json does not exist"):
+    with pytest.raises(StoreError, match=r"runs/x/state\.json does not exist"):
         LocalStore(tmp_path).get_json("runs/x/state.json")
 
 
