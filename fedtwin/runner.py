@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fedtwin import steps
 from fedtwin.config import Config
 from fedtwin.store import ArtifactStore, RunLayout, open_store
+from fedtwin.train import resolve_device
 
 log = logging.getLogger("fedtwin.runner")
 
@@ -54,7 +55,7 @@ class InlineExecutor(Executor):
         future: Future[Any] = Future()
         try:
             future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # noqa: BLE001 - delivered through the future like a pool would
+        except BaseException as exc:  # delivered through the future, like a pool would
             future.set_exception(exc)
         return future
 
@@ -70,11 +71,14 @@ def make_executor(workers: int) -> Iterator[Executor]:
         yield pool
 
 
-def shard(twin_ids: list[str], engine: str, workers: int) -> list[list[str]]:
-    """Pool engine: one job per twin. Fleet engine: one batched job per worker."""
+def shard(twin_ids: list[str], engine: str, workers: int, device: str = "cpu") -> list[list[str]]:
+    """Pool engine: one job per twin. Fleet engine: one batched job per worker (CPU), or one per GPU.
+
+    On a GPU, more shards would only add CUDA contexts contending for the same device.
+    """
     if engine == "pool":
         return [[t] for t in twin_ids]
-    count = max(1, min(workers, len(twin_ids)))
+    count = max(1, min(1 if device.startswith("cuda") else workers, len(twin_ids)))
     return [twin_ids[i::count] for i in range(count) if twin_ids[i::count]]
 
 
@@ -97,6 +101,7 @@ class RunResult:
 def run(config: Config, progress: bool = True, report: bool = True) -> RunResult:
     """Run (or resume) a whole federated training locally and evaluate the final model."""
     started = time.perf_counter()
+    resolve_device(config.execution.device)  # no GPU: one DeviceError (exit 2) before anything is written
     if config.run_id is None:
         config = config.model_copy(update={"run_id": new_run_id()})
     assert config.run_id is not None
@@ -155,7 +160,7 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
     bar.set_description(f"round {round_index + 1}/{ctx.config.federation.rounds}")
     futures = [
         executor.submit(_train_job, store, ctx.layout.run_id, round_index, ids, device, engine)
-        for ids in shard(pending, engine, workers)
+        for ids in shard(pending, engine, workers, device)
     ]
     for future in as_completed(futures):
         try:

@@ -1,7 +1,8 @@
 """Local trainers: PPO (default) and REINFORCE, for K twins at once as one batched computation.
 
-Each twin gets its own copy of the global parameters, stacked along a leading twin axis and run
-through the policy module with `torch.func.functional_call` under `torch.vmap`. A twin's loss
+Each twin gets its own copy of the global parameters, stacked along a leading twin axis, and the
+policy module's layers run as batched matrix products over that axis (`torch.baddbmm`: what
+`vmap(functional_call(module))` computes, without its per-call overhead). A twin's loss
 depends only on its own slice, so the gradient of the summed loss is each twin's own gradient;
 Adam is elementwise and gradient clipping is done per twin, so twin k trains exactly as it would
 alone (K=1 is the pool engine's single-twin step, K>1 the fleet engine).
@@ -10,6 +11,8 @@ Each twin draws every random number from its own generator seeded from `seeds[k]
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -56,14 +59,64 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+_MALLOC_TUNED = False
+
+
+def keep_freed_memory() -> None:
+    """Once per process (Linux/glibc): serve big tensors from the heap and keep freed memory for reuse.
+
+    glibc maps every allocation above its mmap threshold (at most 32 MiB: one [1024, 128, 64]
+    activation) fresh from the kernel and unmaps it when freed, so each op of a large fleet paid page
+    faults: at K=1024 the kernel took 28% of the CPU time (3.4 s sys vs 8.5 s user per PPO update);
+    with a 256 MiB threshold 4%, for +0.3 GiB peak RSS. Elsewhere a no-op.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_TUNED = True
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. no mallopt symbol)
+        return
+    mallopt(-3, 1 << 28)  # M_MMAP_THRESHOLD: 256 MiB
+    mallopt(-1, 1 << 28)  # M_TRIM_THRESHOLD: keep up to 256 MiB of freed heap
+
+
 # ---------------------------------------------------------------------------- batched network
 class StackedPolicy:
-    """The policy module evaluated with K parameter sets at once (vmap over the twin axis)."""
+    """The policy module evaluated with K parameter sets at once.
+
+    Each `Linear` of the module is one `baddbmm` over the twin axis and each `Tanh` a `tanh`, the
+    same arithmetic as `vmap(functional_call(module))` but half the time of a K=1 step (profiled:
+    vmap's per-call overhead dominated the pool engine and its unfused bias add cost 11% at K=256).
+    """
 
     def __init__(self, model: PolicyNet) -> None:
         self.model = model
-        self._actor = torch.vmap(self._call("actor"))
-        self._critic = torch.vmap(self._call("critic"))
+        self._layers = {head: self._plan(head) for head in ("actor", "critic")
+                        if getattr(model, head) is not None}
+
+    def _plan(self, head: str) -> list[str | None]:
+        """Per module of the head's Sequential: its parameter prefix (a Linear) or None (a Tanh)."""
+        plan: list[str | None] = []
+        for i, module in enumerate(getattr(self.model, head)):
+            if isinstance(module, torch.nn.Linear):
+                plan.append(f"{head}.{i}.")
+            elif isinstance(module, torch.nn.Tanh):
+                plan.append(None)
+            else:
+                raise TypeError(f"StackedPolicy cannot batch {type(module).__name__} in {head}")
+        return plan
+
+    def _forward(self, head: str, params: Params, obs: torch.Tensor) -> torch.Tensor:
+        h = obs
+        for prefix in self._layers[head]:
+            if prefix is None:
+                h = torch.tanh(h)
+            else:  # x W^T + b, per twin
+                weight, bias = params[prefix + "weight"], params[prefix + "bias"]
+                h = torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
+        return h
 
     def _call(self, head: str) -> Callable[[Params, torch.Tensor], torch.Tensor]:
         module = getattr(self.model, head)
@@ -77,11 +130,11 @@ class StackedPolicy:
 
     def logits(self, params: Params, obs: torch.Tensor) -> torch.Tensor:
         """[K, N, D] -> [K, N, A]."""
-        return self._actor(params, obs)
+        return self._forward("actor", params, obs)
 
     def value(self, params: Params, obs: torch.Tensor) -> torch.Tensor:
         """[K, N, D] -> [K, N]."""
-        return self._critic(params, obs).squeeze(-1)
+        return self._forward("critic", params, obs).squeeze(-1)
 
     def actor_fn(self, params: Params) -> ActorFn:
         return lambda obs: self.logits(params, obs)
@@ -234,6 +287,7 @@ def train_twins(
             f"need one seed per twin and at least one twin (twins={len(twins)}, seeds={len(seeds)})"
         )
     dev = resolve_device(device)
+    keep_freed_memory()
     spec = policy_spec(cfg)
     layout = layout_for(spec)
     k = len(twins)
@@ -242,8 +296,9 @@ def train_twins(
     params: Params = {
         n: v.unsqueeze(0).repeat(k, *([1] * v.dim())).requires_grad_() for n, v in anchor.items()
     }
-    net = StackedPolicy(PolicyNet(spec))  # uninitialized template: functional_call supplies the weights
-    optimizer = torch.optim.Adam(params.values(), lr=cfg.learning_rate, eps=1e-5)
+    net = StackedPolicy(PolicyNet(spec))  # uninitialized template: `params` supply the weights
+    # fused: one kernel per tensor instead of ~10 elementwise passes (5x faster step at K=1024)
+    optimizer = torch.optim.Adam(params.values(), lr=cfg.learning_rate, eps=1e-5, fused=True)
 
     rngs = [np.random.default_rng(seed) for seed in seeds]
     env = TwinCartPoleVectorEnv(twins, envs_per_twin=cfg.num_envs)

@@ -1,0 +1,462 @@
+"""Fleet scale: the pool engine against the fleet engine for one round of 8 to 1024 twins.
+
+Same command, same machine, same per-twin budget (the default `TrainConfig`: 8 x 128 steps x 4
+sub-envs = 4096 env steps and 8 x 6 x 4 = 192 PPO minibatch steps per twin per round). Each
+contender trains round 0 of a fresh run through the runner's own machinery:
+
+* `pool`: `fedtwin run --engine pool`: one `steps.train` job per twin in the runner's spawn
+  process pool (`runner.make_executor`, workers = cores), which is warmed up first (a run starts
+  its pool once), so the time is a round's, not the pool's start-up.
+* `fleet`: `steps.train` with every twin in one call, in one process (one batched computation).
+* `fleet xW`: `fedtwin run --engine fleet`: one shard of twins per worker in the same warm pool.
+
+Every measurement runs in a fresh child process; the parent samples the child's process tree
+(psutil, every 50 ms) for the peak resident memory, workers included. Env steps/s counts twin
+env steps (every sub-env step of every twin) over the round's training wall time. The aggregation
+of the round (the same for both engines) is timed once per fleet size.
+
+    python benchmarks/fleet_scale.py                   # 8, 64, 256, 1024 twins; writes the markdown
+    python benchmarks/fleet_scale.py --quick           # a smoke check in seconds (not written)
+    python benchmarks/fleet_scale.py --device cuda --twins 1024,4096 --engines fleet
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import Executor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results" / "fleet_scale.md"
+QUICK_BUDGET = {"num_steps": 16, "num_envs": 2, "updates": 1, "epochs": 1, "minibatches": 2}
+GIB = 1024**3
+
+
+# ------------------------------------------------------------------------ child: one measurement
+def _warm(hold: float) -> float:
+    """A process's first job: the imports and first torch calls every later job finds done."""
+    import torch
+
+    from fedtwin import steps  # noqa: F401
+    from fedtwin.config import TrainConfig
+    from fedtwin.policy import init_params, policy_spec
+    from fedtwin.train import train_twin
+    from fedtwin.twins import TwinSpec
+
+    cfg = TrainConfig(num_steps=8, num_envs=1, updates=1, epochs=1, minibatches=1)
+    train_twin(init_params(policy_spec(cfg), 0), TwinSpec(id="twin-000"), 0, cfg)
+    time.sleep(hold)  # hold a pool worker so that each warm-up job lands on a different one
+    return float(torch.get_num_threads())
+
+
+def _round_config(twins: int, budget: dict[str, int], store: str) -> Any:
+    from fedtwin.config import load_config
+
+    return load_config(None, {
+        "run_id": "bench", "store": store, "seed": 0,
+        "fleet": {"count": twins, "validation_count": 4, "heldout_count": 1},
+        "train": budget,
+        "federation": {"rounds": 1, "target_return": None, "min_twins": 1},
+    }, environ={})
+
+
+def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str, int]) -> dict[str, Any]:
+    """Train round 0 of a fresh `twins`-twin run with `engine`; seconds and, for `fleet`, aggregation."""
+    import torch
+
+    from fedtwin import runner, steps
+    from fedtwin.store import LocalStore, RunLayout
+
+    torch.set_num_threads(1)  # as the runner's workers and inline executor do
+    with tempfile.TemporaryDirectory(prefix="fleet-scale-") as tmp:
+        config = _round_config(twins, budget, tmp)
+        store = LocalStore(tmp)
+        ids = steps.init(store, config).twin_ids
+        out: dict[str, Any] = {}
+        if engine == "fleet":
+            _warm(0.0)  # as a warm pool's workers are: a run pays this once
+            started = time.perf_counter()
+            records = steps.train(store, "bench", 0, ids, device, "fleet")
+            out["seconds"] = time.perf_counter() - started
+            started = time.perf_counter()
+            summary = steps.aggregate(store, "bench", 0)
+            out["aggregate_seconds"] = time.perf_counter() - started
+            assert len(summary["participants"]) == twins
+        else:
+            kind = "pool" if engine == "pool" else "fleet"  # fleet-sharded: the runner's fleet engine
+            with runner.make_executor(workers) as executor:
+                started = time.perf_counter()
+                _wait(executor, [executor.submit(_warm, 1.0) for _ in range(workers)])
+                out["pool_start_seconds"] = time.perf_counter() - started
+                started = time.perf_counter()
+                jobs = [executor.submit(runner._train_job, store, "bench", 0, shard, device, kind)
+                        for shard in runner.shard(ids, kind, workers, device)]
+                trained = _wait(executor, jobs)
+                out["seconds"] = time.perf_counter() - started
+            records = [twin_id for shard_ids in trained for twin_id in shard_ids]
+        assert len(records) == twins, f"{len(records)} of {twins} twins trained"
+        out["updates_written"] = len(store.list(RunLayout("bench").updates_dir(0))) // 2  # weights + json
+        if device.startswith("cuda") and engine == "fleet":
+            out["gpu_peak_bytes"] = torch.cuda.max_memory_allocated()
+    return out
+
+
+def _wait(executor: Executor, futures: list[Any]) -> list[Any]:
+    return [f.result() for f in as_completed(futures)]
+
+
+# ------------------------------------------------------------------------------ parent: driver
+def default_budget() -> dict[str, int]:
+    from fedtwin.config import TrainConfig
+
+    defaults = TrainConfig()
+    return {k: getattr(defaults, k) for k in ("num_steps", "num_envs", "updates", "epochs", "minibatches")}
+
+
+@dataclass
+class Row:
+    engine: str
+    twins: int
+    seconds: float | None
+    peak_rss: float | None
+    """Bytes: peak resident set of the child's whole process tree."""
+    env_steps: int
+    extrapolated: bool = False
+    aggregate_seconds: float | None = None
+    pool_start_seconds: float | None = None
+    load_before: float = 0.0
+    load_after: float = 0.0
+
+    @property
+    def steps_per_second(self) -> float | None:
+        return None if self.seconds is None else self.env_steps / self.seconds
+
+
+class TreeMemory:
+    """Peak RSS of a process and all its descendants, sampled in a thread."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            try:
+                for proc in [self.root, *self.root.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        total += proc.memory_info().rss
+            except psutil.Error:
+                break
+            self.peak = max(self.peak, total)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_child(engine: str, twins: int, workers: int, device: str, budget: dict[str, int],
+              timeout: float) -> tuple[dict[str, Any], int | None]:
+    """One measurement in a fresh interpreter; returns its result and the tree's peak RSS."""
+    cmd = [sys.executable, __file__, "--child", json.dumps(
+        {"engine": engine, "twins": twins, "workers": workers, "device": device, "budget": budget})]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDTWIN_", "MLFLOW_"))}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        import psutil  # noqa: F401
+
+        with TreeMemory(proc.pid) as memory:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        peak: int | None = memory.peak
+    except ImportError:  # no psutil: the largest single process of the tree, not their sum
+        import resource
+
+        stdout, stderr = proc.communicate(timeout=timeout)
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if proc.returncode != 0:
+        raise RuntimeError(f"{engine} x {twins} failed ({proc.returncode}):\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1]), peak
+
+
+def wait_for_quiet(limit: float, max_wait: float, chunk: float = 60.0) -> float:
+    """Sleep in chunks until the 1-minute load average is at most `limit` (or `max_wait` passed)."""
+    waited = 0.0
+    while os.getloadavg()[0] > limit and waited < max_wait:
+        print(f"  load average {os.getloadavg()[0]:.2f} > {limit}: waiting ({waited:.0f}/{max_wait:.0f} s)",
+              flush=True)
+        time.sleep(chunk)
+        waited += chunk
+    return os.getloadavg()[0]
+
+
+def machine_info(device: str) -> dict[str, str]:
+    import numpy
+    import torch
+
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = "unknown"
+    try:
+        import psutil
+
+        memory = f"{psutil.virtual_memory().total / GIB:.1f} GiB"
+    except ImportError:
+        pass
+    info = {
+        "CPU": model,
+        "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable",
+        "memory": memory,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "torch threads per process": "1 (as the runner sets)",
+        "OS": platform.platform(),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load average at start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    if device.startswith("cuda"):
+        info["GPU"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none available"
+    return info
+
+
+def fmt_seconds(row: Row) -> str:
+    if row.seconds is None:
+        return "—"
+    text = f"{row.seconds:,.1f}" if row.seconds >= 10 else f"{row.seconds:.2f}"
+    return f"~{text} (extrapolated)" if row.extrapolated else text
+
+
+def table(rows: list[Row], engines: list[str]) -> list[str]:
+    """Markdown table: one line per fleet size and engine, with the pool/engine time ratio."""
+    lines = ["| twins | engine | round wall time (s) | twin env-steps/s | peak RSS, process tree | "
+             "speed-up vs pool | aggregation (s) |",
+             "|---:|---|---:|---:|---:|---:|---:|"]
+    for twins in sorted({r.twins for r in rows}):
+        pool = next((r for r in rows if r.twins == twins and r.engine == "pool"), None)
+        agg = next((r.aggregate_seconds for r in rows if r.twins == twins and r.aggregate_seconds), None)
+        for engine in engines:
+            row = next((r for r in rows if r.twins == twins and r.engine == engine), None)
+            if row is None:
+                continue
+            sps = row.steps_per_second
+            ratio = ""
+            if pool is not None and pool.seconds and row.seconds and row is not pool:
+                ratio = f"**{pool.seconds / row.seconds:.1f}x**"
+                ratio += " (vs extrapolated)" if pool.extrapolated else ""
+            mem = "—" if row.peak_rss is None else f"{row.peak_rss / GIB:.2f} GiB"
+            lines.append(f"| {twins} | {engine} | {fmt_seconds(row)} | "
+                         f"{'—' if sps is None else f'{sps:,.0f}'} | {mem} | {ratio} | "
+                         f"{'' if agg is None or engine != 'fleet' else f'{agg:.1f}'} |")
+    return lines
+
+
+TRADE_OFF = """\
+## README snippet: engines and `twins-per-pod`
+
+Local training has two engines with the same maths (a twin's update from either is equal to float
+tolerance; `tests/test_engines.py` checks it for PPO and REINFORCE):
+
+- **`pool`** (`fedtwin run --engine pool`, Argo `twins-per-pod=1`, the default): one step per twin,
+  a process locally or **an isolated pod per twin** on Argo. Each twin has its own process, its own
+  service account, optionally its own S3 identity (`per-twin-secrets`) and KubeOVN subnet: a
+  crashing, hung or compromised twin affects only itself, and a twin's data never shares a process
+  with another's. The price is a process (locally) or a pod start, a Python start, a torch import
+  and a model load per twin per round, and small per-twin work that a CPU runs inefficiently.
+- **`fleet`** (`fedtwin run --engine fleet`, Argo `twins-per-pod=N`): N twins trained in one
+  batched computation (every twin's sub-envs in one vector env, every twin's copy of the policy
+  trained at once, each with its own parameters, Adam state, gradient clipping and random
+  generator). Isolation is **per shard**: the N twins of a pod share its process, memory,
+  identity and network, so a failure (OOM, a crash, a deadline) loses the whole shard's updates
+  for that round (the quorum decides whether the round survives), and `per-twin-secrets` is not
+  available. In exchange a round of 1000+ twins fits on a laptop or one pod, and a GPU
+  (`twin-gpu-limit=1`, `--device cuda`) pays off.
+
+Choose `twins-per-pod=1` when twins belong to different owners or carry data that must not share a
+process, or when the fleet is small; choose shards (e.g. 50 to 500 twins per pod) when one
+operator simulates a large fleet of their own devices and throughput matters.
+"""
+
+
+def write_markdown(path: Path, info: dict[str, str], command: str, budget: dict[str, int], rows: list[Row],
+                   engines: list[str], notes: list[str], gpu: str) -> None:
+    per_twin = budget["updates"] * budget["num_steps"] * budget["num_envs"]
+    lines = [
+        "# Fleet scale: pool engine vs fleet engine",
+        "",
+        "One federated round (local training of every twin from the same global model) of a fresh",
+        "run, pool engine against fleet engine, by `benchmarks/fleet_scale.py`. Same command, same",
+        "machine, same per-twin budget for both engines.",
+        "",
+        "## Machine",
+        "",
+        *[f"- {key}: {value}" for key, value in info.items()],
+        "",
+        "## Command and budget",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"Per twin and round: {budget['updates']} updates x {budget['num_steps']} steps x "
+        f"{budget['num_envs']} sub-envs = {per_twin:,} env steps; PPO with {budget['epochs']} epochs x "
+        f"{budget['minibatches']} minibatches, 64-64 actor and critic"
+        + (" (the default `TrainConfig`)." if budget == default_budget() else " (a reduced budget)."),
+        "",
+        "## Results (CPU)",
+        "",
+        *table(rows, engines),
+        "",
+        "- *round wall time*: training of every twin of the round (pool: all jobs of a warm process",
+        "  pool, workers = cores; fleet: one `steps.train` call in one process; fleet xW: W shards in",
+        "  the warm pool), store writes included; *aggregation*: `steps.aggregate` of the round",
+        "  (validation, FedAvg, evaluation), the same for both engines.",
+        "- *twin env-steps/s*: twins x env steps per twin / round wall time.",
+        "- *peak RSS*: the benchmark child process and all its workers, sampled every 50 ms.",
+        *[f"- {note}" for note in notes],
+        "",
+        "## GPU",
+        "",
+        gpu,
+        "",
+        TRADE_OFF,
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--twins", default="8,64,256,1024", help="Fleet sizes (comma-separated).")
+    parser.add_argument("--engines", default="pool,fleet,fleet-sharded",
+                        help="Any of pool, fleet (one process), fleet-sharded (one shard per worker).")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="Pool size (default: cores).")
+    parser.add_argument("--pool-max", type=int, default=256,
+                        help="Largest fleet the pool engine runs; larger ones are extrapolated linearly "
+                             "from it (and marked so).")
+    parser.add_argument("--budget", default="default", choices=["default", "quick"],
+                        help=f"default: TrainConfig's; quick: {QUICK_BUDGET} (smoke tests only).")
+    parser.add_argument("--quick", action="store_true", help="8 and 64 twins, quick budget, nothing written.")
+    parser.add_argument("--wait-load", type=float, default=2.5,
+                        help="Before each measurement, wait while the 1-min load average exceeds this.")
+    parser.add_argument("--max-wait", type=float, default=1200,
+                        help="Seconds of waiting for a quiet machine.")
+    parser.add_argument("--timeout", type=float, default=3600, help="Seconds per measurement.")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown to write ('-' for none).")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:  # one measurement, in a fresh interpreter
+        spec = json.loads(args.child)
+        print(json.dumps(measure(spec["engine"], spec["twins"], spec["workers"], spec["device"],
+                                 spec["budget"])))
+        return 0
+
+    if args.quick:
+        args.twins, args.budget, args.out = "8,64", "quick", Path("-")
+    sizes = [int(x) for x in args.twins.split(",")]
+    engines = [e.strip() for e in args.engines.split(",")]
+    unknown = set(engines) - {"pool", "fleet", "fleet-sharded"}
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}; choose from pool, fleet, fleet-sharded")
+    budget = dict(QUICK_BUDGET) if args.budget == "quick" else default_budget()
+    command = "python benchmarks/fleet_scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    names = {"pool": "pool", "fleet": "fleet", "fleet-sharded": f"fleet x{args.workers}"}
+
+    import torch
+
+    gpu = "Not measured (no GPU available): this machine has no CUDA device."
+    if args.device == "cuda":
+        if not torch.cuda.is_available():
+            print(f"--device cuda: not measured (no GPU available; torch {torch.__version__}, "
+                  f"torch.cuda.is_available() is False)")
+            if args.out != Path("-"):
+                print(f"{args.out} not written: a CUDA measurement needs a GPU")
+            return 0
+        gpu = ""  # filled from the rows below
+    info = machine_info(args.device)
+    print(f"{command}\n" + "\n".join(f"  {k}: {v}" for k, v in info.items()), flush=True)
+
+    rows: list[Row] = []
+    notes: list[str] = []
+    per_twin = budget["updates"] * budget["num_steps"] * budget["num_envs"]
+    for twins in sizes:
+        for engine in engines:
+            label = names[engine]
+            if engine == "pool" and twins > args.pool_max:
+                base = max((r for r in rows if r.engine == "pool" and not r.extrapolated),
+                           key=lambda r: r.twins, default=None)
+                if base is not None and base.seconds is not None:
+                    rows.append(Row(label, twins, base.seconds * twins / base.twins, None, twins * per_twin,
+                                    extrapolated=True))
+                    notes.append(f"pool at {twins} twins is **extrapolated** linearly from its measured "
+                                 f"{base.twins}-twin round ({base.seconds:.1f} s x {twins}/{base.twins}); "
+                                 f"not run (run with `--pool-max {twins}` to measure it).")
+                continue
+            load = wait_for_quiet(args.wait_load, args.max_wait)
+            print(f"{label:>10} x {twins:5d} twins (load {load:.2f}) ...", end=" ", flush=True)
+            result, peak = run_child(engine, twins, args.workers, args.device, budget, args.timeout)
+            row = Row(label, twins, result["seconds"], peak, twins * per_twin,
+                      aggregate_seconds=result.get("aggregate_seconds"),
+                      pool_start_seconds=result.get("pool_start_seconds"), load_before=load,
+                      load_after=os.getloadavg()[0])
+            rows.append(row)
+            print(f"{row.seconds:8.2f} s  {row.steps_per_second:10,.0f} steps/s  "
+                  f"{(peak or 0) / GIB:5.2f} GiB  (load after {row.load_after:.2f})", flush=True)
+
+    measured = [r for r in rows if not r.extrapolated]
+    loads = [r.load_before for r in measured] + [r.load_after for r in measured]
+    notes.append(f"1-minute load average during the measurements: {min(loads):.2f} to {max(loads):.2f} "
+                 f"on {os.cpu_count()} cores (other users' work included).")
+    starts = [r.pool_start_seconds for r in rows if r.pool_start_seconds]
+    if starts:
+        notes.append(f"starting and warming the {args.workers}-worker spawn pool took {min(starts):.1f} to "
+                     f"{max(starts):.1f} s; a run pays it once, so it is not in the round times.")
+    if args.device == "cuda":
+        gpu = f"Device: {info['GPU']}.\n\n" + "\n".join(table(rows, [names[e] for e in engines]))
+
+    print()
+    print("\n".join(table(rows, [names[e] for e in engines])))
+    for note in notes:
+        print(f"- {note}")
+    if args.out != Path("-"):
+        write_markdown(args.out, info, command, budget, rows, [names[e] for e in engines], notes, gpu)
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
