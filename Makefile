@@ -75,3 +75,26 @@ single-cluster-teardown:  ## Delete the kind cluster made by single-cluster-setu
 .PHONY: workflows
 workflows: $(STAMP)  ## Render workflows/rendered/*.yaml and the README parameter tables from the Hera source
 	$(BIN)/python -m workflows.render
+
+# --- multi-cluster: kind host with Karmada + two members, one run through S3 (karmada/README.md) --
+.PHONY: multi-cluster-setup multi-cluster-run multi-cluster-teardown karmada-manifests
+RUN_ID ?= demo
+ROUNDS ?= 10
+MC_SETUP = IMAGE_REPOSITORY=$(IMAGE_REPOSITORY) IMAGE_TAG=$(IMAGE_TAG) DOCKER_BUILD_ARGS="$(DOCKER_BUILD_ARGS)" bash karmada/multi-cluster-setup.sh
+
+multi-cluster-setup: tools  ## kind host (Karmada, Argo, S3, coordinator) + two joined members, policies applied; prints how to submit
+	$(MC_SETUP) clusters
+	$(MC_SETUP) karmada
+	$(MC_SETUP) join
+	$(MC_SETUP) platform
+	$(MC_SETUP) policies
+	$(MC_SETUP) print
+
+multi-cluster-run:  ## Submit a multi-cluster run (RUN_ID=demo, ROUNDS=10) to the multi-cluster setup
+	bash karmada/submit-run.sh $(RUN_ID) $(ROUNDS)
+
+multi-cluster-teardown:  ## Delete the kind clusters and state made by multi-cluster-setup
+	bash karmada/multi-cluster-teardown.sh
+
+karmada-manifests: $(STAMP) tools  ## Regenerate karmada/manifests/ (standalone Karmada objects) from the fedtwin chart
+	$(BIN)/python karmada/render_manifests.py

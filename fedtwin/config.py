@@ -225,13 +225,16 @@ class MulticlusterConfig(StrictModel):
                 f"max_poll_interval ({self.max_poll_interval:g}) must be at least poll_interval "
                 f"({self.poll_interval:g})"
             )
+        return self
+
+    def check_member_patience(self) -> None:
+        """Raise ValueError when a member would give up while a round still waits for stragglers."""
         if self.wait_timeout_seconds <= self.round_deadline_seconds:
             raise ValueError(
-                f"wait_timeout_seconds ({self.wait_timeout_seconds:g}) must exceed round_deadline_seconds "
-                f"({self.round_deadline_seconds:g}): a member waits for the aggregation of a round, which "
-                "can take the whole round deadline"
+                f"multicluster.wait_timeout_seconds ({self.wait_timeout_seconds:g}) must exceed "
+                f"round_deadline_seconds ({self.round_deadline_seconds:g}): a member waits for the "
+                "aggregation of a round, which can take the whole round deadline"
             )
-        return self
 
 
 class Config(StrictModel):
@@ -262,6 +265,11 @@ class Config(StrictModel):
                     f"federation.min_twins ({self.federation.min_twins:g}) exceeds fleet.count "
                     f"({self.fleet.count}); lower min_twins or add twins"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_multicluster(self) -> Config:
+        self.multicluster.check_member_patience()
         return self
 
     @model_validator(mode="after")

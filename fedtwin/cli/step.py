@@ -222,3 +222,101 @@ def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None
         reason = None if status == "done" else reason
     state = steps.finish(open_store(store), run_id, status, reason)
     click.echo(json.dumps({"run_id": run_id, "status": state["status"]}))
+
+
+# --- multi-cluster: one member per cluster, one coordinator on the host (fedtwin/multicluster.py) ---
+def wait_options(func: Any) -> Any:
+    """Polling flags of `step member` and `step coordinate` (default: the run's `multicluster:` section)."""
+    options = [
+        click.option("--poll-interval", type=click.FloatRange(min=0, min_open=True),
+                     help="Seconds between the first looks at the store while waiting."),
+        click.option("--max-poll-interval", type=click.FloatRange(min=0, min_open=True),
+                     help="Cap of the poll interval as it backs off."),
+        click.option("--backoff", type=click.FloatRange(min=1),
+                     help="Factor the poll interval grows by after a look that saw nothing new."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@step_group.command("member")
+@run_option
+@click.option("--twins", "twins", multiple=True, required=True,
+              help="This cluster's twins: ID,ID,... (or repeat the option).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1),
+              help="Training processes (default: the run's execution.workers, else one per core).")
+@wait_options
+@click.option("--wait-timeout", "wait_timeout_seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds one wait (for the run, a global model, an aggregation) may last.")
+@store_option
+@outputs_option
+def member_cmd(run_id: str, twins: tuple[str, ...], device: str, workers: int | None, store: str,
+               outputs_dir: str | None, **flags: Any) -> None:
+    """Train this cluster's twins in every round of a multi-cluster run, until it ends.
+
+    Each round waits for the round's global model, trains the twins without an update and waits
+    for the aggregation; it stops when the last round is aggregated and fails when the run fails.
+    Resumable: a restarted member joins the first open round and skips stored updates. Prints one
+    JSON line per round. Outputs (--outputs-dir): rounds (JSON list of rounds played), trained and
+    left_out (JSON objects: round -> twins), status.
+
+    Example: fedtwin step member --run demo --twins twin-000,twin-001 --store s3://fedtwin
+    """
+    from fedtwin import multicluster, steps
+    from fedtwin.store import open_store
+
+    def show(report: multicluster.MemberRound) -> None:
+        click.echo(json.dumps(report.to_json()))
+
+    result = multicluster.member(open_store(store), run_id, split_ids(twins), flags, device, workers,
+                                 on_round=show)
+    steps.write_outputs(outputs_dir, {
+        "rounds": [r.round for r in result.rounds],
+        "trained": {str(r.round): r.trained for r in result.rounds},
+        "left_out": {str(r.round): r.left_out for r in result.rounds if r.left_out},
+        "status": result.status,
+    })
+    click.echo(json.dumps({"run_id": run_id, "twins": result.twins, "status": result.status,
+                           "rounds": [r.round for r in result.rounds]}))
+
+
+@step_group.command("coordinate")
+@run_option
+@wait_options
+@click.option("--round-deadline", "round_deadline_seconds", type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a round waits for every update before aggregating the quorum.")
+@click.option("--retry-failed", is_flag=True,
+              help="Play a failed run's failed round again (otherwise a failed run is refused).")
+@store_option
+@outputs_option
+def coordinate_cmd(run_id: str, retry_failed: bool, store: str, outputs_dir: str | None,
+                   **flags: Any) -> None:
+    """Aggregate every round of a multi-cluster run as the members' updates arrive, then evaluate.
+
+    A round aggregates once every twin's update is stored, or at the round deadline with at least
+    `min_twins` of them; below that the run fails (stored rounds stay intact). Updates written
+    after their round was aggregated are recorded in rounds/NNNN/late.json. Run `step init` first.
+    Prints one JSON line per round. Outputs (--outputs-dir): status, rounds_played,
+    heldout_return, late (JSON object: round -> twins).
+
+    Example: fedtwin step coordinate --run demo --store s3://fedtwin --round-deadline 600
+    """
+    from fedtwin import multicluster, steps
+    from fedtwin.store import open_store
+
+    def show(decision: multicluster.RoundDecision) -> None:
+        click.echo(json.dumps(decision.to_json()))
+
+    result = multicluster.coordinate(open_store(store), run_id, flags, retry_failed, on_round=show)
+    heldout = result.evaluation["heldout"]["mean_return"]
+    steps.write_outputs(outputs_dir, {
+        "status": result.state["status"],
+        "rounds_played": str(result.state["next_round"]),
+        "heldout_return": f"{heldout:.2f}",
+        "late": {str(r): ids for r, ids in result.late.items()},
+    })
+    click.echo(json.dumps({"run_id": run_id, "status": result.state["status"],
+                           "rounds_played": result.state["next_round"], "heldout_return": heldout,
+                           "late": {str(r): ids for r, ids in result.late.items()}}))

@@ -229,3 +229,61 @@ set only in the templates that declare it; `workflowTemplates.parameters` overri
 {{- end -}}
 {{- toJson $p -}}
 {{- end -}}
+
+{{/*
+Karmada helpers (templates/karmada/). The per-member twin Workflow and the OverridePolicies that
+patch it share one parameter order, defined here once: an OverridePolicy replaces parameters by
+their index (Karmada's plaintext overrider is a JSON patch).
+*/}}
+
+{{/* Parameters of the member Workflow, in order (names of fedtwin-member's parameters). */}}
+{{- define "fedtwin.karmada.memberParameters" -}}
+{{- toJson (list "run-id" "twins" "store" "s3-endpoint") -}}
+{{- end -}}
+
+{{/* JSON-patch path of a member Workflow parameter's value. Call with (list . "twins"). */}}
+{{- define "fedtwin.karmada.parameterPath" -}}
+{{- $names := include "fedtwin.karmada.memberParameters" (index . 0) | fromJsonArray -}}
+{{- $wanted := index . 1 -}}
+{{- $found := -1 -}}
+{{- range $i, $name := $names -}}
+{{- if eq $name $wanted -}}{{- $found = $i -}}{{- end -}}
+{{- end -}}
+{{- if lt $found 0 -}}{{- fail (printf "fedtwin.karmada.parameterPath: no member Workflow parameter %q" $wanted) -}}{{- end -}}
+{{- printf "/spec/arguments/parameters/%d/value" $found -}}
+{{- end -}}
+
+{{/* The label that marks a member Workflow (a coordinator Workflow never carries it). */}}
+{{- define "fedtwin.karmada.memberRoleLabel" -}}
+fedtwin.io/multicluster-role: member
+{{- end -}}
+
+{{/* What the policies select: the member Workflows of this release. */}}
+{{- define "fedtwin.karmada.memberWorkflowSelector" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{ include "fedtwin.karmada.memberRoleLabel" . }}
+{{- end -}}
+
+{{/* Member clusters that train twins, sorted (placement of the member Workflows). */}}
+{{- define "fedtwin.karmada.memberClusters" -}}
+{{- toJson (keys .Values.karmada.members | sortAlpha) -}}
+{{- end -}}
+
+{{/* Fail early on Karmada values the schema cannot express. Renders nothing. */}}
+{{- define "fedtwin.karmada.validate" -}}
+{{- $owner := dict -}}
+{{- range $cluster := keys .Values.karmada.members | sortAlpha -}}
+{{- if not (has $cluster $.Values.karmada.clusters) -}}
+{{- fail (printf "karmada.members.%s: %s is not in karmada.clusters (%s); add it there so that it receives the WorkflowTemplates" $cluster $cluster (join ", " $.Values.karmada.clusters)) -}}
+{{- end -}}
+{{- range $twin := (get $.Values.karmada.members $cluster).twins -}}
+{{- if hasKey $owner $twin -}}
+{{- fail (printf "karmada.members: twin %s is in both %s and %s; each twin trains in exactly one member cluster" $twin (get $owner $twin) $cluster) -}}
+{{- end -}}
+{{- $_ := set $owner $twin $cluster -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.karmada.runId (not .Values.karmada.members) -}}
+{{- fail "karmada.runId needs karmada.members: list each member cluster's twins (e.g. --set karmada.members.member1.twins={twin-000,twin-001})" -}}
+{{- end -}}
+{{- end -}}
