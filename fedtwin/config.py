@@ -164,7 +164,28 @@ class ExecutionConfig(StrictModel):
 
 
 class PrivacyConfig(StrictModel):
+    """Differential privacy (see `fedtwin.privacy` for what the guarantee covers)."""
+
     mode: Literal["off", "local", "central"] = "off"
+    """off; local: DP-SGD on each twin's update (per-transition epsilon per twin, budget stop);
+    central: DP-FedAvg at the aggregator (per-twin epsilon of the global models)."""
+    target_epsilon: float | None = Field(None, gt=0)
+    """Budget: without noise_multiplier the noise is calibrated so the planned rounds spend at most
+    this; a twin (local) or the run (central) stops before exceeding it."""
+    delta: float = Field(1e-6, gt=0, lt=1)
+    """Delta of the (epsilon, delta) guarantee; below 1/units (local: a twin's transitions over the
+    run; central: the fleet's twins)."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """local: clip bound of each transition's gradient (DP-SGD's C)."""
+    noise_multiplier: float | None = Field(None, gt=0)
+    """Noise std / clip bound; default: calibrated from target_epsilon over the planned rounds."""
+    accountant: Literal["rdp", "prv"] = "rdp"
+    """Opacus accountant: rdp (fast) or prv (tighter, slower)."""
+    clip_norm: float | None = Field(None, gt=0)
+    """central: bound on each twin's update delta ||update - global|| (required in central mode)."""
+    release_metrics: bool = False
+    """local: also publish the twins' experience-derived metrics (returns, losses), which the DP
+    guarantee does not cover."""
 
 
 class TrackingConfig(StrictModel):
@@ -259,9 +280,9 @@ class Config(StrictModel):
 
     @model_validator(mode="after")
     def _check_quorum(self) -> Config:
-        if self.federation.min_twins >= 1 and self.fleet.file is None:
-            if self.federation.min_twins > self.fleet.count:
-                raise ValueError(
+        fixed_count = self.federation.min_twins >= 1 and self.fleet.file is None
+        if fixed_count and self.federation.min_twins > self.fleet.count:
+            raise ValueError(
                     f"federation.min_twins ({self.federation.min_twins:g}) exceeds fleet.count "
                     f"({self.fleet.count}); lower min_twins or add twins"
                 )
@@ -270,6 +291,35 @@ class Config(StrictModel):
     @model_validator(mode="after")
     def _check_multicluster(self) -> Config:
         self.multicluster.check_member_patience()
+        return self
+
+    @model_validator(mode="after")
+    def _check_privacy(self) -> Config:
+        p, t = self.privacy, self.train
+        if p.mode == "off":
+            return self
+        if p.target_epsilon is None and p.noise_multiplier is None:
+            raise ValueError(f"privacy.mode {p.mode!r} needs privacy.target_epsilon (the budget) or "
+                             "privacy.noise_multiplier")
+        if p.mode == "local":
+            units = self.federation.rounds * t.updates * t.num_steps * t.num_envs
+            if p.delta >= 1 / units:
+                raise ValueError(
+                    f"privacy.delta ({p.delta:g}) must be below 1/num_samples = 1/{units} ({1 / units:.3g}), "
+                    "num_samples being a twin's transitions over the run "
+                    "(rounds*updates*num_steps*num_envs); lower delta"
+                )
+        else:
+            if p.clip_norm is None:
+                raise ValueError("privacy.mode 'central' needs privacy.clip_norm (bound on each twin's "
+                                 "update delta, e.g. 1.0)")
+            linear = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+            if self.federation.strategy not in linear:
+                raise ValueError(f"privacy.mode 'central' noises the average, so federation.strategy must "
+                                 f"be one of {', '.join(linear)}, not {self.federation.strategy!r}")
+            if self.fleet.file is None and p.delta >= 1 / self.fleet.count:
+                raise ValueError(f"privacy.delta ({p.delta:g}) must be below 1/fleet.count = "
+                                 f"1/{self.fleet.count} in central mode (one unit = one twin); lower delta")
         return self
 
     @model_validator(mode="after")

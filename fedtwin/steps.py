@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from fedtwin import tracking
+from fedtwin import privacy, tracking
 from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
 from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
@@ -142,6 +142,11 @@ def init(store: ArtifactStore, config: Config) -> InitResult:
             f"federation.min_twins needs {quorum} twins but the fleet has {len(fleet.train)}; "
             "lower min_twins or add twins"
         )
+    try:
+        config.federation.check_strategy(len(fleet.train))
+    except ValueError as exc:
+        raise ConfigError(f"invalid config: {exc}") from exc
+    privacy.check_run(config, len(fleet.train))
     spec = policy_spec(config.train)
     # Written in dependency order; config.yaml last, because its presence means "initialized".
     store.put_text(layout.twins, dump_fleet(fleet))
@@ -181,6 +186,8 @@ def train(
 
     One twin is the pool engine's unit (a process or a pod); several twins are trained together in
     one batched computation (the fleet engine). Twins whose update already exists are skipped.
+    With local DP, each twin's accountant is restored from its latest record; a twin whose budget
+    this round would exceed writes a record saying so instead of training.
     """
     ctx = RunContext.load(store, run_id)
     layout = ctx.layout
@@ -195,10 +202,19 @@ def train(
     if not todo:
         return records
     params, base = ctx.global_model(round_index)
+    dp_round = privacy.LocalRound.restore(ctx.config, store, layout, round_index, [t.id for t in todo])
+    if dp_round is not None and dp_round.blocked:
+        for twin in [t for t in todo if t.id in dp_round.blocked]:
+            skip = dp_round.skip_record(twin.id, round_index, sha256_hex(base), engine)
+            store.put_json(layout.update_meta(round_index, twin.id), skip.to_json())
+            records.append(skip)
+        todo = [t for t in todo if t.id not in dp_round.blocked]
+        if not todo:
+            return records
+    seeds = [train_seed(ctx.config, t.id, round_index) for t in todo]
+    dp = dp_round.mechanism([t.id for t in todo], seeds, device) if dp_round else None
     started = time.perf_counter()
-    results = train_twins(
-        params, todo, [train_seed(ctx.config, t.id, round_index) for t in todo], ctx.config.train, device
-    )
+    results = train_twins(params, todo, seeds, ctx.config.train, device, dp)
     seconds = (time.perf_counter() - started) / len(todo)
     for twin, result in zip(todo, results, strict=True):
         record = UpdateRecord(
@@ -207,9 +223,12 @@ def train(
             num_samples=int(result.num_samples),
             sha256="",
             base_sha256=sha256_hex(base),
-            metrics={k: float(v) for k, v in result.metrics.items()},
+            metrics=(dp_round.metrics(result.metrics, ctx.config.privacy.release_metrics) if dp_round
+                     else {k: float(v) for k, v in result.metrics.items()}),
+            epsilon=dp_round.epsilon(twin.id) if dp_round else None,
             seconds=seconds,
             engine=engine,
+            extra=dp_round.extra(twin.id, dp_round.plan.steps_per_round) if dp_round else {},
         )
         records.append(write_update(store, layout, record, params_to_bytes(result.params, ctx.spec)))
     return records
@@ -225,27 +244,47 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     ctx = RunContext.load(store, run_id)
     layout, config = ctx.layout, ctx.config
     if store.exists(layout.summary(round_index)):
+        summary = store.get_json(layout.summary(round_index))
+        if ctx.state().get("next_round", 0) <= round_index:  # killed between the summary and state.json
+            ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
         tracking.log_round(ctx)  # a retry: logs only what MLflow lacks
-        return store.get_json(layout.summary(round_index))
+        return summary
     started = time.perf_counter()
     global_params, base = ctx.global_model(round_index)
     fleet_ids = {t.id for t in ctx.fleet.train}
-    accepted, rejected = load_and_validate(store, layout, round_index, fleet_ids, ctx.spec, sha256_hex(base))
+    train_cfg = config.train
+    accepted, rejected = load_and_validate(store, layout, round_index, fleet_ids, ctx.spec, sha256_hex(base),
+                                           global_params, config.federation.norm_bound_factor,
+                                           train_cfg.updates * train_cfg.num_steps * train_cfg.num_envs)
+    rejected, skipped = privacy.split_skipped(store, layout, round_index, rejected)
     quorum = config.federation.quorum(len(ctx.fleet.train))
     if len(accepted) < quorum:
         reasons = "; ".join(f"{r.twin_id}: {r.reason}" for r in rejected) or "none rejected"
+        skips = "".join(f"; skipped {s['twin_id']}: {s['reason']}" for s in skipped)
         message = (
             f"round {round_index}: {len(accepted)} valid updates, below the quorum of {quorum} "
-            f"(federation.min_twins); rejected: {reasons}"
+            f"(federation.min_twins); rejected: {reasons}{skips}"
         )
         ctx.write_state(status="failed", reason=message)
         raise QuorumError(message)
 
-    strategy = make_strategy(config.federation.strategy)
+    strategy = make_strategy(config.federation.strategy, config.federation.strategy_params())
     server_state = load_server_state(ctx, round_index - 1)
+    if strategy.state_keys and round_index > 0 and not server_state:
+        raise StoreError(
+            f"{strategy.name} needs its server state from round {round_index - 1} "
+            f"({store.describe(layout.server_state(round_index - 1))}), which is missing; "
+            f"delete round {round_index - 1}'s summary.json and rerun its aggregate step to rebuild it"
+        )
     updates = np.stack([a.params for a in accepted])
     weights = np.array([a.record.num_samples for a in accepted], dtype=np.float64)
-    new_params, server_state = strategy.aggregate(global_params, updates, weights, server_state)
+    agg_updates, agg_weights, dp_summary, stop_reason = updates, weights, None, None
+    if config.privacy.mode == "central":  # DP-FedAvg: the strategy sees only the noised average
+        previous = store.get_json(layout.summary(round_index - 1)) if round_index > 0 else None
+        average, dp_summary, stop_reason = privacy.central_round(config, previous, round_index, global_params,
+                                                                 updates, len(ctx.fleet.train))
+        agg_updates, agg_weights = average[None, :], np.ones(1)
+    new_params, server_state = strategy.aggregate(global_params, agg_updates, agg_weights, server_state)
     store.put_bytes(layout.global_model(round_index + 1), params_to_bytes(new_params, ctx.spec))
     if server_state:
         save_server_state(ctx, round_index, server_state)
@@ -257,24 +296,34 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     target = config.federation.target_return
     reached = target is not None and validation.mean_return >= target
     more_rounds = round_index + 1 < config.federation.rounds
+    if more_rounds and not reached and stop_reason is None:
+        stop_reason = privacy.local_budget_stop(config, store, layout, sorted(fleet_ids), round_index + 1,
+                                                quorum)
     summary = {
         "round": round_index,
         "participants": [a.record.twin_id for a in accepted],
-        "rejected": [{"twin_id": r.twin_id, "reason": r.reason} for r in rejected],
-        "missing": sorted(fleet_ids - {a.record.twin_id for a in accepted} - {r.twin_id for r in rejected}),
+        "rejected": [r.to_json() for r in rejected],
+        "skipped": skipped,
+        "missing": sorted(fleet_ids - {a.record.twin_id for a in accepted} - {r.twin_id for r in rejected}
+                          - {s["twin_id"] for s in skipped}),
         "num_samples": int(weights.sum()),
         "twin_metrics": {a.record.twin_id: a.record.metrics for a in accepted},
-        "twin_epsilon": {a.record.twin_id: a.record.epsilon for a in accepted},
+        "twin_epsilon": {**{a.record.twin_id: a.record.epsilon for a in accepted},
+                         **{s["twin_id"]: s["epsilon"] for s in skipped}},
         "validation_return": validation.mean_return,
         "validation_per_twin": validation.per_twin_mean,
         "target_reached": reached,
-        "continue": more_rounds and not reached,
+        "continue": more_rounds and not reached and stop_reason is None,
+        "stop_reason": stop_reason,
+        "privacy": dp_summary,
         "strategy": strategy.name,
+        "strategy_info": strategy.info,
         "seconds": time.perf_counter() - started,
         "train_seconds": float(sum(a.record.seconds for a in accepted)),
     }
     store.put_json(layout.summary(round_index), summary)
-    ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
+    ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"],
+                    **({"stop_reason": stop_reason} if stop_reason else {}))
     tracking.log_round(ctx)
     return summary
 

@@ -101,8 +101,8 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
 
 
 def round_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
-    """The parent run's metrics for one round (cleanrl-style `fed/` namespace)."""
-    return {
+    """The parent run's metrics for one round (cleanrl-style `fed/` namespace; central DP's epsilon)."""
+    metrics = {
         "fed/validation_return": float(summary["validation_return"]),
         "fed/participants": float(len(summary["participants"])),
         "fed/rejected": float(len(summary["rejected"])),
@@ -111,6 +111,12 @@ def round_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         "fed/round_seconds": float(summary.get("seconds", 0.0)),
         "fed/train_seconds": float(summary.get("train_seconds", 0.0)),
     }
+    if summary.get("skipped"):
+        metrics["fed/skipped"] = float(len(summary["skipped"]))  # twins out of privacy budget
+    server_epsilon = (summary.get("privacy") or {}).get("epsilon")
+    if server_epsilon is not None:
+        metrics["privacy/server_epsilon"] = float(server_epsilon)
+    return metrics
 
 
 def twin_round_metrics(summary: Mapping[str, Any], twin_id: str) -> dict[str, float]:

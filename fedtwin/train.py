@@ -7,6 +7,10 @@ depends only on its own slice, so the gradient of the summed loss is each twin's
 Adam is elementwise and gradient clipping is done per twin, so twin k trains exactly as it would
 alone (K=1 is the pool engine's single-twin step, K>1 the fleet engine).
 Each twin draws every random number from its own generator seeded from `seeds[k]`.
+
+With local differential privacy (`dp`), each optimizer step is DP-SGD instead: per-sample gradients
+(`vmap` of `grad` over a Poisson-sampled minibatch, inside the twin `vmap`), clipped, summed and
+noised by `fedtwin.privacy` exactly as Opacus' DPOptimizer does, each twin with its own noise generator.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import ctypes
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +29,7 @@ from fedtwin.config import TrainConfig
 from fedtwin.envs import TwinCartPoleVectorEnv
 from fedtwin.errors import ConfigError
 from fedtwin.policy import PolicyNet, layout_for, policy_spec
+from fedtwin.privacy import LocalDP, clip_and_sum, noise_and_scale
 from fedtwin.rollout import ActorFn, Rollout, collect_rollout, gae
 from fedtwin.twins import TwinSpec
 
@@ -139,6 +145,10 @@ class StackedPolicy:
     def actor_fn(self, params: Params) -> ActorFn:
         return lambda obs: self.logits(params, obs)
 
+    def single(self, head: str) -> Callable[[Params, torch.Tensor], torch.Tensor]:
+        """One twin's `actor` or `critic` as a function of (its parameters, obs): for per-sample grads."""
+        return self._call(head)
+
 
 def per_twin_sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sum over all elements of each twin's slice: [K, ...] tensors -> [K]."""
@@ -175,7 +185,112 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x[rows, idx]
 
 
+# --------------------------------------------------------------------- DP-SGD step (local DP)
+SampleLoss = Callable[[Params, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""One twin's loss on one sample: (its params, the sample's tensors) -> (scalar loss, aux terms)."""
+GRAD_ELEMENTS = 1 << 24
+"""Per-sample gradient floats held at once (64 MiB): samples are processed in chunks of this size."""
+
+
+def poisson_minibatch(rngs: Sequence[np.random.Generator], batch: int, rate: float, device: torch.device
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Opacus' Poisson sampling, per twin from its own generator: each of the `batch` samples is in
+    with probability `rate`. Returns indices [K, M] and a mask [K, M] (0 pads twins with fewer)."""
+    if rate >= 1.0:
+        idx = torch.arange(batch, device=device).expand(len(rngs), batch)
+        return idx, torch.ones(len(rngs), batch, device=device)
+    picks = [np.flatnonzero(rng.random(batch) < rate) for rng in rngs]
+    m = max(1, *(len(p) for p in picks))
+    idx, mask = np.zeros((len(rngs), m), dtype=np.int64), np.zeros((len(rngs), m), dtype=np.float32)
+    for k, p in enumerate(picks):
+        idx[k, : len(p)], mask[k, : len(p)] = p, 1.0
+    return torch.as_tensor(idx, device=device), torch.as_tensor(mask, device=device)
+
+
+def private_step(
+    optimizer: torch.optim.Optimizer,
+    params: Params,
+    anchor: Params,
+    sample_loss: SampleLoss,
+    batch: dict[str, torch.Tensor],
+    mask: torch.Tensor,
+    expected_batch_size: float,
+    dp: LocalDP,
+    proximal_mu: float,
+) -> dict[str, torch.Tensor]:
+    """One DP-SGD step of K twins on `batch` ([K, M, ...] tensors; `mask` [K, M] marks real samples).
+
+    Per-sample gradients are `vmap(grad)` over samples inside the twin vmap (Opacus' functorch
+    mode), clipped, summed and noised by `fedtwin.privacy` like Opacus' DPOptimizer; the FedProx
+    gradient, which does not depend on data, is added after the noise. Steps each twin's accountant.
+    Returns the aux terms per sample, [K, M].
+    """
+    frozen = {n: p.detach() for n, p in params.items()}
+    per_sample = torch.vmap(torch.vmap(torch.func.grad(sample_loss, has_aux=True), in_dims=(None, 0)))
+    k, m = mask.shape
+    chunk = max(1, min(m, GRAD_ELEMENTS // (k * sum(p[0].numel() for p in frozen.values()))))
+    summed: dict[str, torch.Tensor] = {}
+    aux_parts: list[dict[str, torch.Tensor]] = []
+    for start in range(0, m, chunk):
+        part = {key: x[:, start : start + chunk] for key, x in batch.items()}
+        grads, aux = per_sample(frozen, part)
+        clipped = clip_and_sum(grads, dp.max_grad_norm, mask[:, start : start + chunk])
+        summed = {n: summed[n] + g for n, g in clipped.items()} if summed else clipped
+        aux_parts.append(aux)
+    grads = noise_and_scale(summed, dp.noise_multiplier, dp.max_grad_norm, expected_batch_size, dp.generators)
+    if proximal_mu > 0:  # d/dw (mu/2)||w - w_global||^2
+        grads = {n: g + proximal_mu * (frozen[n] - anchor[n]) for n, g in grads.items()}
+    optimizer.zero_grad(set_to_none=True)
+    for name, p in params.items():
+        p.grad = grads[name]
+    optimizer.step()
+    dp.step_accountants()
+    return {key: torch.cat([a[key] for a in aux_parts], dim=1) for key in aux_parts[0]}
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each twin's real samples: [K, M] -> [K]."""
+    return (x * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
 # ------------------------------------------------------------------------------------- PPO
+class PPOTerms(NamedTuple):
+    """Per-sample PPO quantities, any leading shape."""
+
+    pg: torch.Tensor
+    """Clipped surrogate loss."""
+    v: torch.Tensor
+    """Clipped squared value error (the value loss is half of it)."""
+    entropy: torch.Tensor
+    logratio: torch.Tensor
+    ratio: torch.Tensor
+
+
+def ppo_terms(
+    logits: torch.Tensor,
+    value: torch.Tensor,
+    actions: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    returns: torch.Tensor,
+    old_values: torch.Tensor,
+    clip_coef: float,
+) -> PPOTerms:
+    """CleanRL's PPO loss terms per sample, shared by the batched and the per-sample (DP) update."""
+    logp_all = torch.log_softmax(logits, dim=-1)
+    newlogprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    logratio = newlogprob - old_logprobs
+    ratio = logratio.exp()
+    # Policy loss
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - clip_coef, 1 + clip_coef)
+    # Value loss (clipped, as cleanrl's default)
+    v_clipped = old_values + torch.clamp(value - old_values, -clip_coef, clip_coef)
+    v = torch.max((value - returns) ** 2, (v_clipped - returns) ** 2)
+    return PPOTerms(torch.max(pg_loss1, pg_loss2), v, entropy, logratio, ratio)
+
+
 def ppo_update(
     net: StackedPolicy,
     params: Params,
@@ -184,6 +299,7 @@ def ppo_update(
     ro: Rollout,
     rngs: Sequence[np.random.Generator],
     cfg: TrainConfig,
+    dp: LocalDP | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """CleanRL ppo.py's update (GAE, clipped surrogate and value loss, entropy), per twin."""
     with torch.no_grad():
@@ -201,6 +317,10 @@ def ppo_update(
         )
     b_obs, b_actions, b_logprobs = ro.flat(ro.obs), ro.flat(ro.actions), ro.flat(ro.logprobs)
     b_advantages, b_returns, b_values = ro.flat(advantages), ro.flat(returns), values
+    if dp is not None:
+        b = {"obs": b_obs, "actions": b_actions, "logprobs": b_logprobs, "values": b_values,
+             "advantages": _normalize(b_advantages) if cfg.norm_adv else b_advantages, "returns": b_returns}
+        return ppo_epochs_private(net, params, anchor, optimizer, b, rngs, cfg, dp)
     batch = b_obs.shape[1]
     mb_size = batch // cfg.minibatches
     stats: dict[str, list[torch.Tensor]] = {}
@@ -208,28 +328,19 @@ def ppo_update(
         perm = torch.as_tensor(np.stack([rng.permutation(batch) for rng in rngs]), device=b_obs.device)
         for start in range(0, batch, mb_size):
             mb = perm[:, start : start + mb_size]
-            logp_all = torch.log_softmax(net.logits(params, _take(b_obs, mb)), dim=-1)
-            newlogprob = logp_all.gather(-1, _take(b_actions, mb).unsqueeze(-1)).squeeze(-1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-            newvalue = net.value(params, _take(b_obs, mb))
-            logratio = newlogprob - _take(b_logprobs, mb)
-            ratio = logratio.exp()
-            with torch.no_grad():
-                approx_kl = ((ratio - 1) - logratio).mean(dim=1)
-                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(dim=1)
-
             mb_adv = _take(b_advantages, mb)
             if cfg.norm_adv:
                 mb_adv = _normalize(mb_adv)
-            # Policy loss
-            pg_loss1 = -mb_adv * ratio
-            pg_loss2 = -mb_adv * torch.clamp(ratio, 1 - cfg.clip_coef, 1 + cfg.clip_coef)
-            pg_loss = torch.max(pg_loss1, pg_loss2).mean(dim=1)
-            # Value loss (clipped, as cleanrl's default)
-            mb_ret, mb_val = _take(b_returns, mb), _take(b_values, mb)
-            v_clipped = mb_val + torch.clamp(newvalue - mb_val, -cfg.clip_coef, cfg.clip_coef)
-            v_loss = 0.5 * torch.max((newvalue - mb_ret) ** 2, (v_clipped - mb_ret) ** 2).mean(dim=1)
-            entropy_loss = entropy.mean(dim=1)
+            terms = ppo_terms(net.logits(params, _take(b_obs, mb)), net.value(params, _take(b_obs, mb)),
+                              _take(b_actions, mb), _take(b_logprobs, mb), mb_adv, _take(b_returns, mb),
+                              _take(b_values, mb), cfg.clip_coef)
+            ratio, logratio = terms.ratio, terms.logratio
+            with torch.no_grad():
+                approx_kl = ((ratio - 1) - logratio).mean(dim=1)
+                clipfrac = ((ratio - 1.0).abs() > cfg.clip_coef).float().mean(dim=1)
+            pg_loss = terms.pg.mean(dim=1)
+            v_loss = 0.5 * terms.v.mean(dim=1)
+            entropy_loss = terms.entropy.mean(dim=1)
             loss = pg_loss - cfg.ent_coef * entropy_loss + cfg.vf_coef * v_loss
             if cfg.proximal_mu > 0:
                 loss = loss + proximal_term(params, anchor, cfg.proximal_mu)
@@ -246,6 +357,50 @@ def ppo_update(
     return stats
 
 
+def ppo_epochs_private(
+    net: StackedPolicy,
+    params: Params,
+    anchor: Params,
+    optimizer: torch.optim.Optimizer,
+    b: dict[str, torch.Tensor],
+    rngs: Sequence[np.random.Generator],
+    cfg: TrainConfig,
+    dp: LocalDP,
+) -> dict[str, list[torch.Tensor]]:
+    """PPO's epochs as DP-SGD: `minibatches` Poisson minibatches (rate 1/minibatches) per epoch.
+
+    Advantages arrive normalized over the whole rollout: per-minibatch normalization would make one
+    sample's gradient depend on the others in its batch, which per-sample clipping cannot bound.
+    """
+    actor, critic = net.single("actor"), net.single("critic")
+
+    def sample_loss(p: Params, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        t = ppo_terms(actor(p, s["obs"]), critic(p, s["obs"]).squeeze(-1), s["actions"], s["logprobs"],
+                      s["advantages"], s["returns"], s["values"], cfg.clip_coef)
+        loss = t.pg - cfg.ent_coef * t.entropy + cfg.vf_coef * 0.5 * t.v
+        return loss, {"pg": t.pg, "v": 0.5 * t.v, "entropy": t.entropy, "logratio": t.logratio,
+                      "ratio": t.ratio}
+
+    batch = b["obs"].shape[1]
+    stats: dict[str, list[torch.Tensor]] = {}
+    for _epoch in range(cfg.epochs):
+        for _step in range(cfg.minibatches):
+            idx, mask = poisson_minibatch(rngs, batch, dp.sample_rate, b["obs"].device)
+            mb = {k: _take(v, idx) for k, v in b.items()}
+            aux = private_step(optimizer, params, anchor, sample_loss, mb, mask, dp.sample_rate * batch, dp,
+                               cfg.proximal_mu)
+            ratio, logratio = aux["ratio"], aux["logratio"]
+            for tag, value in (
+                ("losses/policy_loss", aux["pg"]),
+                ("losses/value_loss", aux["v"]),
+                ("losses/entropy", aux["entropy"]),
+                ("losses/approx_kl", (ratio - 1) - logratio),
+                ("losses/clipfrac", ((ratio - 1.0).abs() > cfg.clip_coef).float()),
+            ):
+                stats.setdefault(tag, []).append(_masked_mean(value.detach(), mask))
+    return stats
+
+
 # ------------------------------------------------------------------------------- REINFORCE
 def reinforce_update(
     net: StackedPolicy,
@@ -254,14 +409,19 @@ def reinforce_update(
     optimizer: torch.optim.Optimizer,
     ro: Rollout,
     cfg: TrainConfig,
+    rngs: Sequence[np.random.Generator] = (),
+    dp: LocalDP | None = None,
 ) -> dict[str, list[torch.Tensor]]:
     """One policy-gradient step on normalized discounted reward-to-go (the reference systems' trainer).
 
     Episodes still running at the end of the rollout are cut there (their tail reward counts as 0).
+    With `dp`, the step is DP-SGD over the rollout (sample rate 1: every transition is in the batch).
     """
     zeros = torch.zeros_like(ro.rewards)
     returns, _ = gae(ro.rewards, zeros, zeros, ro.terminated, ro.dones, cfg.gamma, 1.0)
     b_returns = _normalize(ro.flat(returns))
+    if dp is not None:
+        return reinforce_step_private(net, params, anchor, optimizer, ro, b_returns, rngs, cfg, dp)
     logp_all = torch.log_softmax(net.logits(params, ro.flat(ro.obs)), dim=-1)
     logprob = logp_all.gather(-1, ro.flat(ro.actions).unsqueeze(-1)).squeeze(-1)
     pg_loss = -(logprob * b_returns).mean(dim=1)
@@ -273,6 +433,34 @@ def reinforce_update(
     return {"losses/policy_loss": [pg_loss.detach()], "losses/entropy": [entropy.detach()]}
 
 
+def reinforce_step_private(
+    net: StackedPolicy,
+    params: Params,
+    anchor: Params,
+    optimizer: torch.optim.Optimizer,
+    ro: Rollout,
+    b_returns: torch.Tensor,
+    rngs: Sequence[np.random.Generator],
+    cfg: TrainConfig,
+    dp: LocalDP,
+) -> dict[str, list[torch.Tensor]]:
+    """REINFORCE's step as DP-SGD: per-transition gradients of -log pi(a|s) * G, clipped and noised."""
+    actor = net.single("actor")
+
+    def sample_loss(p: Params, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logp_all = torch.log_softmax(actor(p, s["obs"]), dim=-1)
+        loss = -(logp_all.gather(-1, s["actions"].unsqueeze(-1)).squeeze(-1) * s["returns"])
+        return loss, {"pg": loss, "entropy": -(logp_all.exp() * logp_all).sum(-1)}
+
+    b = {"obs": ro.flat(ro.obs), "actions": ro.flat(ro.actions), "returns": b_returns}
+    batch = b_returns.shape[1]
+    idx, mask = poisson_minibatch(rngs, batch, dp.sample_rate, b_returns.device)
+    aux = private_step(optimizer, params, anchor, sample_loss, {k: _take(v, idx) for k, v in b.items()},
+                       mask, dp.sample_rate * batch, dp, cfg.proximal_mu)
+    return {"losses/policy_loss": [_masked_mean(aux["pg"], mask)],
+            "losses/entropy": [_masked_mean(aux["entropy"], mask)]}
+
+
 # --------------------------------------------------------------------------------- the round
 def train_twins(
     global_params: np.ndarray,
@@ -280,8 +468,12 @@ def train_twins(
     seeds: Sequence[int],
     cfg: TrainConfig,
     device: str = "cpu",
+    dp: LocalDP | None = None,
 ) -> list[LocalResult]:
-    """Train every twin from `global_params` for `cfg.updates` rollout+update iterations, batched."""
+    """Train every twin from `global_params` for `cfg.updates` rollout+update iterations, batched.
+
+    `dp` (local differential privacy) makes every optimizer step DP-SGD; its entry k is twin k's.
+    """
     if len(twins) != len(seeds) or not twins:
         raise ValueError(
             f"need one seed per twin and at least one twin (twins={len(twins)}, seeds={len(seeds)})"
@@ -310,9 +502,9 @@ def train_twins(
         for _update in range(cfg.updates):
             ro, obs = collect_rollout(env, obs, net.actor_fn(params), rngs, cfg.num_steps, dev)
             if cfg.algo == "ppo":
-                new = ppo_update(net, params, anchor, optimizer, ro, rngs, cfg)
+                new = ppo_update(net, params, anchor, optimizer, ro, rngs, cfg, dp)
             else:
-                new = reinforce_update(net, params, anchor, optimizer, ro, cfg)
+                new = reinforce_update(net, params, anchor, optimizer, ro, cfg, rngs, dp)
             for tag, values in new.items():
                 stats.setdefault(tag, []).extend(values)
             for i in range(k):
@@ -335,7 +527,8 @@ def train_twins(
 
 
 def train_twin(
-    global_params: np.ndarray, twin: TwinSpec, seed: int, cfg: TrainConfig, device: str = "cpu"
+    global_params: np.ndarray, twin: TwinSpec, seed: int, cfg: TrainConfig, device: str = "cpu",
+    dp: LocalDP | None = None,
 ) -> LocalResult:
     """The pool engine's unit: one twin, exactly `train_twins` with K=1."""
-    return train_twins(global_params, [twin], [seed], cfg, device)[0]
+    return train_twins(global_params, [twin], [seed], cfg, device, dp)[0]

@@ -529,7 +529,7 @@ DEFAULT_PARAMETERS = {
     "target-return": "490",
     "privacy": "off",
     "privacy-epsilon": "8",
-    "privacy-delta": "1e-05",
+    "privacy-delta": "0.00001",  # Helm prints the default 1.0e-5 this way; both are YAML floats
     "twin-service-account": "fedtwin-twin",
     "aggregator-service-account": "fedtwin-aggregator",
     "subnet": "",
@@ -590,15 +590,13 @@ def test_chart_workflow_templates_equal_the_rendered_ones_apart_from_values(
 
 
 def test_chart_sets_the_values_it_claims_on_the_templates():
-    """Every parameter the chart maps a value to is declared by a template (no silent no-ops),
-    except the DP budget parameters the privacy work adds later."""
+    """Every parameter the chart maps a value to is declared by a template (no silent no-ops)."""
     declared = {
         p["name"]
         for s in rendered_sources().values()
         for p in s["spec"].get("arguments", {}).get("parameters", [])
     }
-    optional = {"privacy-epsilon", "privacy-delta"}
-    assert set(DEFAULT_PARAMETERS) - optional <= declared, set(DEFAULT_PARAMETERS) - optional - declared
+    assert set(DEFAULT_PARAMETERS) <= declared, set(DEFAULT_PARAMETERS) - declared
 
 
 def test_workflow_template_values_pass_through_untouched_by_helm():

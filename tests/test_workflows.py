@@ -43,8 +43,8 @@ POD_HASH = 1 + 10
 # Workflow-level parameters other charts and users rely on: renaming one is a breaking change.
 FEDERATED_PARAMETERS = [
     "run-id", "seed", "rounds", "twins", "fleet-configmap", "algo", "min-twins", "strategy", "target-return",
-    "privacy", "twins-per-pod", "store", "s3-endpoint", "s3-region", "aggregator-s3-secret", "twin-s3-secret",
-    "per-twin-secrets",
+    "privacy", "privacy-epsilon", "privacy-delta", "twins-per-pod", "store", "s3-endpoint", "s3-region",
+    "aggregator-s3-secret", "twin-s3-secret", "per-twin-secrets",
     "mlflow-uri", "mlflow-experiment", "image", "aggregator-service-account", "aggregator-cpu-request",
     "aggregator-memory-request", "aggregator-cpu-limit", "aggregator-memory-limit", "twin-service-account",
     "subnet", "twin-cpu-request", "twin-memory-request", "twin-cpu-limit", "twin-memory-limit",

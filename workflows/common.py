@@ -177,6 +177,10 @@ FEDERATION_PARAMS = [
     TARGET_RETURN,
     P("privacy", DEFAULTS.privacy.mode, "Differential privacy: off, local (Opacus per twin) or central "
       "(at the aggregator)."),
+    P("privacy-epsilon", "", "Privacy budget epsilon (per twin with local DP, of the global models with "
+      "central DP); the noise is calibrated to spend at most this over the planned rounds."),
+    P("privacy-delta", _number(DEFAULTS.privacy.delta), "Delta of the (epsilon, delta) guarantee: below "
+      "1 / a twin's transitions over the run (local) or 1 / twins (central)."),
 ]
 TWINS_PER_POD = P("twins-per-pod", "1", "Twins per training pod: 1 = one pod per twin; N > 1 = shards of N "
                   "twins trained together by the fleet engine.")
@@ -259,6 +263,8 @@ def config_env() -> list[Env]:
         Env(name="FEDTWIN_FEDERATION__MIN_TWINS", value=param("min-twins")),
         Env(name="FEDTWIN_FEDERATION__TARGET_RETURN", value=param("target-return")),
         Env(name="FEDTWIN_PRIVACY__MODE", value=yaml_string(param("privacy"))),
+        Env(name="FEDTWIN_PRIVACY__TARGET_EPSILON", value=param("privacy-epsilon")),
+        Env(name="FEDTWIN_PRIVACY__DELTA", value=param("privacy-delta")),
         Env(name="FEDTWIN_TRACKING__EXPERIMENT", value=yaml_string(param("mlflow-experiment"))),
     ]
 

@@ -51,7 +51,7 @@ def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, 
     from fedtwin.store import RunLayout, open_store
 
     config = resolve_config(config_file, **flags)
-    artifact_store = open_store(config.store)
+    artifact_store = open_store(config.store, config.s3)
     result = steps.init(artifact_store, config)
     ids = result.twin_ids
     shards = [",".join(ids[i : i + shard_size]) for i in range(0, len(ids), shard_size)]
