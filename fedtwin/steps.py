@@ -62,7 +62,10 @@ class RunContext:
         for twin in self.fleet.train:
             if twin.id == twin_id:
                 return twin
-        raise ConfigError(f"twin {twin_id!r} is not in run {self.layout.run_id!r}'s training fleet")
+        raise ConfigError(
+            f"twin {twin_id!r} is not in the training fleet of run {self.layout.run_id!r}; "
+            f"`fedtwin runs show {self.layout.run_id}` lists the run, its twins.yaml the fleet"
+        )
 
     def state(self) -> dict[str, Any]:
         return self.store.get_json(self.layout.state)
