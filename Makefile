@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 PYTEST_ARGS ?=
 RUN_ARGS ?=
-ifndef RUN_ID
-RUN_ID := demo-$(shell date +%Y%m%d-%H%M%S)
+ifndef LOCAL_RUN_ID
+LOCAL_RUN_ID := demo-$(shell date +%Y%m%d-%H%M%S)
 endif
 
 .PHONY: help install run test test-fast lint bench clean
@@ -27,10 +27,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)  ## Create .venv and install fedtwin with all extras and dev tools
 
 run: $(STAMP)  ## Train the default fleet locally, evaluate on held-out twins, write the report
-	$(BIN)/fedtwin run --run-id $(RUN_ID) $(RUN_ARGS)
+	$(BIN)/fedtwin run --run-id $(LOCAL_RUN_ID) $(RUN_ARGS)
 	@# the single-agent baseline with the same env-step budget, then the report that compares both
-	$(BIN)/fedtwin baseline --run-id $(RUN_ID) $(RUN_ARGS) --no-progress > /dev/null
-	$(BIN)/fedtwin report $(RUN_ID)
+	$(BIN)/fedtwin baseline --run-id $(LOCAL_RUN_ID) $(RUN_ARGS) --no-progress > /dev/null
+	$(BIN)/fedtwin report $(LOCAL_RUN_ID)
 
 test: $(STAMP) tools  ## Run the whole test suite (unit, integration with real servers, manifests)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -74,7 +74,7 @@ def test_single_mode_trains_one_twin_and_is_named_after_it(federated):
     assert (state["mode"], state["twin_id"], state["chunks_per_round"]) == ("single", "twin-001", 3)
     with pytest.raises(ConfigError, match="--twin selects the twin of a `single` baseline"):
         run_baseline(store, "demo", "pooled", "twin-001")
-    with pytest.raises(ConfigError, match="not in run 'demo'"):
+    with pytest.raises(ConfigError, match="not in the training fleet of run 'demo'"):
         run_baseline(store, "demo", "single", "nope")
 
 

@@ -529,14 +529,15 @@ def test_teardown_deletes_the_three_clusters_once(stub_tools):
 
 
 def test_make_dry_run_shows_the_setup_phases_in_order():
-    result = run(["make", "-n", "multi-cluster-setup"])
+    result = run(["make", "--no-print-directory", "-n", "multi-cluster-setup"])
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     phases = [line.split()[-1] for line in lines if "karmada/multi-cluster-setup.sh" in line]
     assert phases == ["clusters", "karmada", "join", "platform", "policies", "print"]
     assert "bash scripts/install-tools.sh" in result.stdout  # pinned helm and kubectl first
-    assert "bash karmada/multi-cluster-teardown.sh" in run(["make", "-n", "multi-cluster-teardown"]).stdout
-    assert "bash karmada/submit-run.sh demo 10" in run(["make", "-n", "multi-cluster-run"]).stdout
+    dry_run = ["make", "--no-print-directory", "-n"]
+    assert "bash karmada/multi-cluster-teardown.sh" in run([*dry_run, "multi-cluster-teardown"]).stdout
+    assert "bash karmada/submit-run.sh demo 10" in run([*dry_run, "multi-cluster-run"]).stdout
 
 
 def test_readme_explains_architecture_placement_rounds_and_adding_a_member():

@@ -258,7 +258,7 @@ def test_member_resumes_at_the_first_open_round_and_skips_stored_updates(local_r
 
 def test_member_refuses_unknown_twins_and_gives_up_when_nothing_comes(local_run, tmp_path):
     store, _ = local_run()
-    with pytest.raises(ConfigError, match="twin 'twin-042' is not in run 'mc'"):
+    with pytest.raises(ConfigError, match="twin 'twin-042' is not in the training fleet of run 'mc'"):
         multicluster.member(store, RUN, ["twin-042"], poller=poller(FakeTime()))
 
     empty = LocalStore(tmp_path / "empty")

@@ -176,7 +176,7 @@ def test_install_tools_fails_clearly_without_npm(tmp_path: Path):
 
 
 def make_n(target: str) -> list[str]:
-    result = run(["make", "-n", target])
+    result = run(["make", "--no-print-directory", "-n", target])
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 
