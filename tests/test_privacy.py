@@ -163,6 +163,21 @@ def test_local_dp_record_holds_no_experience_metrics_unless_released(tmp_path: P
     assert "charts/episodic_return" in record(store, "loud", 0, "twin-000")["metrics"]
 
 
+def test_a_twin_refuses_to_train_when_its_accountant_state_is_gone(tmp_path: Path) -> None:
+    config = tiny(tmp_path, privacy={"mode": "local", "noise_multiplier": SIGMA})
+    store, layout = LocalStore(tmp_path / "store"), RunLayout("dp")
+    steps.init(store, config)
+    steps.train(store, "dp", 0, ["twin-000", "twin-001"])
+    steps.aggregate(store, "dp", 0)
+    tampered = record(store, "dp", 0, "twin-000")
+    del tampered["extra"]["privacy"]
+    store.put_json(layout.update_meta(0, "twin-000"), tampered)
+
+    with pytest.raises(privacy.PrivacyError, match="would restart from zero"):
+        steps.train(store, "dp", 1, ["twin-000"])
+    assert not store.exists(layout.update_meta(1, "twin-000"))
+
+
 def test_noise_is_not_reproducible_without_the_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(privacy.NOISE_KEY_ENV)
     assert privacy.noise_seed("local", 1) != privacy.noise_seed("local", 1)
