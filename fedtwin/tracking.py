@@ -111,6 +111,9 @@ def round_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         "fed/round_seconds": float(summary.get("seconds", 0.0)),
         "fed/train_seconds": float(summary.get("train_seconds", 0.0)),
     }
+    for rejection in summary["rejected"]:  # one counter per rejection kind, e.g. fed/rejected_non_finite
+        key = f"fed/rejected_{rejection.get('kind', 'other')}"
+        metrics[key] = metrics.get(key, 0.0) + 1.0
     if summary.get("skipped"):
         metrics["fed/skipped"] = float(len(summary["skipped"]))  # twins out of privacy budget
     server_epsilon = (summary.get("privacy") or {}).get("epsilon")
@@ -310,6 +313,9 @@ class Tracker:
                                  metrics=_metrics(twin_round_metrics(summary, twin_id), round_index, now),
                                  tags=_tags({TAG_LAST_ROUND: str(round_index)}))
                 run.data.tags[TAG_LAST_ROUND] = str(round_index)
+            if summary["rejected"]:  # who was rejected and why, readable in the MLflow UI
+                client.log_dict(parent.info.run_id, {"round": round_index, "rejected": summary["rejected"]},
+                                f"rounds/{round_index:04d}/rejected.json")
             client.log_batch(parent.info.run_id, metrics=_metrics(round_metrics(summary), round_index, now),
                              tags=_tags({TAG_LAST_ROUND: str(round_index)}))
             parent.data.tags[TAG_LAST_ROUND] = str(round_index)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from pathlib import Path
@@ -149,3 +150,25 @@ def test_tracking_off_touches_nothing(tmp_path, monkeypatch):
     run(config, progress=False)
 
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_rejected_updates_are_recorded_with_their_reason(tmp_path, monkeypatch, sqlite_uri):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    config = load_config(write_tiny_config(tmp_path, **{"federation.min_twins": 1}),
+                         {"run_id": "demo", "store": str(tmp_path / "store")}, environ={})
+    store = LocalStore(tmp_path / "store")
+    init = steps.init(store, config)
+    steps.train(store, "demo", 0, init.twin_ids)
+    key = "runs/demo/rounds/0000/updates/twin-001.json"
+    record = store.get_json(key)
+    record["round"] = 5  # claims another round
+    store.put_json(key, record)
+
+    summary = steps.aggregate(store, "demo", 0)
+
+    client, parents, _ = read_back(sqlite_uri, store)
+    kind = summary["rejected"][0]["kind"]
+    assert history(client, parents[0], f"fed/rejected_{kind}") == [(0, 1.0)]
+    logged = client.download_artifacts(parents[0].info.run_id, "rounds/0000/rejected.json", str(tmp_path))
+    rejected = json.loads(Path(logged).read_text())["rejected"]
+    assert rejected[0]["twin_id"] == "twin-001" and "round 5" in rejected[0]["reason"]
