@@ -37,7 +37,7 @@ from fedtwin.errors import ConfigError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import params_from_bytes, params_to_bytes
 from fedtwin.seeding import derive_seed
-from fedtwin.steps import RunContext, now_iso, validation_seed
+from fedtwin.steps import RunContext, evaluate_final, now_iso, validation_seed
 from fedtwin.store import ArtifactStore
 from fedtwin.train import train_twin
 from fedtwin.twins import TwinSpec
@@ -209,17 +209,7 @@ def evaluate_baseline(store: ArtifactStore, ctx: RunContext, layout: BaselineLay
             return existing
     data = store.get_bytes(layout.model(model_round))
     params, _ = params_from_bytes(data, ctx.spec)
-    n = ctx.config.federation.heldout_episodes
-    seed = derive_seed(ctx.config.seed, "heldout")
-    heldout = evaluate_policy(params, ctx.spec, ctx.fleet.heldout, n, seed)
-    train_set = evaluate_policy(params, ctx.spec, ctx.fleet.train, n, seed)
-    result = {
-        "model_round": model_round,
-        "episodes": n,
-        "heldout": heldout.to_json(),
-        "train": train_set.to_json(),
-        "generalization_gap": train_set.mean_return - heldout.mean_return,
-    }
+    result = evaluate_final(ctx, params, model_round)
     store.put_bytes(layout.final, data)
     store.put_json(layout.evaluation, result)
     return result

@@ -363,21 +363,28 @@ def evaluate(store: ArtifactStore, run_id: str, episodes: int | None = None) -> 
             tracking.log_evaluation(ctx, existing)
             return existing
     params, data = ctx.global_model(model_round)
+    result = evaluate_final(ctx, params, model_round, episodes)
+    store.put_json(key, result)
+    store.put_bytes(ctx.layout.report("final.safetensors"), data)
+    tracking.log_evaluation(ctx, result)
+    return result
+
+
+def evaluate_final(ctx: RunContext, params: np.ndarray, model_round: int,
+                   episodes: int | None = None) -> dict[str, Any]:
+    """A final model on the held-out twins (used only here) and the training twins, with fixed seeds,
+    so the federated model and the baseline are judged on the very same episodes."""
     n = episodes or ctx.config.federation.heldout_episodes
     seed = derive_seed(ctx.config.seed, "heldout")
     heldout = evaluate_policy(params, ctx.spec, ctx.fleet.heldout, n, seed)
     train_set = evaluate_policy(params, ctx.spec, ctx.fleet.train, n, seed)
-    result = {
+    return {
         "model_round": model_round,
         "episodes": n,
         "heldout": heldout.to_json(),
         "train": train_set.to_json(),
         "generalization_gap": train_set.mean_return - heldout.mean_return,
     }
-    store.put_json(key, result)
-    store.put_bytes(ctx.layout.report("final.safetensors"), data)
-    tracking.log_evaluation(ctx, result)
-    return result
 
 
 def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = None) -> dict[str, Any]:
