@@ -156,18 +156,20 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
                 workers: int, engine: str, device: str, bar: tqdm) -> dict[str, Any]:
     twin_ids = [t.id for t in ctx.fleet.train]
     pending = [t for t in twin_ids if not store.exists(ctx.layout.update_meta(round_index, t))]
-    done = len(twin_ids) - len(pending)
+    finished = set(twin_ids) - set(pending)
     bar.set_description(f"round {round_index + 1}/{ctx.config.federation.rounds}")
     futures = [
         executor.submit(_train_job, store, ctx.layout.run_id, round_index, ids, device, engine)
-        for ids in shard(pending, engine, workers, device)
+        # Fixed shards: a resumed round retrains the same batches, so the updates are bit-identical.
+        for ids in shard(twin_ids, engine, workers, device)
+        if any(twin in pending for twin in ids)
     ]
     for future in as_completed(futures):
         try:
-            done += len(future.result())
+            finished.update(future.result())
         except Exception as exc:  # a twin that fails is left out of the round; quorum decides
             log.warning("[ROUND %s] a training job failed: %s", round_index, exc)
-        bar.set_postfix(twins=f"{done}/{len(twin_ids)}")
+        bar.set_postfix(twins=f"{len(finished)}/{len(twin_ids)}")
     summary = steps.aggregate(store, ctx.layout.run_id, round_index)
     log.info("[ROUND %s/%s] participants=%s rejected=%s validation_return=%.1f", round_index + 1,
              ctx.config.federation.rounds, len(summary["participants"]), len(summary["rejected"]),

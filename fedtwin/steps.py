@@ -214,12 +214,18 @@ def train(
         todo = [t for t in todo if t.id not in dp_round.blocked]
         if not todo:
             return records
-    seeds = [train_seed(ctx.config, t.id, round_index) for t in todo]
-    dp = dp_round.mechanism([t.id for t in todo], seeds, device) if dp_round else None
+    # A retried shard keeps its composition: a batch's results differ from a smaller batch's in the
+    # last float bits, so the whole shard trains again and only the missing updates are written
+    # (with local DP the missing twins train alone: their accountants are restored per twin).
+    batch = twins if done and len(twins) > 1 and dp_round is None else todo
+    seeds = [train_seed(ctx.config, t.id, round_index) for t in batch]
+    dp = dp_round.mechanism([t.id for t in batch], seeds, device) if dp_round else None
     started = time.perf_counter()
-    results = train_twins(params, todo, seeds, ctx.config.train, device, dp)
-    seconds = (time.perf_counter() - started) / len(todo)
-    for twin, result in zip(todo, results, strict=True):
+    results = train_twins(params, batch, seeds, ctx.config.train, device, dp)
+    seconds = (time.perf_counter() - started) / len(batch)
+    for twin, result in zip(batch, results, strict=True):
+        if twin not in todo:
+            continue
         record = UpdateRecord(
             twin_id=twin.id,
             round=round_index,
