@@ -153,6 +153,8 @@ class Row:
     pool_start_seconds: float | None = None
     load_before: float = 0.0
     load_after: float = 0.0
+    gpu_peak_bytes: float | None = None
+    """torch.cuda.max_memory_allocated of a fleet round on a GPU."""
 
     @property
     def steps_per_second(self) -> float | None:
@@ -313,16 +315,21 @@ def targets(rows: list[Row], device: str) -> list[str]:
     fleet = best(256)
     if device == "cpu" and pool and fleet and pool.seconds and fleet.seconds:
         by_wall = pool.seconds / fleet.seconds
-        by_cpu = (pool.cpu_seconds or 0) / (fleet.cpu_seconds or 1)
-        out.append(f"- Fleet engine >= 10x faster than the pool engine at 256 twins: {mark(by_wall >= 10)}, "
-                   f"{by_wall:.1f}x by wall time ({fleet.engine} {fleet.seconds:.1f} s vs pool "
-                   f"{pool.seconds:.1f} s); {by_cpu:.1f}x by CPU time.")
+        by_cpu = ", ".join(f"{(pool.cpu_seconds or 0) / r.cpu_seconds:.1f}x ({r.engine})" for r in rows
+                           if r.twins == 256 and r.engine.startswith("fleet") and r.cpu_seconds)
+        out.append(f"- Fleet engine >= 10x faster than the pool engine at 256 twins: {mark(by_wall >= 10)} "
+                   f"by wall time, {by_wall:.1f}x ({fleet.engine} {fleet.seconds:.1f} s vs pool "
+                   f"{pool.seconds:.1f} s). By CPU time, which the neighbours' load distorts less: {by_cpu}.")
     big = best(1024)
     if big and big.seconds:
         peak = max((r.peak_rss or 0) for r in rows if r.twins == 1024 and r.engine.startswith("fleet"))
-        cpu = f"{big.cpu_seconds:.1f}" if big.cpu_seconds is not None else "?"
-        out.append(f"- One round of 1024 twins under 60 s: {mark(big.seconds < 60)}, {big.seconds:.1f} s "
-                   f"({big.engine}; {cpu} CPU s).")
+        line = (f"- One round of 1024 twins under 60 s: {mark(big.seconds < 60)}, {big.seconds:.1f} s "
+                f"({big.engine}, load {big.load_before:.2f} before and {big.load_after:.2f} after)")
+        workers = int(big.engine.rsplit("x", 1)[1]) if " x" in big.engine else 1
+        if big.cpu_seconds:
+            line += (f"; estimate for otherwise idle cores: its {big.cpu_seconds:.1f} CPU s over {workers} "
+                     f"worker(s) = about {big.cpu_seconds / workers:.0f} s")
+        out.append(line + ".")
         out.append(f"- Within 8 GiB: {mark(peak < 8 * GIB)}, peak {peak / GIB:.2f} GiB (whole process tree).")
     return out
 
@@ -347,7 +354,8 @@ time), plus three avoidable costs, now removed in `fedtwin/train.py` without cha
    (which also keeps RSS from growing update after update): 1.5x faster at K=1024.
 
 The remaining cost is arithmetic (per twin and round: 192 minibatch steps of a 64-64 actor and
-critic on 128 samples): CPU time per twin falls from about 0.8 s (pool) to about 0.08 s (fleet).
+critic on 128 samples): CPU time per twin and round falls from about 0.7 s (pool) to 0.07 to 0.08 s
+(fleet).
 """
 
 
@@ -378,8 +386,28 @@ operator simulates a large fleet of their own devices and throughput matters.
 """
 
 
+def readme_table(rows: list[Row]) -> list[str]:
+    """One line per fleet size: pool against the fastest fleet variant (for the README)."""
+    lines = ["| twins per round | pool engine | fleet engine | speed-up | fleet twin env-steps/s | "
+             "fleet peak memory |", "|---:|---:|---:|---:|---:|---:|"]
+    for twins in sorted({r.twins for r in rows}):
+        pool = next((r for r in rows if r.twins == twins and r.engine == "pool"), None)
+        fleets = [r for r in rows if r.twins == twins and r.engine.startswith("fleet") and r.seconds]
+        if pool is None or pool.seconds is None or not fleets:
+            continue
+        fleet = min(fleets, key=lambda r: r.seconds or 0.0)
+        assert fleet.seconds is not None
+        pool_text = f"{fmt_seconds(pool)} s"
+        if pool.extrapolated:
+            pool_text = f"~{pool.seconds:,.0f} s (extrapolated)"
+        lines.append(f"| {twins} | {pool_text} | {fmt_seconds(fleet)} s ({fleet.engine}) | "
+                     f"{pool.seconds / fleet.seconds:.1f}x | {fleet.steps_per_second:,.0f} | "
+                     f"{(fleet.peak_rss or 0) / GIB:.1f} GiB |")
+    return lines
+
+
 def write_markdown(path: Path, info: dict[str, str], command: str, budget: dict[str, int], rows: list[Row],
-                   engines: list[str], notes: list[str], gpu: str, device: str) -> None:
+                   engines: list[str], notes: list[str], gpu: str, device: str, load_range: str) -> None:
     per_twin = budget["updates"] * budget["num_steps"] * budget["num_envs"]
     lines = [
         "# Fleet scale: pool engine vs fleet engine",
@@ -427,6 +455,14 @@ def write_markdown(path: Path, info: dict[str, str], command: str, budget: dict[
         "",
         OPTIMIZED,
         TRADE_OFF,
+        f"One round, default per-twin budget ({per_twin:,} env steps), {info['cores']} cores of a shared "
+        f"{info['CPU']} (`benchmarks/results/fleet_scale.md`):",
+        "",
+        *readme_table(rows),
+        "",
+        f"Wall times on cores shared with other work (1-minute load average {load_range}); the full "
+        "results give CPU times, every repeat, and which targets were met.",
+        "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
@@ -459,11 +495,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", type=Path, metavar="JSON",
                         help="Only rewrite the markdown from saved measurements "
                              f"(e.g. {RAW.relative_to(ROOT)}).")
+    parser.add_argument("--note", action="append", default=[],
+                        help="A note to add under the table (repeatable), e.g. with --render.")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.render:
-        render(json.loads(args.render.read_text()), args.out)
+        render(json.loads(args.render.read_text()), args.out, args.note)
         return 0
 
     if args.child:  # one measurement, in a fresh interpreter
@@ -474,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.quick:
         args.twins, args.budget, args.out = "8,64", "quick", Path("-")
+    if args.device == "cuda" and args.out == RESULTS:  # keep the CPU results
+        args.out = RESULTS.with_name("fleet_scale_gpu.md")
     sizes = [int(x) for x in args.twins.split(",")]
     engines = [e.strip() for e in args.engines.split(",")]
     unknown = set(engines) - {"pool", "fleet", "fleet-sharded"}
@@ -510,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = Row(label, twins, result["seconds"], result["cpu_seconds"], peak, twins * per_twin,
                           aggregate_seconds=result.get("aggregate_seconds"),
                           pool_start_seconds=result.get("pool_start_seconds"), load_before=load,
-                          load_after=os.getloadavg()[0])
+                          load_after=os.getloadavg()[0], gpu_peak_bytes=result.get("gpu_peak_bytes"))
                 measured.append(row)
                 print(f"{row.seconds:8.2f} s ({row.cpu_seconds:7.1f} CPU s) "
                       f"{row.steps_per_second:10,.0f} steps/s  "
@@ -521,13 +561,14 @@ def main(argv: list[str] | None = None) -> int:
               "start_load": start_load, "waited": waited, "sizes": sizes,
               "engines": [names[e] for e in engines], "measured": [asdict(r) for r in measured]}
     if args.out != Path("-"):
-        RAW.parent.mkdir(parents=True, exist_ok=True)
-        RAW.write_text(json.dumps(record, indent=1))
-    render(record, args.out)
+        raw = RAW.with_name(args.out.stem + ".json")
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(record, indent=1))
+    render(record, args.out, args.note)
     return 0
 
 
-def render(record: dict[str, Any], out: Path) -> None:
+def render(record: dict[str, Any], out: Path, extra_notes: list[str] | None = None) -> None:
     """Table and notes from the raw measurements (best repeat per cell); print, and write `out`."""
     measured = [Row(**r) for r in record["measured"]]
     engines, budget = record["engines"], record["budget"]
@@ -566,9 +607,14 @@ def render(record: dict[str, Any], out: Path) -> None:
     if starts:
         notes.append(f"starting and warming the {record['workers']}-worker spawn pool took {min(starts):.1f} "
                      f"to {max(starts):.1f} s; a run pays it once, so it is not in the round times.")
-    gpu = "Not measured (no GPU available): this machine has no CUDA device."
+    notes += extra_notes or []
+    gpu = ("Not measured (no GPU available): this machine has no CUDA device. On a GPU machine, "
+           "`python benchmarks/fleet_scale.py --device cuda --twins 1024,4096 --engines fleet` writes "
+           "`benchmarks/results/fleet_scale_gpu.md` (that path has not been run on a GPU yet).")
     if record["device"] == "cuda":
-        gpu = f"Device: {record['info'].get('GPU')}.\n\n" + "\n".join(table(rows, engines))
+        peaks = [f"- {r.engine} x {r.twins}: peak GPU memory {r.gpu_peak_bytes / GIB:.2f} GiB"
+                 for r in rows if r.gpu_peak_bytes]
+        gpu = "\n".join([f"Device: {record['info'].get('GPU')}.", "", *table(rows, engines), "", *peaks])
 
     print()
     print("\n".join(table(rows, engines)))
@@ -577,7 +623,7 @@ def render(record: dict[str, Any], out: Path) -> None:
         print(f"- {note}")
     if out != Path("-"):
         write_markdown(out, record["info"], record["command"], budget, rows, engines, notes, gpu,
-                       record["device"])
+                       record["device"], f"{min(loads):.1f} to {max(loads):.1f}")
         print(f"wrote {out}")
 
 
