@@ -3,16 +3,17 @@
 Local DP (`privacy.mode: local`)
 --------------------------------
 Each twin's policy-gradient update (PPO or REINFORCE) is DP-SGD exactly as Opacus' `DPOptimizer`
-does it: per-sample gradients, each clipped to `max_grad_norm` C (factor `min(1, C/(||g||+1e-6))`
-over all parameters), summed, plus `N(0, (noise_multiplier * C)^2)` per coordinate, divided by the
-expected batch size. The trainer is functional and batched over twins, so it computes per-sample
-gradients with `torch.func` (`vmap` of `grad` over samples inside the twin `vmap`, what Opacus'
-"functorch" grad-sample mode does) and calls `clip_and_sum` and `noise_and_scale` below; a test
-shows they give the same gradient as Opacus' `GradSampleModule` + `DPOptimizer`. Minibatches are
-Poisson samples (each transition kept with probability `sample_rate`, Opacus' `DPDataLoader`), the
-assumption of the accountant: PPO `1/minibatches` per step, `epochs*minibatches` steps per rollout;
-REINFORCE the whole rollout (rate 1) in one step. Noise comes from the twin's own generator, so the
-pool and fleet engines give the same update.
+(what `PrivacyEngine.make_private` installs) does it: per-sample gradients, each clipped to
+`max_grad_norm` C (factor `min(1, C/(||g||+1e-6))` over all parameters), summed, plus
+`N(0, (noise_multiplier * C)^2)` per coordinate, divided by the expected batch size. The trainer
+is functional and batched over twins, so it computes per-sample gradients with `torch.func` (`vmap` of
+`grad` over samples inside the twin `vmap`, what Opacus' "functorch" grad-sample mode does) and
+calls `clip_and_sum` and `noise_and_scale` below; a test shows they give the same gradient as
+Opacus' `GradSampleModule` + `DPOptimizer`. Minibatches are Poisson samples (each transition kept
+with probability `sample_rate`, Opacus' `DPDataLoader`), the assumption of the accountant: PPO
+`1/minibatches` per step, `epochs*minibatches` steps per rollout; REINFORCE the whole rollout (rate
+1) in one step. Noise comes from the twin's own generator, so the pool and fleet engines give the
+same update.
 
 What one sample is. A sample is one *transition*: the tuple (observation, action, behaviour
 log-probability, advantage, return, old value) the loss sees. Consequences:
@@ -31,6 +32,12 @@ log-probability, advantage, return, old value) the loss sees. Consequences:
   steps, so for one transition this over-counts; the reported epsilon is an upper bound.
 - Only the weights are covered. The record's metrics (episodic returns, losses) come from the raw
   experience and are left out in local mode unless `privacy.release_metrics` is set.
+
+Training for DP. The noise a step needs grows with the square root of the number of steps, the
+signal with the batch: use few, big, full-batch steps (`train.minibatches: 1`, `epochs: 1`, many
+envs per twin), a small network and a small `train.vf_coef` (else the critic's gradient fills most of
+each transition's clip bound). benchmarks/privacy.py measures such configs (held-out return per
+epsilon); the product's default training config is tuned for speed without DP, not for DP.
 
 Accounting: one Opacus accountant (`rdp` or `prv`) per twin, stepped once per optimizer step with
 (noise_multiplier, sample_rate). Its `state_dict()` is stored as JSON in the twin's update record
