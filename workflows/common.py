@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from hera.workflows import Container, Env, Parameter, RetryStrategy, SecretEnv
+from hera.workflows import Container, Env, Parameter, RetryStrategy, SecretEnv, WorkflowTemplate
 from hera.workflows import models as m
 
 from fedtwin import __version__
@@ -376,3 +377,40 @@ def run_metadata() -> tuple[m.Metadata, m.WorkflowMetadata]:
         labels_from={LABEL_RUN: m.LabelValueFrom(expression=RUN_ID_SOURCE)},
     )
     return pod, workflow
+
+
+def run_template(
+    name: str, description: str, params: Sequence[WorkflowParam], **extra: Any
+) -> WorkflowTemplate:
+    """A template that writes a run: the run mutex, pod GC, TTL, artifact repository and run labels."""
+    pod_metadata, workflow_metadata = run_metadata()
+    return WorkflowTemplate(
+        name=name,
+        annotations={"workflows.argoproj.io/description": description},
+        labels={"app.kubernetes.io/name": "fedtwin"},
+        entrypoint="main",
+        arguments=[p.build() for p in params],
+        synchronization=run_mutex(),
+        pod_gc=POD_GC,
+        ttl_strategy=TTL,
+        artifact_repository_ref=ARTIFACT_REPOSITORY,
+        pod_metadata=pod_metadata,
+        workflow_metadata=workflow_metadata,
+        **extra,
+    )
+
+
+def report_and_finish(env: list[Env]) -> tuple[Container, Container]:
+    """The `report` step and the exit handler's `finish` step, both taking the run id as input."""
+    store = param("store")
+    run_input = [Parameter(name="run-id")]
+    report = fedtwin_step("report", ["step", "report", "--run", inp("run-id"), "--store", store],
+                          inputs=run_input, env=env)
+    finish = fedtwin_step(
+        "finish",
+        ["step", "finish", "--run", inp("run-id"), "--status", WORKFLOW_STATUS, "--store", store,
+         "--reason", f"Argo workflow {WORKFLOW_NAME} ended {WORKFLOW_STATUS}"],
+        inputs=run_input,
+        env=env,
+    )
+    return report, finish

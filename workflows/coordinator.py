@@ -12,23 +12,18 @@ them (karmada/README.md). On Karmada this Workflow stays on the host: no policy 
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Env, Parameter, Steps, WorkflowTemplate
+from hera.workflows import DAG, Env, Parameter, Steps
 
 from workflows.common import (
     AGGREGATOR_POD_PARAMS,
-    ARTIFACT_REPOSITORY,
     DEFAULTS,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
     OUTPUTS_DIR,
-    POD_GC,
     ROLE_AGGREGATOR,
     RUN_PARAMS,
     STORE_PARAMS,
     TRACKING_PARAMS,
-    TTL,
-    WORKFLOW_NAME,
-    WORKFLOW_STATUS,
     P,
     PodKind,
     config_args,
@@ -40,8 +35,8 @@ from workflows.common import (
     outputs_param,
     param,
     parameters,
-    run_metadata,
-    run_mutex,
+    report_and_finish,
+    run_template,
     s3_env,
     task_output,
 )
@@ -95,37 +90,15 @@ coordinate = fedtwin_step(
              outputs_param("late")],
 )
 
-report = fedtwin_step(
-    "report",
-    ["step", "report", "--run", inp("run-id"), "--store", STORE],
-    inputs=RUN_INPUT,
-    env=TRACKING_ENV,
-)
+report, finish = report_and_finish(TRACKING_ENV)
 
-finish = fedtwin_step(
-    "finish",
-    ["step", "finish", "--run", inp("run-id"), "--status", WORKFLOW_STATUS, "--store", STORE,
-     "--reason", f"Argo workflow {WORKFLOW_NAME} ended {WORKFLOW_STATUS}"],
-    inputs=RUN_INPUT,
-    env=TRACKING_ENV,
-)
 
-pod_metadata, workflow_metadata = run_metadata()
-
-with WorkflowTemplate(
-    name=NAME,
-    annotations={"workflows.argoproj.io/description": "The host side of a multi-cluster run: init, then "
-                 "aggregate each round as the member clusters' updates arrive in S3 (karmada/README.md)."},
-    labels={"app.kubernetes.io/name": "fedtwin"},
-    entrypoint="main",
+with run_template(
+    NAME,
+    "The host side of a multi-cluster run: init, then "
+    "aggregate each round as the member clusters' updates arrive in S3 (karmada/README.md).",
+    PARAMS,
     on_exit="exit-handler",
-    arguments=[p.build() for p in PARAMS],
-    synchronization=run_mutex(),
-    pod_gc=POD_GC,
-    ttl_strategy=TTL,
-    artifact_repository_ref=ARTIFACT_REPOSITORY,
-    pod_metadata=pod_metadata,
-    workflow_metadata=workflow_metadata,
 ) as w:
     with Steps(name="exit-handler") as exit_handler:
         finish(name="finish", arguments={"run-id": global_output(RUN_ID_OUTPUT)},

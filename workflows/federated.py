@@ -16,12 +16,11 @@ end state in the store.
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Artifact, Counter, Env, Gauge, Label, Parameter, Steps, WorkflowTemplate
+from hera.workflows import DAG, Artifact, Counter, Env, Gauge, Label, Parameter, Steps
 from hera.workflows import models as m
 
 from workflows.common import (
     AGGREGATOR_POD_PARAMS,
-    ARTIFACT_REPOSITORY,
     ENGINE,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
@@ -29,22 +28,18 @@ from workflows.common import (
     LABEL_ROUND,
     LABEL_TWIN,
     OUTPUTS_DIR,
-    POD_GC,
     RUN_PARAMS,
     STEP_SUCCEEDED,
     STORE_PARAMS,
     SUBNET_ANNOTATION_KEY,
     TRACKING_PARAMS,
     TRAIN_DEVICE,
-    TTL,
     TWIN_LABEL,
     TWIN_POD,
     TWIN_POD_PARAMS,
     TWIN_SECRET,
     TWIN_STORE_PARAMS,
     TWINS_PER_POD,
-    WORKFLOW_NAME,
-    WORKFLOW_STATUS,
     config_args,
     config_env,
     fedtwin_step,
@@ -55,8 +50,8 @@ from workflows.common import (
     own_output,
     param,
     parameters,
-    run_metadata,
-    run_mutex,
+    report_and_finish,
+    run_template,
     s3_env,
     task_output,
 )
@@ -138,38 +133,16 @@ evaluate = fedtwin_step(
     outputs=[outputs_param("heldout_return"), outputs_param("generalization_gap")],
 )
 
-report = fedtwin_step(
-    "report",
-    ["step", "report", "--run", inp("run-id"), "--store", STORE],
-    inputs=RUN_INPUT,
-    env=TRACKING_ENV,
-)
-
-finish = fedtwin_step(
-    "finish",
-    ["step", "finish", "--run", inp("run-id"), "--status", WORKFLOW_STATUS, "--store", STORE,
-     "--reason", f"Argo workflow {WORKFLOW_NAME} ended {WORKFLOW_STATUS}"],
-    inputs=RUN_INPUT,
-    env=TRACKING_ENV,
-)
+report, finish = report_and_finish(TRACKING_ENV)
 
 # --------------------------------------------------------------------------------- the workflow
-pod_metadata, workflow_metadata = run_metadata()
 
-with WorkflowTemplate(
-    name=NAME,
-    annotations={"workflows.argoproj.io/description": "Federated training of a digital-twin fleet: "
-                 "per round, one isolated pod per twin, then aggregation (see workflows/README.md)."},
-    labels={"app.kubernetes.io/name": "fedtwin"},
-    entrypoint="main",
+with run_template(
+    NAME,
+    "Federated training of a digital-twin fleet: "
+    "per round, one isolated pod per twin, then aggregation (see workflows/README.md).",
+    PARAMS,
     on_exit="exit-handler",
-    arguments=[p.build() for p in PARAMS],
-    synchronization=run_mutex(),
-    pod_gc=POD_GC,
-    ttl_strategy=TTL,
-    artifact_repository_ref=ARTIFACT_REPOSITORY,
-    pod_metadata=pod_metadata,
-    workflow_metadata=workflow_metadata,
 ) as w:
     with DAG(name="round", inputs=[Parameter(name="run-id"), Parameter(name="round"),
                                    Parameter(name="shards")]) as one_round:

@@ -12,18 +12,15 @@ run id is running.
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Env, WorkflowTemplate
+from hera.workflows import DAG, Env
 
 from workflows.common import (
     AGGREGATOR_POD_PARAMS,
-    ARTIFACT_REPOSITORY,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
-    POD_GC,
     RUN_PARAMS,
     STORE_PARAMS,
     TRACKING_PARAMS,
-    TTL,
     P,
     config_args,
     config_env,
@@ -31,8 +28,7 @@ from workflows.common import (
     fleet_volume,
     param,
     parameters,
-    run_metadata,
-    run_mutex,
+    run_template,
     s3_env,
 )
 
@@ -54,20 +50,11 @@ baseline = fedtwin_step(
     volumes=fleet_volume(),
 )
 
-pod_metadata, workflow_metadata = run_metadata()
 
-with WorkflowTemplate(
-    name=NAME,
-    annotations={"workflows.argoproj.io/description": "Single-agent baseline with the env-step budget of "
-                 "a federated run (see workflows/README.md)."},
-    labels={"app.kubernetes.io/name": "fedtwin"},
-    entrypoint="main",
-    arguments=[p.build() for p in PARAMS],
-    synchronization=run_mutex(),
-    pod_gc=POD_GC,
-    ttl_strategy=TTL,
-    artifact_repository_ref=ARTIFACT_REPOSITORY,
-    pod_metadata=pod_metadata,
-    workflow_metadata=workflow_metadata,
+with run_template(
+    NAME,
+    "Single-agent baseline with the env-step budget of "
+    "a federated run (see workflows/README.md).",
+    PARAMS,
 ) as w, DAG(name="main"):
     baseline(name="baseline")
