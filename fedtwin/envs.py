@@ -514,10 +514,11 @@ class _Simulator:
         if self.delay is not None:
             self.delay.restart(idx)
         std = self.p.sensor_noise
+        out = obs.T.copy()  # (4, n), C-ordered like every observation; cheaper than a second cast
         if self.reset_noise is None or std is None:
-            return self.observe(self.state)  # one cast: cheaper than copying `obs` and patching rows
-        out = obs.T.copy()  # (4, n), C-ordered like every observation
-        out[:, idx] = values + self.reset_noise.take(idx) * _rows(std, idx)
+            out[:, idx] = values
+        else:
+            out[:, idx] = values + self.reset_noise.take(idx) * _rows(std, idx)
         return out.T
 
 
@@ -630,10 +631,10 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         self._sim = _Simulator(self.physics)
         self._resets = _ResetStream(self.physics.num_twins, envs_per_twin)
         self._seeded = False
-        # Episode lengths as (step count - start step): no per-env counter to bump every step.
+        # Episode lengths as (step count - start step): no per-env counter to bump every step. Every
+        # step pays 1, so an episode's return is its length: no return accumulator either.
         self._t = 0
         self._start = np.zeros(self.num_envs, dtype=np.int32)
-        self._returns = np.zeros(self.num_envs, dtype=np.float32)
         self._ones = np.ones(self.num_envs, dtype=np.float32)  # copying it beats np.ones()
 
     @property
@@ -664,7 +665,6 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         # New arrays, not zeroed ones: the old ones may be held by an earlier step's info.
         self._t = 0
         self._start = np.zeros(self.num_envs, dtype=np.int32)
-        self._returns = np.zeros(self.num_envs, dtype=np.float32)
         return sim.start_all(self._resets.take_all()), {}
 
     def step(self, actions: np.ndarray) -> StepResult:
@@ -672,8 +672,6 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
             raise RuntimeError("call reset() before step()")
         obs, terminated = self._sim.step(_check_actions(actions, self.num_envs))
         reward = self._ones.copy()
-        returns = self._returns
-        np.add(returns, reward, returns)
         if self._t == _REBASE_STEPS:  # keep the int32 step counts far from overflow
             self._start -= self._t
             self._t = 0
@@ -685,15 +683,14 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         if not idx.size:
             return obs, reward, terminated, truncated, {}
         # SAME_STEP autoreset: finished sub-envs start over now, drawing only from their twins' streams.
+        length = np.subtract(self._t, self._start)
         info = {
             "final_obs": obs,
             "_final_obs": done,
-            "episode_return": returns,
-            "episode_length": np.subtract(self._t, self._start),
+            "episode_return": length.astype(np.float32),
+            "episode_length": length,
             "_episode": done.copy(),
         }
-        self._returns = returns.copy()  # a new array: `info` holds the old one
-        self._returns[idx] = 0.0
         self._start[idx] = self._t
         obs = self._sim.restart(idx, self._resets.take(idx), obs)
         return obs, reward, terminated, truncated, info
