@@ -212,9 +212,9 @@ time, which leaves out time spent waiting for a core on a shared machine.
 {format_rows(rows)}
 
 What bounds the speed-up (independent of this run): fedtwin's default physics must give exactly
-gymnasium's floats, so it performs the same arithmetic in the same order; the gain comes from in-
-place buffers (no temporaries), fewer passes outside the physics and a leaner autoreset. At N =
-4096 a step costs about 140 us of CPU on this machine, of which `np.sin` + `np.cos` take 34 us:
+gymnasium's floats, so it performs the same arithmetic in the same order; the gain comes from
+in-place buffers (no temporaries), fewer passes outside the physics and a leaner autoreset. At
+N=4096 a step costs about 140 us of CPU on this machine, of which `np.sin` + `np.cos` take 34 us:
 NumPy calls glibc's scalar `sin`/`cos` for float64 (bit-equal to `math.sin`, which `CartPole-v1`
 uses); vectorized trigonometry gives different last bits (torch's float64 `sin` differs in 0.3 %
 of a million angles in [-0.3, 0.3]), which grow into different trajectories. The other ~20 physics
