@@ -529,7 +529,9 @@ DEFAULT_PARAMETERS = {
     "target-return": "490",
     "privacy": "off",
     "privacy-epsilon": "8",
-    "privacy-delta": "0.00001",  # Helm prints the default 1.0e-5 this way; both are YAML floats
+    "privacy-delta": "0.000001",  # Helm prints the default 1.0e-6 this way; both are YAML floats
+    "twin-dp-noise-secret": "fedtwin-dp-noise-twin",
+    "aggregator-dp-noise-secret": "fedtwin-dp-noise-aggregator",
     "twin-service-account": "fedtwin-twin",
     "aggregator-service-account": "fedtwin-aggregator",
     "subnet": "",
@@ -559,7 +561,9 @@ def chart_templates(case_or_args: str | tuple[str, ...]) -> dict[str, dict[str, 
             {
                 "privacy": "local",
                 "privacy-epsilon": "4",
-                "privacy-delta": "1e-06",
+                "privacy-delta": "1e-07",
+                "twin-dp-noise-secret": "dp-key-twins",
+                "aggregator-dp-noise-secret": "dp-key-aggregator",
                 "min-twins": "3",
                 "twins": "6",
             },

@@ -161,6 +161,11 @@ def test_policies_send_the_member_pieces_and_keep_the_coordinator_and_aggregator
             assert policies_selecting(propagation, obj), f"{kind} {obj['metadata']['name']} is not propagated"
     assert policies_selecting(propagation, twin_secret) == [members_policy]
     assert not policies_selecting(policies, aggregator_secret), "the aggregator identity leaves the host"
+    # Member twins draw local-DP noise with the twins' key; the aggregator's key stays on the host.
+    for name, expected in (("fedtwin-dp-noise-twin", [members_policy]), ("fedtwin-dp-noise-aggregator", [])):
+        secret = copy.deepcopy(twin_secret)
+        secret["metadata"]["name"] = name
+        assert policies_selecting(policies, secret) == expected, name
     assert members_policy["spec"]["placement"]["clusterAffinity"]["clusterNames"] == ["member1", "member2"]
 
     (workflows_policy,) = policies_selecting(propagation, member_workflow)

@@ -43,7 +43,8 @@ POD_HASH = 1 + 10
 # Workflow-level parameters other charts and users rely on: renaming one is a breaking change.
 FEDERATED_PARAMETERS = [
     "run-id", "seed", "rounds", "twins", "fleet-configmap", "algo", "min-twins", "strategy", "target-return",
-    "privacy", "privacy-epsilon", "privacy-delta", "twins-per-pod", "store", "s3-endpoint", "s3-region",
+    "privacy", "privacy-epsilon", "privacy-delta", "twin-dp-noise-secret", "aggregator-dp-noise-secret",
+    "twins-per-pod", "store", "s3-endpoint", "s3-region",
     "aggregator-s3-secret", "twin-s3-secret", "per-twin-secrets",
     "mlflow-uri", "mlflow-experiment", "image", "aggregator-service-account", "aggregator-cpu-request",
     "aggregator-memory-request", "aggregator-cpu-limit", "aggregator-memory-limit", "twin-service-account",
@@ -622,3 +623,33 @@ def test_evaluate_template_reads_the_runs_final_model_by_default() -> None:
     assert evaluate(expression(evaluate_module.MODEL_KEY), values) == "runs/demo/report/final.safetensors"
     key = values["workflow.parameters.model-key"] = "runs/demo/rounds/0003/global.safetensors"
     assert evaluate(expression(evaluate_module.MODEL_KEY), values) == key
+
+
+def secret_env(container: dict[str, Any]) -> dict[str, str]:
+    """Env var -> the Secret name (an expression) it is read from."""
+    return {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+            if "valueFrom" in e}
+
+
+@pytest.mark.parametrize(("name", "twin_steps", "aggregator_steps"), [
+    ("fedtwin-federated", ["train"], ["aggregate"]),
+    ("fedtwin-coordinator", [], ["coordinate"]),
+    ("fedtwin-member", ["member"], []),
+])
+def test_dp_noise_keys_reach_only_the_steps_that_draw_noise(name: str, twin_steps: list[str],
+                                                           aggregator_steps: list[str]) -> None:
+    from fedtwin.privacy import NOISE_KEY_ENV
+
+    assert common.DP_NOISE_KEY_ENV == NOISE_KEY_ENV
+    wanted = {**{s: "{{workflow.parameters.twin-dp-noise-secret}}" for s in twin_steps},
+              **{s: "{{workflow.parameters.aggregator-dp-noise-secret}}" for s in aggregator_steps}}
+    for step, tmpl in templates(manifest(name)).items():
+        if "container" not in tmpl:
+            continue
+        got = secret_env(tmpl["container"]).get(NOISE_KEY_ENV)
+        # The twins' key never reaches an aggregator-side pod: with it, the aggregator could
+        # regenerate and subtract a twin's local-DP noise.
+        assert got == wanted.get(step), (step, got)
+    declared = param_defaults(manifest(name))
+    for step, secret in wanted.items():
+        assert secret.removeprefix("{{workflow.parameters.").removesuffix("}}") in declared, step

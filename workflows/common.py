@@ -170,6 +170,17 @@ RUN_PARAMS = [
 ]
 TARGET_RETURN = P("target-return", _number(DEFAULTS.federation.target_return or 0), "Stop early when the "
                   "(global) model's validation return reaches this; empty = always spend all rounds.")
+DP_NOISE_KEY_ENV = "FEDTWIN_DP_NOISE_KEY"
+"""fedtwin.privacy.NOISE_KEY_ENV (not imported: that module imports torch)."""
+TWIN_DP_NOISE_SECRET = P(
+    "twin-dp-noise-secret", "fedtwin-dp-noise-twin",
+    "Secret (key `key`) that keys the twins' local-DP noise seeds: a retried pod draws the same noise, and "
+    "the run's stored seed alone cannot regenerate it. Never give it to the aggregator (with it, the "
+    "aggregator could regenerate and subtract a twin's noise). No such Secret = fresh OS entropy per pod "
+    "(private, not reproducible).")
+AGGREGATOR_DP_NOISE_SECRET = P("aggregator-dp-noise-secret", "fedtwin-dp-noise-aggregator", "Secret (key "
+                               "`key`) that keys the aggregator's central-DP noise seeds; a different secret "
+                               "from the twins'. No such Secret = fresh OS entropy per aggregation.")
 FEDERATION_PARAMS = [
     P("min-twins", _number(DEFAULTS.federation.min_twins), "Quorum of valid updates per round: a count "
       "(>= 1) or a fraction of the fleet (< 1); below it the round fails."),
@@ -249,6 +260,14 @@ def s3_env(secret: str) -> list[Env | SecretEnv]:
     env += [Env(name="FEDTWIN_S3_ENDPOINT", value=param("s3-endpoint")),
             Env(name="FEDTWIN_S3_REGION", value=param("s3-region"))]
     return env
+
+
+def dp_noise_env(secret: WorkflowParam) -> list[Env | SecretEnv]:
+    """The DP noise key from the Secret named by `secret` (twins: local DP; aggregator: central DP).
+
+    Optional, like the S3 keys: without the Secret the step still runs, with unkeyed noise.
+    """
+    return [SecretEnv(name=DP_NOISE_KEY_ENV, secret_name=param(secret.name), secret_key="key", optional=True)]
 
 
 def yaml_string(value: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from hera.workflows import DAG, Env, Parameter, Steps
 
 from workflows.common import (
+    AGGREGATOR_DP_NOISE_SECRET,
     AGGREGATOR_POD_PARAMS,
     DEFAULTS,
     FEDERATION_PARAMS,
@@ -28,6 +29,7 @@ from workflows.common import (
     PodKind,
     config_args,
     config_env,
+    dp_noise_env,
     fedtwin_step,
     fleet_volume,
     global_output,
@@ -54,8 +56,8 @@ PROTOCOL_PARAMS = [
     P("coordinator-deadline", "604800", "activeDeadlineSeconds of the coordinate pod, which lives for the "
       "whole run."),
 ]
-PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, PROTOCOL_PARAMS, STORE_PARAMS, TRACKING_PARAMS,
-                     IMAGE_PARAMS, AGGREGATOR_POD_PARAMS])
+PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, [AGGREGATOR_DP_NOISE_SECRET], PROTOCOL_PARAMS,
+                     STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS, AGGREGATOR_POD_PARAMS])
 RUN_ID_OUTPUT = "run-id"
 """globalName of init's run id: the exit handler finishes only a run this workflow initialized."""
 
@@ -85,7 +87,7 @@ coordinate = fedtwin_step(
     ["step", "coordinate", "--run", inp("run-id"), "--store", STORE, "--outputs-dir", OUTPUTS_DIR],
     pod=COORDINATOR_POD,
     inputs=RUN_INPUT,
-    env=[*TRACKING_ENV, *PROTOCOL_ENV],
+    env=[*TRACKING_ENV, *PROTOCOL_ENV, *dp_noise_env(AGGREGATOR_DP_NOISE_SECRET)],
     outputs=[outputs_param("status"), outputs_param("rounds_played"), outputs_param("heldout_return"),
              outputs_param("late")],
 )

@@ -20,6 +20,7 @@ from hera.workflows import DAG, Artifact, Counter, Env, Gauge, Label, Parameter,
 from hera.workflows import models as m
 
 from workflows.common import (
+    AGGREGATOR_DP_NOISE_SECRET,
     AGGREGATOR_POD_PARAMS,
     ENGINE,
     FEDERATION_PARAMS,
@@ -34,6 +35,7 @@ from workflows.common import (
     SUBNET_ANNOTATION_KEY,
     TRACKING_PARAMS,
     TRAIN_DEVICE,
+    TWIN_DP_NOISE_SECRET,
     TWIN_LABEL,
     TWIN_POD,
     TWIN_POD_PARAMS,
@@ -42,6 +44,7 @@ from workflows.common import (
     TWINS_PER_POD,
     config_args,
     config_env,
+    dp_noise_env,
     fedtwin_step,
     fleet_volume,
     global_output,
@@ -57,8 +60,9 @@ from workflows.common import (
 )
 
 NAME = "fedtwin-federated"
-PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, [TWINS_PER_POD], STORE_PARAMS, TWIN_STORE_PARAMS,
-                     TRACKING_PARAMS, IMAGE_PARAMS, AGGREGATOR_POD_PARAMS, TWIN_POD_PARAMS])
+PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, [TWIN_DP_NOISE_SECRET, AGGREGATOR_DP_NOISE_SECRET],
+                     [TWINS_PER_POD], STORE_PARAMS, TWIN_STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS,
+                     AGGREGATOR_POD_PARAMS, TWIN_POD_PARAMS])
 RUN_ID_OUTPUT = "run-id"
 """globalName of init's run id: the exit handler finishes only a run this workflow initialized."""
 
@@ -96,7 +100,7 @@ train = fedtwin_step(
      "--store", STORE, "--device", TRAIN_DEVICE],
     pod=TWIN_POD,
     inputs=[Parameter(name="run-id"), Parameter(name="round"), Parameter(name="twins")],
-    env=s3_env(TWIN_SECRET),
+    env=[*s3_env(TWIN_SECRET), *dp_noise_env(TWIN_DP_NOISE_SECRET)],
     labels={LABEL_TWIN: TWIN_LABEL, LABEL_ROUND: inp("round")},
     annotations={SUBNET_ANNOTATION_KEY: param("subnet")},
 )
@@ -106,7 +110,7 @@ aggregate = fedtwin_step(
     ["step", "aggregate", "--run", inp("run-id"), "--round", inp("round"), "--store", STORE,
      "--outputs-dir", OUTPUTS_DIR],
     inputs=[Parameter(name="run-id"), Parameter(name="round")],
-    env=TRACKING_ENV,
+    env=[*TRACKING_ENV, *dp_noise_env(AGGREGATOR_DP_NOISE_SECRET)],
     labels={LABEL_ROUND: inp("round")},
     outputs=[outputs_param("round"), outputs_param("participants"), outputs_param("rejected"),
              outputs_param("mean_return"), outputs_param("continue"), outputs_param("next_round"),

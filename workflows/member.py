@@ -28,11 +28,13 @@ from workflows.common import (
     SUBNET_ANNOTATION_KEY,
     TRAIN_DEVICE,
     TTL,
+    TWIN_DP_NOISE_SECRET,
     TWIN_LABEL,
     TWIN_POD_PARAMS,
     TWIN_STORE_PARAMS,
     P,
     PodKind,
+    dp_noise_env,
     fedtwin_step,
     inp,
     outputs_param,
@@ -59,7 +61,7 @@ MEMBER_PARAMS = [
 STORE = [p for p in STORE_PARAMS if p.name != "aggregator-s3-secret"]
 TWIN_STORE = [p for p in TWIN_STORE_PARAMS if p.name == "twin-s3-secret"]
 TWIN_POD = [p for p in TWIN_POD_PARAMS if p.name != "twin-deadline"]
-PARAMS = parameters([MEMBER_PARAMS, STORE, TWIN_STORE, IMAGE_PARAMS, TWIN_POD])
+PARAMS = parameters([MEMBER_PARAMS, [TWIN_DP_NOISE_SECRET], STORE, TWIN_STORE, IMAGE_PARAMS, TWIN_POD])
 
 MEMBER_POD = PodKind(ROLE_TWIN, "twin", gpu=True, deadline=param("member-deadline"),
                      retries=param("twin-retries"))
@@ -77,7 +79,7 @@ member = fedtwin_step(
      "--device", TRAIN_DEVICE, "--workers", param("workers"), "--outputs-dir", OUTPUTS_DIR],
     pod=MEMBER_POD,
     inputs=[Parameter(name="run-id"), Parameter(name="twins")],
-    env=[*s3_env(param("twin-s3-secret")), *WAIT_ENV],
+    env=[*s3_env(param("twin-s3-secret")), *WAIT_ENV, *dp_noise_env(TWIN_DP_NOISE_SECRET)],
     labels={LABEL_TWIN: TWIN_LABEL},
     annotations={SUBNET_ANNOTATION_KEY: param("subnet")},
     outputs=[outputs_param("rounds"), outputs_param("status")],

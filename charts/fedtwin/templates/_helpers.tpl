@@ -209,6 +209,8 @@ set only in the templates that declare it; `workflowTemplates.parameters` overri
     "privacy" (ternary .Values.privacy.mode "off" .Values.privacy.enabled)
     "privacy-epsilon" .Values.privacy.targetEpsilon
     "privacy-delta" .Values.privacy.delta
+    "twin-dp-noise-secret" .Values.privacy.noiseKeySecrets.twin
+    "aggregator-dp-noise-secret" .Values.privacy.noiseKeySecrets.aggregator
     "twin-service-account" (include "fedtwin.twinServiceAccount" .)
     "aggregator-service-account" (include "fedtwin.aggregatorServiceAccount" .)
     "subnet" (ternary .Values.kubeovn.subnet.name "" (eq (include "fedtwin.kubeovnSubnet" .) "true"))
