@@ -7,12 +7,9 @@ local runner, the Argo templates and the multi-cluster members all call exactly 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +20,7 @@ from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
 from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
+from fedtwin.runstate import finish, now_iso, update_state, write_outputs
 from fedtwin.seeding import derive_seed
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.strategies import make_strategy
@@ -31,10 +29,6 @@ from fedtwin.twins import Fleet, TwinSpec, dump_fleet, load_fleet, make_fleet, p
 from fedtwin.updates import UpdateRecord, load_and_validate, write_update
 
 log = logging.getLogger("fedtwin.steps")
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 @dataclass
@@ -71,10 +65,7 @@ class RunContext:
         return self.store.get_json(self.layout.state)
 
     def write_state(self, **changes: Any) -> dict[str, Any]:
-        state = self.state()
-        state.update(changes, updated_at=now_iso())
-        self.store.put_json(self.layout.state, state)
-        return state
+        return update_state(self.store, self.layout.run_id, **changes)
 
     def global_model(self, round_index: int) -> tuple[np.ndarray, bytes]:
         """The global model entering `round_index`, as a vector and as its stored bytes."""
@@ -391,33 +382,6 @@ def evaluate_final(ctx: RunContext, params: np.ndarray, model_round: int,
         "train": train_set.to_json(),
         "generalization_gap": train_set.mean_return - heldout.mean_return,
     }
-
-
-def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = None) -> dict[str, Any]:
-    """Record the run's end (the Argo exit handler and the local runner call this)."""
-    if status not in ("done", "failed"):
-        raise ConfigError(f"status must be 'done' or 'failed', got {status!r}")
-    ctx = RunContext.load(store, run_id)
-    state = ctx.state()
-    if status == "failed" and state.get("status") == "failed" and state.get("reason"):
-        return state  # keep the first, most specific reason
-    return ctx.write_state(status=status, reason=reason)
-
-
-def write_outputs(directory: str | Path | None, values: dict[str, Any]) -> None:
-    """One small file per value, for workflow engines (Argo output parameters read files)."""
-    if directory is None:
-        return
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = value
-        else:
-            text = json.dumps(value)
-        (out / name).write_text(text)
 
 
 __all__ = [

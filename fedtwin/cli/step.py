@@ -186,10 +186,10 @@ def status_cmd(run_id: str, round_index: int | None, store: str, outputs_dir: st
     Example: fedtwin step status --run demo --round 3
     """
     from fedtwin.errors import RunConflictError
-    from fedtwin.steps import RunContext, write_outputs
+    from fedtwin.runstate import load_state, write_outputs
     from fedtwin.store import open_store
 
-    state = RunContext.load(open_store(store), run_id).state()
+    state = load_state(open_store(store), run_id)
     next_round, complete = int(state["next_round"]), bool(state.get("training_complete"))
     values: dict[str, Any] = {"status": state["status"], "next_round": str(next_round), "complete": complete}
     if round_index is not None:
@@ -214,13 +214,13 @@ def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None
 
     Example: fedtwin step finish --run demo --status done
     """
-    from fedtwin import steps
+    from fedtwin.runstate import finish
     from fedtwin.store import open_store
 
     if status in ARGO_STATUS:
         status = ARGO_STATUS[status]
         reason = None if status == "done" else reason
-    state = steps.finish(open_store(store), run_id, status, reason)
+    state = finish(open_store(store), run_id, status, reason)
     click.echo(json.dumps({"run_id": run_id, "status": state["status"]}))
 
 
