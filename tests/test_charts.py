@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import fnmatch
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from fedtwin.store import RunLayout
 from tests.chart_helpers import (
     APP,
     CHARTS,
@@ -137,7 +139,17 @@ def test_platform_policies_scope_twins_to_reading_models_and_writing_updates():
 
     assert allowed(twin, "s3:PutObject") == {"arn:aws:s3:::fedtwin/runs/*/rounds/*/updates/*"}
     assert allowed(own, "s3:PutObject") == {"arn:aws:s3:::fedtwin/runs/*/rounds/*/updates/${aws:username}.*"}
-    assert "arn:aws:s3:::fedtwin/runs/*/rounds/*/global*" in allowed(twin, "s3:GetObject")
+    # Every key a train step or a multi-cluster member reads (state.json: a member stops as soon as
+    # the run fails instead of at its wait timeout), and none of the aggregator's outputs.
+    layout = RunLayout("demo")
+    reads = [layout.config, layout.twins, layout.global_model(3), layout.summary(3), layout.state,
+             layout.update_meta(3, "twin-001")]
+    for policy in (twin, own):
+        readable = {r.replace("${aws:username}", "twin-001") for r in allowed(policy, "s3:GetObject")}
+        for key in reads:
+            assert any(fnmatch.fnmatchcase(f"arn:aws:s3:::fedtwin/{key}", r) for r in readable), key
+        for key in (layout.report("final.safetensors"), layout.server_state(3)):
+            assert not any(fnmatch.fnmatchcase(f"arn:aws:s3:::fedtwin/{key}", r) for r in readable), key
     assert not any("DeleteObject" in s["Action"] for s in twin["Statement"])
     assert allowed(aggregator, "s3:PutObject") == {
         "arn:aws:s3:::fedtwin/runs/*",
