@@ -25,6 +25,7 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
+from machine import cpu_model, load_average
 
 from fedtwin.envs import ENV_ID, TwinCartPoleVectorEnv
 from fedtwin.twins import TwinSpec, generate_twins
@@ -153,20 +154,6 @@ def bench_single(args: argparse.Namespace) -> list[Row]:
     }
     runs = {name: SingleRun(env, actions, args.single_steps, args.warmup) for name, env in envs.items()}
     return to_rows(1, args.single_steps * args.chunks, interleaved(runs, args.chunks), GYM_SINGLE)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average() -> str:
-    return ", ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def machine_info() -> dict[str, str]:

@@ -38,6 +38,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from machine import cpu_model, load_average
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "fleet_scale.md"
 RAW = Path(__file__).parent / "out" / "fleet_scale.json"
@@ -236,14 +238,6 @@ def machine_info(device: str) -> dict[str, str]:
     import numpy
     import torch
 
-    model = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     memory = "unknown"
     try:
         import psutil
@@ -252,7 +246,7 @@ def machine_info(device: str) -> dict[str, str]:
     except ImportError:
         pass
     info = {
-        "CPU": model,
+        "CPU": cpu_model(),
         "cores": f"{os.cpu_count()} logical, {len(os.sched_getaffinity(0))} usable",
         "memory": memory,
         "python": platform.python_version(),
@@ -261,7 +255,7 @@ def machine_info(device: str) -> dict[str, str]:
         "torch threads per process": "1 (as the runner sets)",
         "OS": platform.platform(),
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "load average at start": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load average at start": load_average(" / "),
     }
     if device.startswith("cuda"):
         info["GPU"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none available"

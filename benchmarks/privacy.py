@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from machine import cpu_model, load_average
 
 from fedtwin import privacy, runner
 from fedtwin.config import build_config, deep_merge, set_path
@@ -135,19 +136,10 @@ def run_one(setup: str, budget: float | None, seed: int, root: Path, args: argpa
 
 # -------------------------------------------------------------------------------------- output
 def machine_info() -> dict[str, str]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import opacus
 
-    return {"cpu": f"{cpu} ({os.cpu_count()} cores, shared)", "python": platform.python_version(),
-            "torch": torch.__version__, "opacus": opacus.__version__,
-            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+    return {"cpu": f"{cpu_model()} ({os.cpu_count()} cores, shared)", "python": platform.python_version(),
+            "torch": torch.__version__, "opacus": opacus.__version__, "load": load_average(" ", 1)}
 
 
 def cell(rows: list[Row], setup: str, budget: float | None) -> list[Row]:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine import cpu_model, load_average
 
 from fedtwin import steps
 from fedtwin.config import build_config
@@ -151,20 +152,10 @@ def run_cell(root: Path, strategy: str, attack: str, fraction: float, args: argp
 
 
 # ----------------------------------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, str]:
     return {
         "cpu": f"{cpu_model()} ({os.cpu_count()} logical cores)",
-        "load average at start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        "load average at start": load_average(" ", 1),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "numpy": np.__version__,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import cpu_model
 
 from fedtwin import steps
 from fedtwin.config import load_config
@@ -74,9 +75,7 @@ def run_one(label: str, algo: str, seed: int, rounds: int, solve: float, root: P
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return (f"{cpu}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}, "
+    return (f"{cpu_model()}, {torch.get_num_threads()} torch thread(s), Python {platform.python_version()}, "
             f"torch {torch.__version__}, numpy {np.__version__}")
 
 
