@@ -27,6 +27,8 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from machine import cpu_model, load_average
 
+import fedtwin.envs as fedtwin_envs
+from fedtwin.cartpole_kernel import step_kernel
 from fedtwin.envs import ENV_ID, TwinCartPoleVectorEnv
 from fedtwin.twins import TwinSpec, generate_twins
 
@@ -34,6 +36,8 @@ RESULTS = Path(__file__).parent / "results" / "env_throughput.md"
 ACTION_CYCLE = 64  # distinct action arrays, used in turn
 GYM_VECTOR = "gymnasium CartPoleVectorEnv"
 GYM_SINGLE = "gymnasium CartPole-v1 (make, Python loop)"
+KERNEL = ", compiled kernel" if step_kernel is not None else ", NumPy path (no numba)"
+"""How fedtwin's rows step (fedtwin/cartpole_kernel.py); the fleet rows use it too."""
 
 Timing = tuple[float, float]  # (wall seconds, thread CPU seconds)
 
@@ -128,13 +132,25 @@ def to_rows(n: int, env_steps: int, times: dict[str, Timing], baseline_name: str
     return list(rows.values())
 
 
+def numpy_path(twins: list[TwinSpec], envs_per_twin: int) -> TwinCartPoleVectorEnv:
+    """The env without the compiled kernel (as without numba): the NumPy ufunc path."""
+    kernel, fedtwin_envs.step_kernel = fedtwin_envs.step_kernel, None
+    try:
+        return TwinCartPoleVectorEnv(twins, envs_per_twin=envs_per_twin)
+    finally:
+        fedtwin_envs.step_kernel = kernel
+
+
 def bench_size(n: int, args: argparse.Namespace) -> list[Row]:
     actions = np.random.default_rng(n).integers(0, 2, size=(ACTION_CYCLE, n))
     chunk = max(10, min(args.max_steps, args.env_steps // n))
+    default = [TwinSpec(id="default")]
     envs: dict[str, gymnasium.vector.VectorEnv] = {
         GYM_VECTOR: CartPoleVectorEnv(num_envs=n),
-        "fedtwin, 1 twin (default physics)": TwinCartPoleVectorEnv([TwinSpec(id="default")], envs_per_twin=n),
+        f"fedtwin, 1 twin (default physics){KERNEL}": TwinCartPoleVectorEnv(default, envs_per_twin=n),
     }
+    if step_kernel is not None:
+        envs["fedtwin, 1 twin (default physics), NumPy path"] = numpy_path(default, n)
     if args.fleet and n >= 4:
         envs[f"fedtwin, {n // 4} twins x 4 envs (±15 %)"] = TwinCartPoleVectorEnv(
             generate_twins(n // 4, seed=0), envs_per_twin=4
@@ -198,16 +214,17 @@ time, which leaves out time spent waiting for a core on a shared machine.
 {HEADER}
 {format_rows(rows)}
 
-What bounds the speed-up (independent of this run): fedtwin's default physics must give exactly
-gymnasium's floats, so it performs the same arithmetic in the same order; the gain comes from
-in-place buffers (no temporaries), fewer passes outside the physics and a leaner autoreset. At
-N=4096 a step costs about 140 us of CPU on this machine, of which `np.sin` + `np.cos` take 34 us:
-NumPy calls glibc's scalar `sin`/`cos` for float64 (bit-equal to `math.sin`, which `CartPole-v1`
-uses); vectorized trigonometry gives different last bits (torch's float64 `sin` differs in 0.3 %
-of a million angles in [-0.3, 0.3]), which grow into different trajectories. The other ~20 physics
-passes take about 47 us (one NumPy call each, 1-2 us at this size); fusing them with numexpr keeps
-the bits but was slower (34 us for the expression of the pole's acceleration alone); autoreset and
-bookkeeping take the rest. Fleet rows pay for per-env parameter arrays and one random stream per
+Where the speed comes from (independent of this run): with default physics both fedtwin paths must
+give exactly gymnasium's floats (tests compare trajectories step by step), so they do the same
+arithmetic in the same order and call the same glibc `sin`/`cos` (NumPy's float64 `sin` is
+bit-equal to `math.sin`; vectorized trigonometry is not: torch's float64 `sin` differs in 0.3 % of
+a million angles in [-0.3, 0.3]). The NumPy path gains from in-place buffers, fewer passes and a
+leaner autoreset; at N=4096 it spends ~34 us of a ~140 us step in `sin`/`cos` and ~47 us in ~20
+other ufunc passes (numexpr keeps the bits but was slower). The compiled kernel (numba,
+`fedtwin/cartpole_kernel.py`, extra `fast`) does the physics, the termination test and the float32
+observation in one loop over the sub-envs, with the same expressions (numba does not fuse or
+reorder floating-point operations without `fastmath`): tests check that both paths give
+bit-identical trajectories. Fleet rows pay for per-env parameter arrays and one random stream per
 twin; hard-preset rows also draw 5 Gaussian numbers per env step (sensor and actuator noise),
 which gymnasium's CartPole does not simulate.
 

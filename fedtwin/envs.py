@@ -8,6 +8,9 @@ share the env: the fleet engine (all twins in one env) equals the pool engine (o
 
 `TwinCartPoleEnv` is the single-env form (`gymnasium.make("fedtwin/TwinCartPole-v0")`) and runs
 the very same step code with one sub-environment.
+
+The physics step runs as one compiled loop (`fedtwin.cartpole_kernel`, when numba is installed)
+or as NumPy ufuncs (`cartpole_step`); both give the same floats, so results never depend on it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from fedtwin.cartpole_kernel import step_kernel
 from fedtwin.twins import TwinSpec
 
 ENV_ID = "fedtwin/TwinCartPole-v0"
@@ -215,6 +219,18 @@ def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _
     add(positions, increments, positions)
     mul(s.acc, p.tau, s.acc)
     add(velocities, s.acc, velocities)
+
+
+def _kernel_args(p: TwinPhysics) -> tuple[Any, ...]:
+    """`step_kernel`'s physics arguments: every parameter as an (n,) array (a broadcast view if shared)."""
+
+    def per_env(values: Float64Array | None) -> Float64Array:
+        return np.broadcast_to(np.zeros(()) if values is None else values, (p.n,))
+
+    return (per_env(p.gravity), per_env(p.masspole), per_env(p.total_mass), per_env(p.polemass_length),
+            per_env(p.length), per_env(p.tau), per_env(p.friction_cart), per_env(p.friction_pole),
+            p.friction_cart is not None, p.friction_pole is not None, X_THRESHOLD, THETA_THRESHOLD_RADIANS,
+            float(_FOUR_THIRDS))
 
 
 def _terminated(state: Float64Array, s: _Scratch) -> BoolArray:
@@ -452,6 +468,8 @@ class _Simulator:
         fm = physics.force_mag
         # force = ±force_mag is exactly gymnasium's np.sign(action - 0.5) * force_mag: one take() per step.
         self.force_table = np.array([-fm, fm] if fm.ndim == 0 else [-1.0, 1.0])
+        self.kernel = step_kernel  # the compiled step (fedtwin.cartpole_kernel), or None: the NumPy path
+        self.kernel_args = _kernel_args(physics) if self.kernel is not None else None
 
     def seed_noise(self, entropies: Sequence[int | None]) -> None:
         """Noise generators of the noisy twins, from their seeds' entropy (None: fresh entropy)."""
@@ -502,10 +520,17 @@ class _Simulator:
             np.multiply(z[4], p.actuator_noise, s.tmp)
             np.add(s.tmp, 1.0, s.tmp)
             np.multiply(force, s.tmp, force)
-        cartpole_step(self.state, force, p, s)
-        terminated = _terminated(self.state, s)
-        if z is None:
-            return self.observe(self.state), terminated
+        if self.kernel is not None and self.kernel_args is not None:
+            terminated = np.empty(p.n, dtype=np.bool_)
+            obs = np.empty((4, p.n), dtype=np.float32)  # (4, n) C-ordered, like NumPy's observations
+            self.kernel(self.state, force, *self.kernel_args, obs, z is None, terminated)
+            if z is None:
+                return obs.T, terminated
+        else:
+            cartpole_step(self.state, force, p, s)
+            terminated = _terminated(self.state, s)
+            if z is None:
+                return self.observe(self.state), terminated
         return self.observe(self.state, z[0:4], p.sensor_noise), terminated
 
     def restart(self, idx: IndexArray, values: Float64Array, obs: Float32Array) -> Float32Array:

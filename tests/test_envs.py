@@ -14,6 +14,7 @@ import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
 import fedtwin.envs as envs
+from fedtwin import cartpole_kernel
 from fedtwin.envs import ENV_ID, TwinCartPoleEnv, TwinCartPoleVectorEnv, make_vector_env
 from fedtwin.twins import TwinSpec, generate_twins
 
@@ -25,6 +26,17 @@ def controller(obs: np.ndarray, rng: np.random.Generator, explore: float) -> np.
     greedy = (obs[..., 2] + 0.5 * obs[..., 3] + 0.05 * obs[..., 0] + 0.1 * obs[..., 1] > 0).astype(np.int64)
     flip = rng.random(greedy.shape) < explore
     return np.where(flip, 1 - greedy, greedy)
+
+
+@pytest.fixture(autouse=True, params=["kernel", "numpy"])
+def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs on both step paths: the compiled kernel (numba) and the NumPy ufuncs."""
+    if request.param == "numpy":
+        monkeypatch.setattr(envs, "step_kernel", None)
+    elif cartpole_kernel.step_kernel is None:
+        pytest.fail("the compiled step is not available: install the dev extras (numba), and leave "
+                    f"{cartpole_kernel.KERNEL_ENV} unset")
+    return str(request.param)
 
 
 @pytest.fixture
@@ -457,3 +469,4 @@ def test_envs_module_never_imports_torch() -> None:
     code = "import sys, fedtwin.envs, fedtwin.twins; sys.exit('torch' in sys.modules)"
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+

@@ -1,0 +1,74 @@
+"""The compiled CartPole step (fedtwin/cartpole_kernel.py) gives the NumPy path's floats, bit for bit.
+
+tests/test_envs.py runs every env test on both paths (gymnasium parity included); this file compares
+the two paths directly, step by step, on fleets with per-twin physics and every imperfection.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fedtwin.envs as envs
+from fedtwin import cartpole_kernel
+from fedtwin.envs import TwinCartPoleVectorEnv
+from fedtwin.twins import generate_twins
+from tests.test_envs import controller
+
+
+@pytest.fixture(autouse=True)
+def kernel_available() -> None:
+    if cartpole_kernel.step_kernel is None:
+        pytest.fail("the compiled step is not available: install the dev extras (numba), and leave "
+                    f"{cartpole_kernel.KERNEL_ENV} unset")
+
+
+@pytest.mark.parametrize("preset", ["default", "hard"])
+def test_kernel_and_numpy_paths_give_the_same_floats(preset: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identical observations, rewards, terminations, truncations, episode records and states, with
+    per-twin physics (and for `hard`, friction, noise and delay): the path never changes a result."""
+    twins = generate_twins(6, seed=3, preset=preset)
+    compiled = TwinCartPoleVectorEnv(twins, envs_per_twin=5)
+    monkeypatch.setattr(envs, "step_kernel", None)
+    plain = TwinCartPoleVectorEnv(twins, envs_per_twin=5)
+    monkeypatch.undo()
+    assert compiled._sim.kernel is not None and plain._sim.kernel is None
+    obs, _ = compiled.reset(seed=7)
+    assert np.array_equal(obs, plain.reset(seed=7)[0])
+    rng = np.random.default_rng(1)
+    finished = 0
+
+    for _ in range(600):
+        actions = controller(obs, rng, explore=0.3)
+        out_compiled, out_plain = compiled.step(actions), plain.step(actions)
+        for a, b in zip(out_compiled[:4], out_plain[:4], strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+        assert out_compiled[4].keys() == out_plain[4].keys()
+        for key in out_compiled[4]:
+            assert np.array_equal(out_compiled[4][key], out_plain[4][key]), key
+        assert np.array_equal(compiled.state, plain.state)
+        finished += int(out_compiled[4].get("_episode", np.zeros(1, bool)).sum())
+        obs = out_compiled[0]
+    assert finished > 20  # many autoresets compared too
+
+
+def test_kernel_sign_is_numpys_sign() -> None:
+    """The friction term's sign(x_dot): numba's own np.sign gives -0.0 for -0.0, NumPy gives 0.0."""
+    values = np.array([-0.0, 0.0, math.nan, -3.5, 2.0, -math.inf])
+    for value, want in zip(values, np.sign(values), strict=True):
+        got = cartpole_kernel._sign(float(value))
+        if math.isnan(want):
+            assert math.isnan(got)
+        else:
+            assert got == want and math.copysign(1, got) == math.copysign(1, want), value
+
+
+def test_kernel_can_be_switched_off_by_environment() -> None:
+    code = "import sys, fedtwin.cartpole_kernel as k; sys.exit(k.step_kernel is not None)"
+    env = {**os.environ, cartpole_kernel.KERNEL_ENV: "numpy"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
