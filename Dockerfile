@@ -39,13 +39,15 @@ RUN mkdir fedtwin && touch fedtwin/__init__.py \
     && rm -rf fedtwin build ./*.egg-info
 
 COPY fedtwin ./fedtwin
-RUN pip install --no-deps . && rm -rf build ./*.egg-info
+# numba (extra `fast`) caches the compiled env step in NUMBA_CACHE_DIR: compiling it here spares
+# every pod ~1 s; the directory belongs to the runtime user, as numba uses only a writable cache.
+ENV NUMBA_CACHE_DIR=/opt/fedtwin/numba-cache
+RUN pip install --no-deps . && rm -rf build ./*.egg-info \
+    && python -m fedtwin.cartpole_kernel \
+    && mkdir -p "${NUMBA_CACHE_DIR}" && chown -R 10001:10001 "${NUMBA_CACHE_DIR}"
 
 USER 10001:10001
 WORKDIR /home/fedtwin
-# numba (extra `fast`) caches the compiled env step here; compiling it now spares every pod ~1 s.
-ENV HOME=/home/fedtwin \
-    NUMBA_CACHE_DIR=/home/fedtwin/.cache/numba
-RUN python -m fedtwin.cartpole_kernel
+ENV HOME=/home/fedtwin
 ENTRYPOINT ["fedtwin"]
 CMD ["--help"]
