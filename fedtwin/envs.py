@@ -222,10 +222,14 @@ def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _
 
 
 def _kernel_args(p: TwinPhysics) -> tuple[Any, ...]:
-    """`step_kernel`'s physics arguments: every parameter as an (n,) array (a broadcast view if shared)."""
+    """`step_kernel`'s physics arguments: every parameter as an (n,) C-contiguous array.
+
+    Always the same array type, shared value or not: numba compiles one machine-code version per
+    combination of argument types, and each costs ~1 s.
+    """
 
     def per_env(values: Float64Array | None) -> Float64Array:
-        return np.broadcast_to(np.zeros(()) if values is None else values, (p.n,))
+        return np.array(np.broadcast_to(np.zeros(()) if values is None else values, (p.n,)), order="C")
 
     return (per_env(p.gravity), per_env(p.masspole), per_env(p.total_mass), per_env(p.polemass_length),
             per_env(p.length), per_env(p.tau), per_env(p.friction_cart), per_env(p.friction_pole),
