@@ -69,6 +69,7 @@ def _step(state: np.ndarray, force: np.ndarray, gravity: np.ndarray, masspole: n
 
 
 def _compile() -> Callable[..., None] | None:
+    """The jitted `_step` (compiled lazily, on its first call, or loaded from numba's cache)."""
     if os.environ.get(KERNEL_ENV, "").strip().lower() == "numpy":
         return None
     try:
@@ -76,7 +77,7 @@ def _compile() -> Callable[..., None] | None:
     except ImportError:
         return None
     options: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
-    global _sign
+    global _sign  # `_step` calls `_sign` by its global name: numba must find the jitted one there
     _sign = numba.njit(inline="always", **options)(_sign)
     return numba.njit(**options)(_step)
 
