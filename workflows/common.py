@@ -270,6 +270,13 @@ def dp_noise_env(secret: WorkflowParam) -> list[Env | SecretEnv]:
     return [SecretEnv(name=DP_NOISE_KEY_ENV, secret_name=param(secret.name), secret_key="key", optional=True)]
 
 
+AGGREGATOR_ENV = s3_env(param("aggregator-s3-secret"))
+"""Aggregator-side pods: the aggregator's S3 identity (reads and writes the whole run)."""
+TRACKING_URI_ENV = Env(name="MLFLOW_TRACKING_URI", value=param("mlflow-uri"))
+TRACKING_ENV = [*AGGREGATOR_ENV, TRACKING_URI_ENV]
+"""Aggregator-side pods that log to MLflow."""
+
+
 def yaml_string(value: str) -> str:
     """A FEDTWIN_* value that stays a string: the variables are parsed as YAML scalars, where a bare
     `off` is the boolean false and `123` a number."""
@@ -398,25 +405,28 @@ def run_metadata() -> tuple[m.Metadata, m.WorkflowMetadata]:
     return pod, workflow
 
 
-def run_template(
-    name: str, description: str, params: Sequence[WorkflowParam], **extra: Any
-) -> WorkflowTemplate:
-    """A template that writes a run: the run mutex, pod GC, TTL, artifact repository and run labels."""
-    pod_metadata, workflow_metadata = run_metadata()
+def template(name: str, description: str, params: Sequence[WorkflowParam], **extra: Any) -> WorkflowTemplate:
+    """Every fedtwin WorkflowTemplate: description, label, `main` entrypoint, parameters, pod GC, TTL."""
     return WorkflowTemplate(
         name=name,
         annotations={"workflows.argoproj.io/description": description},
         labels={"app.kubernetes.io/name": "fedtwin"},
         entrypoint="main",
         arguments=[p.build() for p in params],
-        synchronization=run_mutex(),
         pod_gc=POD_GC,
         ttl_strategy=TTL,
-        artifact_repository_ref=ARTIFACT_REPOSITORY,
-        pod_metadata=pod_metadata,
-        workflow_metadata=workflow_metadata,
         **extra,
     )
+
+
+def run_template(
+    name: str, description: str, params: Sequence[WorkflowParam], **extra: Any
+) -> WorkflowTemplate:
+    """A template that writes a run: the run mutex, artifact repository and run labels besides."""
+    pod_metadata, workflow_metadata = run_metadata()
+    return template(name, description, params, synchronization=run_mutex(),
+                    artifact_repository_ref=ARTIFACT_REPOSITORY, pod_metadata=pod_metadata,
+                    workflow_metadata=workflow_metadata, **extra)
 
 
 def report_and_finish(env: list[Env]) -> tuple[Container, Container]:

@@ -16,6 +16,7 @@ from hera.workflows import DAG, Env, Parameter, Steps
 
 from workflows.common import (
     AGGREGATOR_DP_NOISE_SECRET,
+    AGGREGATOR_ENV,
     AGGREGATOR_POD_PARAMS,
     DEFAULTS,
     FEDERATION_PARAMS,
@@ -24,6 +25,7 @@ from workflows.common import (
     ROLE_AGGREGATOR,
     RUN_PARAMS,
     STORE_PARAMS,
+    TRACKING_ENV,
     TRACKING_PARAMS,
     P,
     PodKind,
@@ -39,7 +41,6 @@ from workflows.common import (
     parameters,
     report_and_finish,
     run_template,
-    s3_env,
     task_output,
 )
 
@@ -62,8 +63,6 @@ RUN_ID_OUTPUT = "run-id"
 """globalName of init's run id: the exit handler finishes only a run this workflow initialized."""
 
 STORE = param("store")
-AGGREGATOR_ENV = s3_env(param("aggregator-s3-secret"))
-TRACKING_ENV = [*AGGREGATOR_ENV, Env(name="MLFLOW_TRACKING_URI", value=param("mlflow-uri"))]
 PROTOCOL_ENV = [
     Env(name="FEDTWIN_MULTICLUSTER__ROUND_DEADLINE_SECONDS", value=param("round-deadline")),
     Env(name="FEDTWIN_MULTICLUSTER__WAIT_TIMEOUT_SECONDS", value=param("wait-timeout")),

@@ -9,7 +9,7 @@ the store share a bucket); the twins come from a ConfigMap holding a fleet YAML.
 
 from __future__ import annotations
 
-from hera.workflows import DAG, S3Artifact, WorkflowTemplate
+from hera.workflows import DAG, S3Artifact
 from hera.workflows import models as m
 
 from workflows.common import (
@@ -18,8 +18,6 @@ from workflows.common import (
     FLEET_DIR,
     FLEET_KEY,
     IMAGE_PARAMS,
-    POD_GC,
-    TTL,
     P,
     fedtwin_step,
     if_given,
@@ -27,6 +25,7 @@ from workflows.common import (
     param,
     param_ref,
     parameters,
+    template,
 )
 
 NAME = "fedtwin-evaluate"
@@ -59,15 +58,10 @@ evaluate = fedtwin_step(
     ),
 )
 
-with WorkflowTemplate(
-    name=NAME,
-    annotations={"workflows.argoproj.io/description": "Evaluate a model greedily on a twin set "
-                 "(see workflows/README.md)."},
-    labels={"app.kubernetes.io/name": "fedtwin"},
-    entrypoint="main",
-    arguments=[p.build() for p in PARAMS],
-    pod_gc=POD_GC,
-    ttl_strategy=TTL,
+with template(
+    NAME,
+    "Evaluate a model greedily on a twin set (see workflows/README.md).",
+    PARAMS,
     artifact_repository_ref=ARTIFACT_REPOSITORY,
     pod_metadata=m.Metadata(labels={"app.kubernetes.io/name": "fedtwin"}),
 ) as w, DAG(name="main"):

@@ -16,11 +16,12 @@ end state in the store.
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Artifact, Counter, Env, Gauge, Label, Parameter, Steps
+from hera.workflows import DAG, Artifact, Counter, Gauge, Label, Parameter, Steps
 from hera.workflows import models as m
 
 from workflows.common import (
     AGGREGATOR_DP_NOISE_SECRET,
+    AGGREGATOR_ENV,
     AGGREGATOR_POD_PARAMS,
     ENGINE,
     FEDERATION_PARAMS,
@@ -33,6 +34,7 @@ from workflows.common import (
     STEP_SUCCEEDED,
     STORE_PARAMS,
     SUBNET_ANNOTATION_KEY,
+    TRACKING_ENV,
     TRACKING_PARAMS,
     TRAIN_DEVICE,
     TWIN_DP_NOISE_SECRET,
@@ -67,8 +69,6 @@ RUN_ID_OUTPUT = "run-id"
 """globalName of init's run id: the exit handler finishes only a run this workflow initialized."""
 
 STORE = param("store")
-AGGREGATOR_ENV = s3_env(param("aggregator-s3-secret"))
-TRACKING_ENV = [*AGGREGATOR_ENV, Env(name="MLFLOW_TRACKING_URI", value=param("mlflow-uri"))]
 RUN_INPUT = [Parameter(name="run-id")]
 FAN_OUT_FINISHED = "train.Succeeded || train.Failed || train.Errored"
 """`aggregate` waits for every twin pod but runs whatever became of them (it enforces the quorum)."""

@@ -14,7 +14,7 @@ this template is propagated to every member cluster and an OverridePolicy per cl
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Env, Parameter, WorkflowTemplate
+from hera.workflows import DAG, Env, Parameter
 from hera.workflows import models as m
 
 from workflows.common import (
@@ -22,12 +22,10 @@ from workflows.common import (
     LABEL_RUN,
     LABEL_TWIN,
     OUTPUTS_DIR,
-    POD_GC,
     ROLE_TWIN,
     STORE_PARAMS,
     SUBNET_ANNOTATION_KEY,
     TRAIN_DEVICE,
-    TTL,
     TWIN_DP_NOISE_SECRET,
     TWIN_LABEL,
     TWIN_POD_PARAMS,
@@ -41,6 +39,7 @@ from workflows.common import (
     param,
     parameters,
     s3_env,
+    template,
 )
 
 NAME = "fedtwin-member"
@@ -85,16 +84,12 @@ member = fedtwin_step(
     outputs=[outputs_param("rounds"), outputs_param("status")],
 )
 
-with WorkflowTemplate(
-    name=NAME,
-    annotations={"workflows.argoproj.io/description": "A member cluster's twins in every round of a "
-                 "multi-cluster run, meeting the host only in the S3 store (see karmada/README.md)."},
-    labels={"app.kubernetes.io/name": "fedtwin"},
-    entrypoint="main",
-    arguments=[p.build() for p in PARAMS],
+with template(
+    NAME,
+    "A member cluster's twins in every round of a multi-cluster run, meeting the host only in the S3 "
+    "store (see karmada/README.md).",
+    PARAMS,
     synchronization=m.Synchronization(mutexes=[m.Mutex(name=f"fedtwin-member-{param('run-id')}")]),
-    pod_gc=POD_GC,
-    ttl_strategy=TTL,
     pod_metadata=m.Metadata(labels={"app.kubernetes.io/name": "fedtwin", LABEL_RUN: param("run-id")}),
 ) as w, DAG(name="main"):
     member(name="member", arguments={"run-id": param("run-id"), "twins": param("twins")})

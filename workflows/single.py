@@ -12,15 +12,17 @@ run id is running.
 
 from __future__ import annotations
 
-from hera.workflows import DAG, Env
+from hera.workflows import DAG
 
 from workflows.common import (
+    AGGREGATOR_ENV,
     AGGREGATOR_POD_PARAMS,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
     RUN_PARAMS,
     STORE_PARAMS,
     TRACKING_PARAMS,
+    TRACKING_URI_ENV,
     P,
     config_args,
     config_env,
@@ -29,7 +31,6 @@ from workflows.common import (
     param,
     parameters,
     run_template,
-    s3_env,
 )
 
 NAME = "fedtwin-single"
@@ -45,8 +46,7 @@ baseline = fedtwin_step(
     "baseline",
     ["baseline", *config_args(), "--mode", param("mode"), "--twin", param("twin"),
      "--no-progress", "--json"],
-    env=[*s3_env(param("aggregator-s3-secret")), *config_env(),
-         Env(name="MLFLOW_TRACKING_URI", value=param("mlflow-uri"))],
+    env=[*AGGREGATOR_ENV, *config_env(), TRACKING_URI_ENV],
     volumes=fleet_volume(),
 )
 
