@@ -30,11 +30,15 @@ def load_state(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     return store.get_json(layout.state)
 
 
-def update_state(store: ArtifactStore, run_id: str, **changes: Any) -> dict[str, Any]:
-    state = load_state(store, run_id)
+def save_state(store: ArtifactStore, run_id: str, state: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """Write `state` with `changes` applied and a fresh `updated_at`, for a caller that read it."""
     state.update(changes, updated_at=now_iso())
     store.put_json(RunLayout(run_id).state, state)
     return state
+
+
+def update_state(store: ArtifactStore, run_id: str, **changes: Any) -> dict[str, Any]:
+    return save_state(store, run_id, load_state(store, run_id), **changes)
 
 
 def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
 from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
-from fedtwin.runstate import finish, now_iso, update_state, write_outputs
+from fedtwin.runstate import finish, now_iso, save_state, write_outputs
 from fedtwin.seeding import derive_seed
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.strategies import make_strategy
@@ -65,7 +65,8 @@ class RunContext:
         return self.store.get_json(self.layout.state)
 
     def write_state(self, **changes: Any) -> dict[str, Any]:
-        return update_state(self.store, self.layout.run_id, **changes)
+        # The run is known to exist (load checked it): no second look at config.yaml per write.
+        return save_state(self.store, self.layout.run_id, self.state(), **changes)
 
     def global_model(self, round_index: int) -> tuple[np.ndarray, bytes]:
         """The global model entering `round_index`, as a vector and as its stored bytes."""
