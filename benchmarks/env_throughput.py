@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -67,19 +68,22 @@ def elapsed(start: Timing) -> Timing:
     return wall - start[0], cpu - start[1]
 
 
-class VectorRun:
-    """One vector env stepping the shared action arrays, timed in chunks of `chunk` steps."""
+class ChunkedRun:
+    """One env stepping the shared actions after a warm-up, timed in chunks of `chunk` steps."""
 
-    def __init__(self, env: gymnasium.vector.VectorEnv, actions: np.ndarray, chunk: int, warmup: int) -> None:
+    def __init__(self, env: Any, actions: Any, chunk: int, warmup: int) -> None:
         self.env, self.actions, self.chunk = env, actions, chunk
         self.t = 0
         env.reset(seed=0)
         self.run(warmup)
 
+    def step(self, action: Any) -> None:
+        raise NotImplementedError
+
     def run(self, steps: int) -> None:
-        env, actions, cycle = self.env, self.actions, len(self.actions)
+        actions, cycle = self.actions, len(self.actions)
         for t in range(self.t, self.t + steps):
-            env.step(actions[t % cycle])
+            self.step(actions[t % cycle])
         self.t += steps
 
     def __call__(self) -> Timing:
@@ -88,27 +92,20 @@ class VectorRun:
         return elapsed(start)
 
 
-class SingleRun:
-    """One env stepped in a Python loop (resetting when an episode ends), timed in chunks."""
+class VectorRun(ChunkedRun):
+    """A vector env: it resets finished sub-envs itself."""
 
-    def __init__(self, env: gymnasium.Env, actions: list[int], chunk: int, warmup: int) -> None:
-        self.env, self.actions, self.chunk = env, actions, chunk
-        self.t = 0
-        env.reset(seed=0)
-        self.run(warmup)
+    def step(self, action: np.ndarray) -> None:
+        self.env.step(action)
 
-    def run(self, steps: int) -> None:
-        env, actions, cycle = self.env, self.actions, len(self.actions)
-        for t in range(self.t, self.t + steps):
-            _, _, terminated, truncated, _ = env.step(actions[t % cycle])
-            if terminated or truncated:
-                env.reset()
-        self.t += steps
 
-    def __call__(self) -> Timing:
-        start = clocks()
-        self.run(self.chunk)
-        return elapsed(start)
+class SingleRun(ChunkedRun):
+    """One env stepped in a Python loop, reset when an episode ends."""
+
+    def step(self, action: int) -> None:
+        _, _, terminated, truncated, _ = self.env.step(action)
+        if terminated or truncated:
+            self.env.reset()
 
 
 def interleaved(runs: dict[str, Callable[[], Timing]], chunks: int) -> dict[str, Timing]:
