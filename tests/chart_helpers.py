@@ -202,6 +202,16 @@ def validate_all(objects: Iterable[dict[str, Any]]) -> None:
         validate(obj)
 
 
+def manifest_files(directory: Path) -> dict[str, dict[str, Any]]:
+    """`*.yaml` in `directory` by file name, each holding exactly one object (as kubectl applies them)."""
+    out = {}
+    for path in sorted(directory.glob("*.yaml")):
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(docs) == 1, f"{path.name}: one object per file"
+        out[path.name] = docs[0]
+    return out
+
+
 def without_helm_labels(obj: dict[str, Any]) -> dict[str, Any]:
     """The object as a user without Helm applies it: no chart, version or managed-by labels."""
     obj = copy.deepcopy(obj)

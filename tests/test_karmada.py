@@ -32,6 +32,7 @@ from tests.chart_helpers import (
     SCHEMAS,
     by_kind,
     helm,
+    manifest_files,
     one,
     template,
     template_error,
@@ -269,13 +270,7 @@ def test_bad_karmada_values_fail_naming_the_value(args: tuple[str, ...], needle:
 
 # --- standalone manifests ------------------------------------------------------------------------
 def manifests() -> dict[str, dict[str, Any]]:
-    files = sorted(MANIFESTS.glob("*.yaml"))
-    out = {}
-    for path in files:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        assert len(docs) == 1, f"{path.name}: one object per file"
-        out[path.name] = docs[0]
-    return out
+    return manifest_files(MANIFESTS)
 
 
 def test_standalone_manifests_equal_the_chart_render_and_validate():

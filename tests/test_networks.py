@@ -8,22 +8,26 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.chart_helpers import APP, PLATFORM, REPO, helm, one, template, validate, without_helm_labels
+from tests.chart_helpers import (
+    APP,
+    PLATFORM,
+    REPO,
+    helm,
+    manifest_files,
+    one,
+    template,
+    validate,
+    without_helm_labels,
+)
 
 NETWORKS = REPO / "networks"
 KUBEOVN = ("--api-versions", "kubeovn.io/v1")
 
 
 def manifests() -> dict[str, dict]:
-    files = sorted(NETWORKS.glob("*.yaml"))
-    assert files, "networks/ holds no manifests"
-    out = {}
-    for path in files:
-        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-        assert len(docs) == 1, f"{path.name}: one object per file"
-        out[path.name] = docs[0]
+    out = manifest_files(NETWORKS)
+    assert out, "networks/ holds no manifests"
     return out
 
 
