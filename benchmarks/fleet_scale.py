@@ -49,8 +49,9 @@ GIB = 1024**3
 
 
 # ------------------------------------------------------------------------ child: one measurement
-def _warm(hold: float) -> float:
-    """A process's first job: the imports and first torch calls every later job finds done."""
+def _warm(hold: float, device: str = "cpu") -> float:
+    """A process's first job: the imports and first torch calls (on a GPU: the CUDA context and
+    cuBLAS handles) that every later job finds done."""
     import torch
 
     from fedtwin import steps  # noqa: F401
@@ -60,7 +61,7 @@ def _warm(hold: float) -> float:
     from fedtwin.twins import TwinSpec
 
     cfg = TrainConfig(num_steps=8, num_envs=1, updates=1, epochs=1, minibatches=1)
-    train_twin(init_params(policy_spec(cfg), 0), TwinSpec(id="twin-000"), 0, cfg)
+    train_twin(init_params(policy_spec(cfg), 0), TwinSpec(id="twin-000"), 0, cfg, device)
     time.sleep(hold)  # hold a pool worker so that each warm-up job lands on a different one
     return float(torch.get_num_threads())
 
@@ -99,7 +100,7 @@ def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str
         ids = steps.init(store, config).twin_ids
         out: dict[str, Any] = {}
         if engine == "fleet":
-            _warm(0.0)  # as a warm pool's workers are: a run pays this once
+            _warm(0.0, device)  # as a warm pool's workers are: a run pays this once
             started, cpu = time.perf_counter(), time.process_time()
             records = steps.train(store, "bench", 0, ids, device, "fleet")
             out["seconds"] = time.perf_counter() - started
@@ -112,7 +113,7 @@ def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str
             kind = "pool" if engine == "pool" else "fleet"  # fleet-sharded: the runner's fleet engine
             with runner.make_executor(workers) as executor:
                 started = time.perf_counter()
-                _wait(executor, [executor.submit(_warm, 1.0) for _ in range(workers)])
+                _wait(executor, [executor.submit(_warm, 1.0, device) for _ in range(workers)])
                 out["pool_start_seconds"] = time.perf_counter() - started
                 started = time.perf_counter()
                 jobs = [executor.submit(_cpu_timed_train_job, store, "bench", 0, shard, device, kind)
