@@ -354,18 +354,28 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+"""libyaml's safe loader where PyYAML has it: a 1024-twin fleet file parses in a tenth of the time,
+and every step of a run parses the run's config and fleet."""
+
+
+def parse_yaml(text: str, what: str, source: str | Path) -> Any:
+    """Safe-load YAML text or raise one ConfigError naming `what`, where it came from and the line."""
+    try:
+        return yaml.load(text, Loader=SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{what} {source} is not valid YAML{where}; fix the syntax") from exc
+
+
 def read_yaml(path: str | Path, what: str) -> Any:
     """Read a YAML file or raise one ConfigError naming the file and the problem."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}; check the path") from exc
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{what} {path} is not valid YAML{where}; fix the syntax") from exc
+    return parse_yaml(text, what, path)
 
 
 def parse_env_value(raw: str) -> Any:

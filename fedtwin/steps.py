@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import yaml
 
 from fedtwin import privacy, tracking
-from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
+from fedtwin.config import Config, build_config, config_to_yaml, fingerprint, parse_yaml
 from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
@@ -48,7 +47,8 @@ class RunContext:
             raise StoreError(
                 f"run {run_id!r} not found in {store.url}; start it with `fedtwin run` or `fedtwin step init`"
             )
-        config = build_config(yaml.safe_load(store.get_text(layout.config)), layout.config)
+        text = store.get_text(layout.config)
+        config = build_config(parse_yaml(text, "run config", store.describe(layout.config)), layout.config)
         fleet = parse_fleet(store.get_text(layout.twins), store.describe(layout.twins))
         return cls(store, layout, config, fleet, policy_spec(config.train))
 

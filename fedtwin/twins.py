@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import yaml
 
-from fedtwin.config import check_dns_label, read_yaml
+from fedtwin.config import check_dns_label, parse_yaml, read_yaml
 from fedtwin.errors import ConfigError
 
 Preset = Literal["default", "hard"]
@@ -286,13 +286,7 @@ def load_fleet(path: str | Path) -> Fleet:
 
 def parse_fleet(text: str, source: str) -> Fleet:
     """A fleet from YAML text read elsewhere (e.g. a run's twins.yaml in S3); errors name `source`."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"fleet file {source} is not valid YAML{where}; fix the syntax") from exc
-    return fleet_from_data(data, source)
+    return fleet_from_data(parse_yaml(text, "fleet file", source), source)
 
 
 def load_twins(path: str | Path) -> list[TwinSpec]:
