@@ -333,6 +333,26 @@ def ppo_terms(
     return PPOTerms(torch.max(pg_loss1, pg_loss2), v, entropy, logratio, ratio)
 
 
+def rollout_values(net: StackedPolicy, params: Params, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """V(obs) and V(next_obs), [K, T*E] each, from one pass over T+1 steps instead of two over T.
+
+    next_obs[t] is obs[t+1] except where an episode ended at t. After a termination GAE multiplies
+    the next value by 0, so only time-limit truncations (a few per rollout) need V(final obs), which
+    is computed for those rows alone. The critic's passes were 5% of a 128-twin round.
+    """
+    t, k, e = ro.rewards.shape
+    both = net.value(params, ro.flat(torch.cat([ro.obs, ro.next_obs[-1:]]))).view(k, t + 1, e)
+    values, next_values = both[:, :-1].reshape(k, t * e), both[:, 1:].reshape(k, t * e).clone()
+    truncated = ro.flat(ro.dones - ro.terminated) > 0  # [K, T*E]
+    if bool(truncated.any()):
+        counts = truncated.sum(dim=1)
+        first = torch.argsort((~truncated).to(torch.int8), dim=1, stable=True)[:, : int(counts.max())]
+        final_values = net.value(params, _take(ro.flat(ro.next_obs), first))  # [K, R]; R = most per twin
+        padding = torch.arange(first.shape[1], device=first.device) >= counts.unsqueeze(1)
+        next_values.scatter_(1, first, torch.where(padding, next_values.gather(1, first), final_values))
+    return values, next_values
+
+
 def ppo_update(
     net: StackedPolicy,
     params: Params,
@@ -345,8 +365,7 @@ def ppo_update(
 ) -> dict[str, list[torch.Tensor]]:
     """CleanRL ppo.py's update (GAE, clipped surrogate and value loss, entropy), per twin."""
     with torch.no_grad():
-        values = net.value(params, ro.flat(ro.obs))
-        next_values = net.value(params, ro.flat(ro.next_obs))
+        values, next_values = rollout_values(net, params, ro)
         t, k, e = ro.rewards.shape
         advantages, returns = gae(
             ro.rewards,

@@ -15,7 +15,7 @@ from fedtwin.errors import FedtwinError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import PolicyNet, init_params, layout_for, policy_spec
 from fedtwin.rollout import collect_rollout, gae, sample_actions
-from fedtwin.train import DeviceError, StackedPolicy, optimizer_step, train_twin, train_twins
+from fedtwin.train import DeviceError, StackedPolicy, optimizer_step, rollout_values, train_twin, train_twins
 from fedtwin.twins import TwinSpec, make_fleet
 
 SMALL_PPO = TrainConfig(num_envs=2, num_steps=32, updates=2, epochs=2, minibatches=2)
@@ -101,6 +101,30 @@ def test_rollout_keeps_terminal_obs_not_reset_obs() -> None:
     running = ~ro.dones.bool()[:-1]
     torch.testing.assert_close(ro.next_obs[:-1][running], ro.obs[1:][running], rtol=0, atol=0)
     assert sum(map(len, ro.episode_returns)) == int(ro.dones.sum())
+
+
+def test_rollout_values_equal_a_critic_pass_over_obs_and_one_over_next_obs() -> None:
+    # 3 twins, episodes cut at 15 steps: truncations (which need V(final obs)), a different number per
+    # twin, and terminations (whose V(next obs) GAE ignores) in one 40-step rollout.
+    spec = policy_spec(SMALL_PPO)
+    params = layout_for(spec).to_dict(torch.as_tensor(np.stack([init_params(spec, s) for s in range(3)])))
+    net = StackedPolicy(PolicyNet(spec))
+    env = TwinCartPoleVectorEnv(make_fleet(3, seed=5).train, envs_per_twin=2, max_episode_steps=15)
+    obs, _ = env.reset(seed=[1, 2, 3])
+    ro, _ = collect_rollout(env, obs, net.actor_fn(params), [np.random.default_rng(s) for s in range(3)], 40,
+                            torch.device("cpu"))
+    truncated = ro.flat(ro.dones - ro.terminated).sum(dim=1)
+    assert truncated.min() >= 1 and len(set(truncated.tolist())) > 1 and ro.terminated.any()
+
+    with torch.no_grad():
+        values, next_values = rollout_values(net, params, ro)
+        expected_values = net.value(params, ro.flat(ro.obs))
+        expected_next = net.value(params, ro.flat(ro.next_obs))
+
+    torch.testing.assert_close(values, expected_values, rtol=0, atol=1e-6)
+    live = ro.flat(ro.terminated) == 0  # after a termination GAE multiplies V(next) by 0
+    torch.testing.assert_close(next_values[live], expected_next[live], rtol=0, atol=1e-6)
+    assert not torch.allclose(next_values[~live], expected_next[~live])  # reset obs there, not final
 
 
 # ---------------------------------------------------------------------------- batching, seeds
