@@ -144,26 +144,28 @@ class StackedPolicy:
         for i, module in enumerate(getattr(self.model, head)):
             if isinstance(module, torch.nn.Linear):
                 plan.append(f"{head}.{i}.")
-            elif isinstance(module, torch.nn.Tanh):
+            elif isinstance(module, torch.nn.Tanh) and plan:
                 plan.append(None)
             else:
-                raise TypeError(f"StackedPolicy cannot batch {type(module).__name__} in {head}")
+                raise TypeError(f"StackedPolicy cannot batch {type(module).__name__} at {head}.{i}")
         return plan
 
     def _forward(self, head: str, params: Params, obs: torch.Tensor) -> torch.Tensor:
+        """Feature-major inside, h^T = W x^T + b per layer, so that every weight's gradient comes out
+        in the weight's own layout (no transposing copies in the backward pass)."""
         h = obs
         for prefix in self._layers[head]:
             if prefix is None:  # in place on the product it follows (a matrix product's backward needs
-                h = torch.tanh(h) if h is obs else h.tanh_()  # only its inputs): no new buffer, 3% faster
+                h = h.tanh_()  # only its inputs): no new buffer, 3% faster
                 continue
             weight, bias = params[prefix + "weight"], params[prefix + "bias"]
-            if weight.shape[-1] < 8:  # a narrow input (the observation): the bias folded into the product,
-                # [x 1] [W b]^T, since baddbmm's broadcast copy of the bias costs as much as the product
-                with_ones = torch.cat([h, h.new_ones(*h.shape[:-1], 1)], -1)
-                h = torch.bmm(with_ones, torch.cat([weight, bias.unsqueeze(-1)], -1).transpose(-1, -2))
-            else:  # x W^T + b, per twin
-                h = torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
-        return h
+            if h is obs:  # [W b] [x 1]^T: the bias folded into the product, since baddbmm's broadcast
+                # copy of the bias costs as much as a product with 4 inputs
+                with_ones = torch.cat([obs, obs.new_ones(*obs.shape[:-1], 1)], -1)
+                h = torch.bmm(torch.cat([weight, bias.unsqueeze(-1)], -1), with_ones.transpose(-1, -2))
+            else:
+                h = torch.baddbmm(bias.unsqueeze(-1), weight, h)
+        return h.transpose(-1, -2)
 
     def _call(self, head: str) -> Callable[[Params, torch.Tensor], torch.Tensor]:
         module = getattr(self.model, head)
