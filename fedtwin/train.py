@@ -156,7 +156,7 @@ class StackedPolicy:
         h = obs
         for prefix in self._layers[head]:
             if prefix is None:  # in place on the product it follows (a matrix product's backward needs
-                h = h.tanh_()  # only its inputs): no new buffer, 3% faster
+                h = h.tanh_()  # only its inputs): no fresh activation buffer, ~13% of a K=128 PPO update
                 continue
             weight, bias = params[prefix + "weight"], params[prefix + "bias"]
             if h is obs:  # [W b] [x 1]^T: the bias folded into the product, since baddbmm's broadcast
@@ -205,7 +205,8 @@ def optimizer_step(
     optimizer.zero_grad(set_to_none=True)
     loss.sum().backward()
     grads = [p.grad for p in params.values() if p.grad is not None]
-    norm = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads]).norm(dim=0)  # per twin
+    per_tensor = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # [tensors, K]
+    norm = torch.linalg.vector_norm(per_tensor, dim=0)
     coef = (max_grad_norm / (norm + 1e-6)).clamp(max=1.0)  # as torch.nn.utils.clip_grad_norm_
     for g in grads:
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
