@@ -511,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
         render(json.loads(args.render.read_text()), args.out, args.note)
         return 0
     if args.render_gpu:
+        if len(args.render_gpu) > 2:
+            parser.error("--render-gpu takes the GPU run's JSON and at most one CPU run's JSON")
         gpu, *host = (json.loads(path.read_text()) for path in args.render_gpu)
         render_gpu(gpu, host[0] if host else None, GPU_RESULTS if args.out == RESULTS else args.out)
         return 0
