@@ -44,6 +44,7 @@ lint: $(STAMP)  ## ruff
 bench: $(STAMP)  ## Run the benchmarks (see benchmarks/README.md)
 	$(BIN)/python benchmarks/env_throughput.py
 	$(BIN)/python benchmarks/time_to_solve.py
+	$(BIN)/python benchmarks/store_writes.py
 
 clean:  ## Remove local runs and caches (keeps .venv)
 	rm -rf fedtwin-runs .pytest_cache .ruff_cache

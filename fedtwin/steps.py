@@ -25,7 +25,7 @@ from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.strategies import make_strategy
 from fedtwin.train import train_twins
 from fedtwin.twins import Fleet, TwinSpec, dump_fleet, load_fleet, make_fleet, parse_fleet
-from fedtwin.updates import UpdateRecord, load_and_validate, write_update
+from fedtwin.updates import UpdateRecord, load_and_validate, write_updates
 
 log = logging.getLogger("fedtwin.steps")
 
@@ -215,6 +215,7 @@ def train(
     started = time.perf_counter()
     results = train_twins(params, batch, seeds, ctx.config.train, device, dp)
     seconds = (time.perf_counter() - started) / len(batch)
+    written: list[tuple[UpdateRecord, bytes]] = []
     for twin, result in zip(batch, results, strict=True):
         if twin not in todo:
             continue
@@ -231,8 +232,8 @@ def train(
             engine=engine,
             extra=dp_round.extra(twin.id, dp_round.plan.steps_per_round) if dp_round else {},
         )
-        records.append(write_update(store, layout, record, params_to_bytes(result.params, ctx.spec)))
-    return records
+        written.append((record, params_to_bytes(result.params, ctx.spec)))
+    return records + write_updates(store, layout, written)
 
 
 # ------------------------------------------------------------------------------------ aggregate

@@ -6,7 +6,9 @@ round summary records: a bad twin is dropped from the round, it never fails the 
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -92,6 +94,14 @@ def write_update(
     record.sha256 = store.put_bytes(layout.update_weights(record.round, record.twin_id), weights)
     store.put_json(layout.update_meta(record.round, record.twin_id), record.to_json())
     return record
+
+
+def write_updates(
+    store: ArtifactStore, layout: RunLayout, updates: Sequence[tuple[UpdateRecord, bytes]]
+) -> list[UpdateRecord]:
+    """`write_update` for many twins (a fleet shard), as many at once as the store takes."""
+    return store.run_concurrently([functools.partial(write_update, store, layout, record, weights)
+                                   for record, weights in updates])
 
 
 def update_twin_ids(store: ArtifactStore, layout: RunLayout, round_index: int) -> list[str]:

@@ -115,3 +115,27 @@ def test_run_on_s3_with_mlflow_killed_in_round_two_resumes_to_the_same_weights(
         assert {"model", "twins.yaml", "report"} <= artifacts
         assert {a.path for a in client.list_artifacts(parent.info.run_id, "model")} == {
             "model/final.safetensors"}
+
+
+def test_a_fleet_shard_on_s3_writes_the_updates_a_local_store_gets(s3_server, tmp_path):
+    # The shard's update writes go out several at once on S3 (run_concurrently); the objects must be
+    # exactly those a local store gets one by one.
+    from fedtwin import steps
+    from fedtwin.config import load_config
+    from fedtwin.store import LocalStore
+
+    config = load_config(write_tiny_config(tmp_path, **{"fleet.count": 6}),
+                         {"run_id": "shard", "store": str(tmp_path / "local")}, environ={})
+    s3, local = admin_store(s3_server, f"fleet-{uuid.uuid4().hex[:8]}"), LocalStore(tmp_path / "local")
+    layout = RunLayout("shard")
+    for store in (s3, local):
+        twin_ids = steps.init(store, config).twin_ids
+        steps.train(store, "shard", 0, twin_ids, engine="fleet")
+
+    assert len(twin_ids) == 6
+    for twin_id in twin_ids:
+        weights = layout.update_weights(0, twin_id)
+        assert s3.get_bytes(weights) == local.get_bytes(weights)
+        s3_meta, local_meta = (store.get_json(layout.update_meta(0, twin_id)) for store in (s3, local))
+        assert {k: v for k, v in s3_meta.items() if k != "seconds"} == {
+            k: v for k, v in local_meta.items() if k != "seconds"}

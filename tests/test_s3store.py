@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import http.server
 import pickle
 import socket
@@ -22,6 +23,7 @@ from fedtwin.s3store import (
     parse_s3_url,
 )
 from fedtwin.store import RunLayout, list_runs, open_store, sha256_hex
+from fedtwin.updates import UpdateRecord, update_twin_ids, write_updates
 from tests.servers import TWIN_ID
 
 
@@ -304,3 +306,54 @@ def test_scoped_twin_identity_writes_only_its_own_update(s3_server):
     with pytest.raises(S3AccessDeniedError, match="access denied to read"):
         twin.get_json(run.update_meta(0, "twin-001"))
     assert admin.get_json(run.update_meta(0, "twin-001")) == {"twin_id": "twin-001"}
+
+
+@pytest.mark.integration
+def test_a_shards_update_writes_overlap_on_s3_and_all_land(s3_server, monkeypatch):
+    store = make_store(s3_server)
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+    put = S3Store._write
+
+    def counted(self, key, data, sha):
+        with lock:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+        try:
+            time.sleep(0.02)  # keep each request open long enough for overlap to show
+            put(self, key, data, sha)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(S3Store, "_write", counted)
+    layout = RunLayout("shard")
+    ids = [f"twin-{i:03d}" for i in range(20)]
+    updates = [(UpdateRecord(twin_id=t, round=0, num_samples=1, sha256="", base_sha256="0" * 64),
+                f"weights of {t}".encode()) for t in ids]
+
+    records = write_updates(store, layout, updates)
+
+    assert [r.twin_id for r in records] == ids
+    assert 1 < peak[0] <= S3Store.max_concurrency
+    assert update_twin_ids(store, layout, 0) == ids
+    for twin_id in ids:
+        weights = store.get_bytes(layout.update_weights(0, twin_id))  # sha verified on read
+        assert weights == f"weights of {twin_id}".encode()
+        assert store.get_json(layout.update_meta(0, twin_id))["sha256"] == sha256_hex(weights)
+
+
+@pytest.mark.integration
+def test_a_failed_job_among_concurrent_ones_is_raised_after_the_others_finish(s3_server):
+    store = make_store(s3_server)
+
+    def job(i):
+        if i == 3:
+            raise StoreError("job 3 failed")
+        time.sleep(0.01)
+        store.put_bytes(f"jobs/{i:02d}", b"x")
+        return i
+
+    with pytest.raises(StoreError, match="job 3 failed"):
+        store.run_concurrently([functools.partial(job, i) for i in range(10)])
+
+    assert store.list("jobs/") == [f"jobs/{i:02d}" for i in range(10) if i != 3]

@@ -1,5 +1,7 @@
 """LocalStore: atomic writes, sha256 verified on read, the run layout."""
 
+import threading
+
 import pytest
 
 from fedtwin.errors import ConfigError, IntegrityError, StoreError
@@ -54,6 +56,21 @@ def test_keys_cannot_escape_the_root(tmp_path):
 def test_missing_object_names_it(tmp_path):
     with pytest.raises(StoreError, match=r"runs/x/state\.json does not exist"):
         LocalStore(tmp_path).get_json("runs/x/state.json")
+
+
+def test_a_local_store_runs_jobs_one_at_a_time_in_order(tmp_path):
+    # Local writes are CPU-bound (open, write, fsync): threads only added CPU time when measured.
+    store = LocalStore(tmp_path)
+    callers: list[int] = []
+
+    def job(i: int) -> int:
+        callers.append(threading.get_ident())
+        store.put_bytes(f"k/{i}", b"x")
+        return i
+
+    assert store.run_concurrently([lambda i=i: job(i) for i in range(5)]) == list(range(5))
+    assert set(callers) == {threading.get_ident()}
+    assert store.list("k/") == [f"k/{i}" for i in range(5)]
 
 
 def test_layout_matches_design():
