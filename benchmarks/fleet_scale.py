@@ -657,12 +657,12 @@ def render(record: dict[str, Any], out: Path, extra_notes: list[str] | None = No
     notes = [f"waited {record['waited']:.0f} s for a 1-minute load average at most {wait_load} before "
              "starting " + ("(reached)" if start_load <= wait_load
                             else f"(not reached: {start_load:.2f}; measured anyway)")]
+    best = {(r.engine, r.twins): r for r in fastest(record)}
     rows: list[Row] = []
     for twins in record["sizes"]:  # best (fastest) repeat per cell; pool beyond --pool-max extrapolated
         for label in engines:
-            runs = [r for r in measured if (r.engine, r.twins) == (label, twins)]
-            if runs:
-                rows.append(min(runs, key=lambda r: r.seconds or 0.0))
+            if (label, twins) in best:
+                rows.append(best[label, twins])
                 continue
             base = max((r for r in rows if r.engine == label and not r.extrapolated),
                        key=lambda r: r.twins, default=None)

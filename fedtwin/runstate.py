@@ -20,14 +20,18 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def load_state(store: ArtifactStore, run_id: str) -> dict[str, Any]:
-    """The run's state; a run that was never initialized is one clear error, not a missing file."""
+def require_run(store: ArtifactStore, run_id: str) -> RunLayout:
+    """The run's layout; a run that was never initialized is one clear error, not a missing file."""
     layout = RunLayout(run_id)
     if not store.exists(layout.config):
         raise StoreError(
             f"run {run_id!r} not found in {store.url}; start it with `fedtwin run` or `fedtwin step init`"
         )
-    return store.get_json(layout.state)
+    return layout
+
+
+def load_state(store: ArtifactStore, run_id: str) -> dict[str, Any]:
+    return store.get_json(require_run(store, run_id).state)
 
 
 def save_state(store: ArtifactStore, run_id: str, state: dict[str, Any], **changes: Any) -> dict[str, Any]:
@@ -37,10 +41,6 @@ def save_state(store: ArtifactStore, run_id: str, state: dict[str, Any], **chang
     return state
 
 
-def update_state(store: ArtifactStore, run_id: str, **changes: Any) -> dict[str, Any]:
-    return save_state(store, run_id, load_state(store, run_id), **changes)
-
-
 def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = None) -> dict[str, Any]:
     """Record the run's end (the Argo exit handler and the local runner call this)."""
     if status not in ("done", "failed"):
@@ -48,7 +48,7 @@ def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = 
     state = load_state(store, run_id)
     if status == "failed" and state.get("status") == "failed" and state.get("reason"):
         return state  # keep the first, most specific reason
-    return update_state(store, run_id, status=status, reason=reason)
+    return save_state(store, run_id, state, status=status, reason=reason)
 
 
 def write_outputs(directory: str | Path | None, values: dict[str, Any]) -> None:

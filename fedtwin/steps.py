@@ -19,7 +19,7 @@ from fedtwin.config import Config, build_config, config_to_yaml, fingerprint, pa
 from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
-from fedtwin.runstate import finish, now_iso, save_state, write_outputs
+from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
 from fedtwin.seeding import derive_seed
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.strategies import make_strategy
@@ -42,11 +42,7 @@ class RunContext:
 
     @classmethod
     def load(cls, store: ArtifactStore, run_id: str) -> RunContext:
-        layout = RunLayout(run_id)
-        if not store.exists(layout.config):
-            raise StoreError(
-                f"run {run_id!r} not found in {store.url}; start it with `fedtwin run` or `fedtwin step init`"
-            )
+        layout = require_run(store, run_id)
         text = store.get_text(layout.config)
         config = build_config(parse_yaml(text, "run config", store.describe(layout.config)), layout.config)
         fleet = parse_fleet(store.get_text(layout.twins), store.describe(layout.twins))

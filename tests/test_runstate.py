@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from fedtwin.errors import ConfigError, StoreError
-from fedtwin.runstate import finish, load_state, update_state, write_outputs
+from fedtwin.runstate import finish, load_state, save_state, write_outputs
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
@@ -68,7 +68,7 @@ def test_finish_keeps_the_first_failure_reason_and_rejects_other_statuses(tmp_pa
     assert finish(store, "r", "failed", "round 2 below the quorum")["reason"] == "round 2 below the quorum"
     assert finish(store, "r", "failed", "workflow ended")["reason"] == "round 2 below the quorum"
     assert finish(store, "r", "done")["status"] == "done"
-    state = update_state(store, "r", next_round=3)
+    state = save_state(store, "r", load_state(store, "r"), next_round=3)
     assert (state["next_round"], state["status"]) == (3, "done") and "updated_at" in state
     with pytest.raises(ConfigError, match="'done' or 'failed'"):
         finish(store, "r", "Succeeded")
