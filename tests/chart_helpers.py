@@ -27,8 +27,7 @@ from kubernetes_validate import utils as kv_utils
 from referencing import Registry, Resource
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-SCHEMAS = SHARED / "schemas"
+SCHEMAS = REPO / "schemas"  # structure-only copies of upstream schemas (schemas/README.md)
 CHARTS = REPO / "charts"
 APP = CHARTS / "fedtwin"
 PLATFORM = CHARTS / "fedtwin-platform"

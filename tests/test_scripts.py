@@ -264,3 +264,126 @@ def test_dockerignore_keeps_the_context_small():
     assert allowed == {"pyproject.toml", "README.md", "fedtwin"}
     copied = {shlex.split(a)[0] for k, a in dockerfile() if k == "COPY"} | {"README.md"}
     assert copied <= allowed
+
+
+# --- vendored schemas (schemas/, scripts/vendor_schemas.py) --------------------------------------
+
+SCHEMAS = REPO / "schemas"
+PROSE = {"description", "title", "example", "examples", "$comment", "externalDocs"}
+NAME_MAPS = {"properties", "patternProperties", "definitions", "$defs", "dependentSchemas"}
+
+
+def prose_keywords(node, path: str = "") -> list[str]:
+    """Paths of prose keywords in a schema (or a CRD) node; keys of a `properties`-like map are
+    names, not keywords (Argo's Parameter has a property called `description`)."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in PROSE:
+                found.append(f"{path}/{key}")
+            if key in NAME_MAPS and isinstance(value, dict):
+                for name, sub in value.items():
+                    found += prose_keywords(sub, f"{path}/{key}/{name}")
+            else:
+                found += prose_keywords(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += prose_keywords(value, f"{path}/{i}")
+    return found
+
+
+def load_schema_file(path: Path) -> list:
+    if path.suffix == ".json":
+        return [json.loads(path.read_text())]
+    import yaml
+
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def test_vendored_schemas_parse_and_hold_structure_but_no_prose():
+    files = sorted(p for p in SCHEMAS.rglob("*") if p.suffix in {".json", ".yaml"})
+    names = {str(p.relative_to(SCHEMAS)) for p in files}
+    assert {"argo-workflows/schema.json", "kube-ovn/kube-ovn-crd.yaml"} <= names
+    assert len([n for n in names if n.startswith("karmada/")]) == 4
+    readme = (SCHEMAS / "README.md").read_text()
+
+    for path in files:
+        docs = load_schema_file(path)
+        assert docs, path
+        for doc in docs:
+            assert not prose_keywords(doc), f"{path}: prose at {prose_keywords(doc)[:3]}"
+        assert path.parent.name in readme and "Apache-2.0" in readme
+    argo = load_schema_file(SCHEMAS / "argo-workflows" / "schema.json")[0]["definitions"]
+    parameter = argo["io.argoproj.workflow.v1alpha1.Parameter"]
+    assert parameter["properties"]["description"]["type"] == "string"  # a property named description stays
+    assert parameter["required"] == ["name"]
+    crds = load_schema_file(SCHEMAS / "kube-ovn" / "kube-ovn-crd.yaml")
+    subnet = next(d for d in crds if d["spec"]["names"]["kind"] == "Subnet")
+    spec = subnet["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert spec["allowSubnets"]["items"]["type"] == "string" and spec["private"]["type"] == "boolean"
+
+
+def test_vendor_schemas_strips_prose_and_keeps_structure(tmp_path: Path):
+    upstream = tmp_path / "upstream"
+    upstream.mkdir()
+    (upstream / "schema.json").write_text(json.dumps({
+        "definitions": {"io.example.Param": {
+            "title": "A parameter", "description": "Prose.", "type": "object", "required": ["name"],
+            "properties": {
+                "description": {"description": "the parameter's own description", "type": "string"},
+                "name": {"type": "string", "pattern": "^[a-z]+$", "title": "Name"},
+                "mode": {"type": "string", "enum": ["a", "b"], "x-kubernetes-list-type": "atomic"},
+                "items": {"type": "array", "items": {"description": "x", "type": "integer",
+                                                     "format": "int32"}},
+                "any": {"anyOf": [{"type": "string", "description": "y"}], "$ref": "#/definitions/z"},
+            },
+        }},
+    }))
+    (upstream / "crd.yaml").write_text(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n"
+        "metadata: {name: things.example.io}\n"
+        "spec:\n  group: example.io\n  names: {kind: Thing, plural: things}\n  scope: Namespaced\n"
+        "  versions:\n  - name: v1\n    served: true\n    storage: true\n"
+        "    additionalPrinterColumns: [{name: Age, type: date, jsonPath: .x, description: prose}]\n"
+        "    schema:\n      openAPIV3Schema:\n        description: Thing is prose.\n        type: object\n"
+        "        properties:\n          spec:\n            type: object\n            description: prose\n"
+        "            x-kubernetes-preserve-unknown-fields: true\n"
+        "            additionalProperties: {type: string, description: prose}\n"
+    )
+    out = tmp_path / "schemas"
+
+    result = run([sys.executable, str(SCRIPTS / "vendor_schemas.py"), "example",
+                  str(upstream / "schema.json"), str(upstream / "crd.yaml"), "--out", str(out)])
+
+    assert result.returncode == 0, result.stderr
+    schema = json.loads((out / "example" / "schema.json").read_text())
+    assert schema == {"definitions": {"io.example.Param": {
+        "type": "object", "required": ["name"],
+        "properties": {
+            "description": {"type": "string"},
+            "name": {"type": "string", "pattern": "^[a-z]+$"},
+            "mode": {"type": "string", "enum": ["a", "b"], "x-kubernetes-list-type": "atomic"},
+            "items": {"type": "array", "items": {"type": "integer", "format": "int32"}},
+            "any": {"anyOf": [{"type": "string"}], "$ref": "#/definitions/z"},
+        },
+    }}}
+    (crd,) = load_schema_file(out / "example" / "crd.yaml")
+    version = crd["spec"]["versions"][0]
+    assert version["additionalPrinterColumns"] == [{"name": "Age", "type": "date", "jsonPath": ".x"}]
+    assert version["schema"]["openAPIV3Schema"] == {"type": "object", "properties": {"spec": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "additionalProperties": {"type": "string"},
+    }}}
+    assert crd["spec"]["names"] == {"kind": "Thing", "plural": "things"}
+
+
+def test_vendor_schemas_refuses_what_is_not_a_schema(tmp_path: Path):
+    (tmp_path / "deploy.yaml").write_text("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")
+    (tmp_path / "broken.json").write_text("{")
+
+    for name, needle in (("deploy.yaml", "expected only CustomResourceDefinitions, found Deployment"),
+                         ("broken.json", "not valid JSON")):
+        result = run([sys.executable, str(SCRIPTS / "vendor_schemas.py"), "x", str(tmp_path / name),
+                      "--out", str(tmp_path / "out")])
+        assert result.returncode == 2 and needle in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
