@@ -218,3 +218,161 @@ def without_helm_labels(obj: dict[str, Any]) -> dict[str, Any]:
     for key in ("helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/version"):
         labels.pop(key, None)
     return obj
+
+
+# --- Pod Security Standards: restricted ----------------------------------------------------------
+# The checks of k8s.io/pod-security-admission (policy/check_*.go, v0.34) at level `restricted`,
+# which includes every `baseline` check, evaluated on one pod spec as plain data. One rule goes
+# beyond the admission plugin: a numeric, non-zero runAsUser must be set (pod or every container),
+# because the kubelet can enforce runAsNonRoot only against a numeric user, and an image whose USER
+# is a name (or unset) then fails to start.
+
+_BASELINE_CAPABILITIES = {
+    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+    "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+}
+_SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start", "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+}
+_RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim", "projected",
+    "secret",
+}
+_SELINUX_TYPES = {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+_SECCOMP_OK = {"RuntimeDefault", "Localhost"}
+
+
+def _containers(pod_spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        *(pod_spec.get("initContainers") or []),
+        *(pod_spec.get("containers") or []),
+        *(pod_spec.get("ephemeralContainers") or []),
+    ]
+
+
+def _numeric_uid(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def restricted_violations(pod_spec: dict[str, Any], pod_metadata: dict[str, Any] | None = None) -> list[str]:
+    """Why `pod_spec` breaks the `restricted` Pod Security Standard; [] when it meets it.
+
+    Each entry names the check (the admission plugin's check id) and the offending pod or
+    container. `pod_metadata` (annotations) feeds the two checks that read annotations (AppArmor
+    and the deprecated seccomp annotations). Argo templates: pass the pod as it will run (the
+    template's securityContext as the pod's, its container as a container)."""
+    annotations = (pod_metadata or {}).get("annotations") or {}
+    pod_sc = pod_spec.get("securityContext") or {}
+    containers = _containers(pod_spec)
+    windows = (pod_spec.get("os") or {}).get("name") == "windows"
+    out: list[str] = []
+
+    def sc(c: dict[str, Any]) -> dict[str, Any]:
+        return c.get("securityContext") or {}
+
+    # --- baseline --------------------------------------------------------------------------------
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(field):
+            out.append(f"hostNamespaces: pod sets {field}=true")
+    for c in containers:
+        name = c.get("name")
+        if sc(c).get("privileged"):
+            out.append(f"privileged: container {name} sets securityContext.privileged=true")
+        extra = set((sc(c).get("capabilities") or {}).get("add") or []) - _BASELINE_CAPABILITIES
+        if extra:
+            out.append(f"capabilities_baseline: container {name} adds {sorted(extra)}")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            out.append(f"hostPorts: container {name} uses a hostPort")
+        if sc(c).get("procMount", "Default") != "Default":
+            out.append(f"procMount: container {name} sets procMount {sc(c)['procMount']}")
+        if (sc(c).get("windowsOptions") or {}).get("hostProcess"):
+            out.append(f"windowsHostProcess: container {name} sets windowsOptions.hostProcess=true")
+        handlers = [c.get(p) for p in ("livenessProbe", "readinessProbe", "startupProbe")]
+        handlers += [(c.get("lifecycle") or {}).get(h) for h in ("postStart", "preStop")]
+        for handler in filter(None, handlers):
+            for kind in ("httpGet", "tcpSocket"):
+                if (handler.get(kind) or {}).get("host"):
+                    out.append(f"hostProbesAndhostLifecycle: container {name} sets a {kind} host")
+    if (pod_sc.get("windowsOptions") or {}).get("hostProcess"):
+        out.append("windowsHostProcess: pod sets windowsOptions.hostProcess=true")
+    for volume in pod_spec.get("volumes") or []:
+        if "hostPath" in volume:
+            out.append(f"hostPathVolumes: volume {volume.get('name')} is a hostPath")
+    for setter, ctx in [("pod", pod_sc), *((f"container {c.get('name')}", sc(c)) for c in containers)]:
+        apparmor = (ctx.get("appArmorProfile") or {}).get("type")
+        if apparmor is not None and apparmor not in {"RuntimeDefault", "Localhost"}:
+            out.append(f"appArmorProfile: {setter} sets AppArmor profile {apparmor}")
+        selinux = ctx.get("seLinuxOptions")
+        if selinux and (
+            selinux.get("type", "") not in _SELINUX_TYPES or selinux.get("user") or selinux.get("role")
+        ):
+            out.append(f"seLinuxOptions: {setter} sets a forbidden seLinuxOptions {selinux}")
+        seccomp = (ctx.get("seccompProfile") or {}).get("type")
+        if seccomp is not None and seccomp not in _SECCOMP_OK:
+            out.append(f"seccompProfile: {setter} sets seccompProfile.type {seccomp}")
+    for key, value in annotations.items():
+        if key.startswith("container.apparmor.security.beta.kubernetes.io/") and value and not (
+            value == "runtime/default" or value.startswith("localhost/")
+        ):
+            out.append(f"appArmorProfile: annotation {key}={value}")
+        seccomp_annotation = key == "seccomp.security.alpha.kubernetes.io/pod" or key.startswith(
+            "container.seccomp.security.alpha.kubernetes.io/"
+        )
+        allowed = value in {"runtime/default", "docker/default"} or value.startswith("localhost/")
+        if seccomp_annotation and not allowed:
+            out.append(f"seccompProfile: annotation {key}={value}")
+    for sysctl in pod_sc.get("sysctls") or []:
+        if sysctl.get("name") not in _SAFE_SYSCTLS:
+            out.append(f"sysctls: pod sets the unsafe sysctl {sysctl.get('name')}")
+
+    # --- restricted ------------------------------------------------------------------------------
+    for volume in pod_spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds & _RESTRICTED_VOLUMES:
+            out.append(f"restrictedVolumes: volume {volume.get('name')} is of type {sorted(kinds)}")
+    user_namespace = pod_spec.get("hostUsers") is False
+    if not user_namespace:
+        if pod_sc.get("runAsNonRoot") is False:
+            out.append("runAsNonRoot: pod sets runAsNonRoot=false")
+        if pod_sc.get("runAsUser") == 0:
+            out.append("runAsUser: pod sets runAsUser=0")
+    for c in containers:
+        name, csc = c.get("name"), sc(c)
+        if not user_namespace:
+            own = csc.get("runAsNonRoot")
+            if own is False or (own is None and pod_sc.get("runAsNonRoot") is not True):
+                out.append(f"runAsNonRoot: pod or container {name} must set runAsNonRoot=true")
+            if csc.get("runAsUser") == 0:
+                out.append(f"runAsUser: container {name} sets runAsUser=0")
+        uid = csc.get("runAsUser", pod_sc.get("runAsUser"))
+        if not _numeric_uid(uid):
+            out.append(f"runAsUser (fedtwin): pod or container {name} must set a numeric non-zero runAsUser")
+        if windows:
+            continue
+        if csc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"allowPrivilegeEscalation: container {name} must set allowPrivilegeEscalation=false")
+        if (csc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type") not in _SECCOMP_OK:
+            out.append(f"seccompProfile_restricted: pod or container {name} must set RuntimeDefault")
+        capabilities = csc.get("capabilities") or {}
+        if "ALL" not in (capabilities.get("drop") or []):
+            out.append(f'capabilities_restricted: container {name} must set capabilities.drop=["ALL"]')
+        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            out.append(f"capabilities_restricted: container {name} may add only NET_BIND_SERVICE")
+    return out
+
+
+def pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(where, pod spec, pod metadata) of every pod a core object makes (Pod, Deployment, Job, ...)."""
+    kind, name = obj.get("kind"), obj.get("metadata", {}).get("name")
+    spec = obj.get("spec") or {}
+    if kind == "Pod":
+        return [(f"Pod {name}", spec, obj.get("metadata") or {})]
+    if kind == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    template = spec.get("template")
+    if kind in {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob"} and template:
+        return [(f"{kind} {name}", template.get("spec") or {}, template.get("metadata") or {})]
+    return []

@@ -24,6 +24,8 @@ from tests.chart_helpers import (
     REPO,
     by_kind,
     one,
+    pod_specs,
+    restricted_violations,
     run_helm,
     template,
     template_error,
@@ -214,6 +216,84 @@ def test_platform_storage_subnet_only_with_the_kubeovn_api():
     minio = one(objects, "Deployment", "fedtwin-platform-minio")
     annotations = minio["spec"]["template"]["metadata"]["annotations"]
     assert annotations["ovn.kubernetes.io/logical_switch"] == subnet["metadata"]["name"] == "fedtwin-storage"
+
+
+def ci_value_sets() -> list[tuple[Path, tuple[str, ...]]]:
+    """(chart, helm arguments) for the defaults and every ci/*-values.yaml of both charts."""
+    sets = []
+    for chart in (PLATFORM, APP):
+        sets.append((chart, ()))
+        for path in sorted((chart / "ci").glob("*-values.yaml")):
+            sets.append((chart, (*(KUBEOVN if "kubeovn" in path.name else ()), "-f", str(path))))
+    return sets
+
+
+@pytest.mark.parametrize(("chart", "args"), ci_value_sets(), ids=lambda v: v.name if isinstance(v, Path) else
+                         (Path(v[-1]).name if v else "defaults"))
+def test_every_rendered_pod_meets_the_restricted_pod_security_standard(chart: Path, args: tuple[str, ...]):
+    pods = [pod for obj in template(chart, *args) for pod in pod_specs(obj)]
+
+    for where, spec, metadata in pods:
+        assert restricted_violations(spec, metadata) == [], where
+    if chart == PLATFORM:
+        assert pods, "the platform chart renders pods (MLflow, the bucket Job)"
+
+
+RESTRICTED_POD = {
+    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001,
+                        "seccompProfile": {"type": "RuntimeDefault"}},
+    "containers": [{"name": "main", "image": "x", "securityContext": {
+        "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+    "volumes": [{"name": "tmp", "emptyDir": {}}],
+}
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        (lambda p: p["securityContext"].pop("runAsNonRoot"), "runAsNonRoot"),
+        (lambda p: p["containers"][0]["securityContext"].update(runAsNonRoot=False), "runAsNonRoot"),
+        (lambda p: p["securityContext"].update(runAsUser=0), "runAsUser"),
+        (lambda p: p["securityContext"].pop("runAsUser"), "runAsUser (fedtwin)"),
+        (lambda p: p["securityContext"].update(runAsUser="{{workflow.parameters.uid}}"),
+         "runAsUser (fedtwin)"),
+        (lambda p: p["securityContext"].pop("seccompProfile"), "seccompProfile_restricted"),
+        (lambda p: p["containers"][0]["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+         "seccompProfile"),
+        (lambda p: p["containers"][0]["securityContext"].pop("allowPrivilegeEscalation"),
+         "allowPrivilegeEscalation"),
+        (lambda p: p["containers"][0]["securityContext"].update(capabilities={"drop": ["NET_RAW"]}),
+         "capabilities_restricted"),
+        (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]),
+         "capabilities_baseline"),
+        (lambda p: p["containers"][0]["securityContext"].update(privileged=True), "privileged"),
+        (lambda p: p.update(hostNetwork=True), "hostNamespaces"),
+        (lambda p: p["volumes"].append({"name": "h", "hostPath": {"path": "/"}}), "hostPathVolumes"),
+        (lambda p: p["volumes"].append({"name": "n", "nfs": {"server": "s", "path": "/"}}),
+         "restrictedVolumes"),
+        (lambda p: p["containers"][0].update(ports=[{"containerPort": 80, "hostPort": 80}]), "hostPorts"),
+        (lambda p: p["securityContext"].update(sysctls=[{"name": "kernel.msgmax", "value": "1"}]), "sysctls"),
+        (lambda p: p.setdefault("initContainers", []).append({"name": "init", "image": "x"}),
+         "allowPrivilegeEscalation: container init"),
+    ],
+)
+def test_restricted_checker_flags_each_rule(change, check: str):
+    assert restricted_violations(RESTRICTED_POD) == []
+    pod = copy.deepcopy(RESTRICTED_POD)
+
+    change(pod)
+
+    assert any(v.startswith(check) for v in restricted_violations(pod)), restricted_violations(pod)
+
+
+def test_restricted_checker_reads_annotations_and_user_namespaces():
+    apparmor = {"annotations": {"container.apparmor.security.beta.kubernetes.io/main": "unconfined"}}
+    assert restricted_violations(RESTRICTED_POD, apparmor)[0].startswith("appArmorProfile")
+    pod = copy.deepcopy(RESTRICTED_POD)
+    pod["securityContext"].update(runAsNonRoot=False, runAsUser=0)
+    assert any(v.startswith("runAsNonRoot") for v in restricted_violations(pod))
+    pod["hostUsers"] = False  # in a user namespace, root in the pod is not root on the node
+    assert not any(v.startswith(("runAsNonRoot", "runAsUser:")) for v in restricted_violations(pod))
 
 
 def test_images_are_pinned():
