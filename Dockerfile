@@ -1,6 +1,7 @@
 # The one image every fedtwin workflow step runs: `fedtwin step ...` (ENTRYPOINT fedtwin).
 #
-# Build:  make image            (docker build -t fedtwin:dev .)
+# Build:  make image            (docker build -t fedtwin:0.1.0 .)
+#         The tag is the package version in pyproject.toml, also the chart's appVersion (a test checks).
 # Args:   BASE_IMAGE   slim Python base (default python:3.11-slim)
 #         TORCH_SPEC   the torch requirement pip installs first (default torch==2.13.0). Point it at
 #                      a CPU-only build to keep the image small, e.g. a local wheel file or a wheel URL

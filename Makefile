@@ -52,7 +52,7 @@ clean:  ## Remove local runs and caches (keeps .venv)
 # --- charts, image, single cluster (charts/, networks/, scripts/, Dockerfile) ---
 .PHONY: tools charts chart-docs networks image single-cluster-setup single-cluster-teardown
 IMAGE_REPOSITORY ?= fedtwin
-IMAGE_TAG ?= dev
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"$$/\1/p' pyproject.toml)
 DOCKER_BUILD_ARGS ?=
 
 tools:  ## Install pinned helm and kubectl into .tools/bin (the chart tests need them)

@@ -15,7 +15,7 @@
 #
 # Environment: MC_PREFIX (fedtwin), MC_STATE_DIR (.tools/multicluster), KARMADA_VERSION (pinned in
 # karmada/lib.sh), NAMESPACE (fedtwin), ARGO_NAMESPACE (argo), IMAGE_REPOSITORY (fedtwin),
-# IMAGE_TAG (dev), S3_NODE_PORT (30900), DOCKER_BUILD_ARGS (extra `docker build` arguments).
+# IMAGE_TAG (the package version), S3_NODE_PORT (30900), DOCKER_BUILD_ARGS (extra `docker build` arguments).
 set -euo pipefail
 SCRIPT_NAME="multi-cluster-setup"
 # shellcheck source=karmada/lib.sh

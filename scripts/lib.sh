@@ -18,7 +18,8 @@ CLUSTER_NAME="${CLUSTER_NAME:-fedtwin}"
 NAMESPACE="${NAMESPACE:-fedtwin}"
 ARGO_NAMESPACE="${ARGO_NAMESPACE:-argo}"
 IMAGE_REPOSITORY="${IMAGE_REPOSITORY:-fedtwin}"
-IMAGE_TAG="${IMAGE_TAG:-dev}"
+# The image tag is the package version (pyproject.toml), as `make image` and the chart's appVersion.
+IMAGE_TAG="${IMAGE_TAG:-$(sed -n 's/^version = "\(.*\)"$/\1/p' "$FEDTWIN_ROOT/pyproject.toml")}"
 
 log() { printf '%s: %s\n' "$SCRIPT_NAME" "$*"; }
 die() { printf '%s: %s\n' "$SCRIPT_NAME" "$*" >&2; exit 1; }

@@ -4,7 +4,7 @@
 # NetworkPolicies). Idempotent: rerun it to rebuild the image and upgrade the releases.
 #
 # Environment: CLUSTER_NAME (fedtwin), NAMESPACE (fedtwin), ARGO_NAMESPACE (argo),
-# IMAGE_REPOSITORY (fedtwin), IMAGE_TAG (dev), ARGO_CHART_VERSION (pinned in scripts/lib.sh),
+# IMAGE_REPOSITORY (fedtwin), IMAGE_TAG (the package version, pyproject.toml), ARGO_CHART_VERSION (pinned in scripts/lib.sh),
 # DOCKER_BUILD_ARGS (extra `docker build` arguments, e.g. --build-arg TORCH_SPEC=...).
 set -euo pipefail
 SCRIPT_NAME="single-cluster-setup"

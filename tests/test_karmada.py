@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from tests.chart_helpers import (
 )
 
 KARMADA = REPO / "karmada"
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]  # the image tag
 MANIFESTS = KARMADA / "manifests"
 CI_VALUES = ("-f", "charts/fedtwin/ci/karmada-values.yaml")
 EXAMPLE_VALUES = ("-f", "karmada/example-values.yaml")
@@ -427,8 +429,8 @@ def test_setup_runs_the_intended_commands_in_order_and_is_idempotent(stub_tools)
         r"^kind create cluster --name fedtwin-host",
         r"^kind create cluster --name fedtwin-member1",
         r"^kind create cluster --name fedtwin-member2",
-        r"^docker build (.* )?-t fedtwin:dev \.$",
-        r"^kind load docker-image fedtwin:dev --name fedtwin-member2",
+        rf"^docker build (.* )?-t fedtwin:{re.escape(VERSION)} \.$",
+        rf"^kind load docker-image fedtwin:{re.escape(VERSION)} --name fedtwin-member2",
         r"^karmadactl init .*--context kind-fedtwin-host .*--crds https://github.com/karmada-io/karmada/"
         r"releases/download/v1\.18\.2/crds\.tar\.gz",
         r"^kubectl --kubeconfig \S+member1.internal.kubeconfig config set-cluster kind-fedtwin-member1 "

@@ -29,6 +29,13 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, **kwargs)
 
 
+def package_version() -> str:
+    """The package version in pyproject.toml: the one source of the image tag."""
+    import tomllib
+
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
 # --- shell scripts -------------------------------------------------------------------------------
 
 
@@ -119,7 +126,7 @@ def test_single_cluster_setup_runs_the_intended_commands_in_order_and_is_idempot
     order = [
         "kind create cluster --name fedtwin",
         "docker build",
-        "kind load docker-image fedtwin:dev --name fedtwin",
+        f"kind load docker-image fedtwin:{package_version()} --name fedtwin",
         "helm repo add argo https://argoproj.github.io/argo-helm",
         "helm upgrade --install argo-workflows argo/argo-workflows --version 1.0.18",
         "helm upgrade --install fedtwin-platform charts/fedtwin-platform",
@@ -132,7 +139,7 @@ def test_single_cluster_setup_runs_the_intended_commands_in_order_and_is_idempot
     assert positions == sorted(positions)
     app = made[index(made, "helm upgrade --install fedtwin charts/fedtwin")]
     assert "networkPolicy.kubernetesApi.cidrs={10.96.0.1/32,172.18.0.2/32}" in app
-    assert "image.repository=fedtwin" in app and "image.tag=dev" in app
+    assert "image.repository=fedtwin" in app and f"image.tag={package_version()}" in app
     assert "--wait-for-jobs" in made[index(made, "helm upgrade --install fedtwin-platform")]
     assert not any(line.startswith("kind create cluster") for line in again), (
         "a second run recreated the cluster"
@@ -185,9 +192,31 @@ def test_make_single_cluster_targets_show_the_intended_commands():
     setup = make_n("single-cluster-setup")
     assert setup[0] == "bash scripts/install-tools.sh"
     assert setup[-1].endswith("bash scripts/single-cluster-setup.sh")
-    assert "IMAGE_REPOSITORY=fedtwin IMAGE_TAG=dev" in setup[-1]
+    assert f"IMAGE_REPOSITORY=fedtwin IMAGE_TAG={package_version()}" in setup[-1]
     assert make_n("single-cluster-teardown") == ["bash scripts/single-cluster-teardown.sh"]
-    assert make_n("image") == ["docker build  -t fedtwin:dev ."]
+    assert make_n("image") == [f"docker build  -t fedtwin:{package_version()} ."]
+
+
+def test_image_tag_is_the_package_version_everywhere():
+    """`make image`, the scripts, the chart default, the rendered templates and the README agree."""
+    import yaml
+
+    version = package_version()
+    image = f"fedtwin:{version}"
+
+    assert make_n("image") == [f"docker build  -t {image} ."]
+    scripts_default = run(["bash", "-c", "source scripts/lib.sh && printf %s \"$IMAGE_TAG\""],
+                          env={"PATH": "/usr/bin:/bin", "FEDTWIN_USE_TOOLS_BIN": "0"})
+    assert scripts_default.stdout == version, scripts_default.stderr
+    chart = yaml.safe_load((REPO / "charts" / "fedtwin" / "Chart.yaml").read_text())
+    values = yaml.safe_load((REPO / "charts" / "fedtwin" / "values.yaml").read_text())
+    assert chart["appVersion"] == version and values["image"]["tag"] == ""  # "" = appVersion
+    for path in sorted((REPO / "workflows" / "rendered").glob("*.yaml")):
+        params = yaml.safe_load(path.read_text())["spec"]["arguments"]["parameters"]
+        assert {p["name"]: p.get("value") for p in params}["image"] == image, path.name
+    assert re.search(rf"make image +# builds {re.escape(image)}\b", (REPO / "README.md").read_text())
+    assert f"make image            (docker build -t {image} .)" in (REPO / "Dockerfile").read_text()
+    assert f'__version__ = "{version}"' in (REPO / "fedtwin" / "__init__.py").read_text()
 
 
 def test_make_test_installs_the_tools_first():
