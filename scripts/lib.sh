@@ -9,6 +9,17 @@ if [[ "${FEDTWIN_USE_TOOLS_BIN:-1}" != 0 && -d "$FEDTWIN_ROOT/.tools/bin" ]]; th
   PATH="$FEDTWIN_ROOT/.tools/bin:$PATH"
 fi
 
+# The `version = "..."` of pyproject.toml (bash only: the scripts check for tools after sourcing this).
+package_version() {
+  local line
+  while IFS= read -r line; do
+    if [[ "$line" =~ ^version\ =\ \"([^\"]+)\" ]]; then
+      printf '%s' "${BASH_REMATCH[1]}"
+      return 0
+    fi
+  done <"$FEDTWIN_ROOT/pyproject.toml"
+}
+
 # shellcheck disable=SC2034  # the settings below are read by the scripts that source this file
 # The upstream Argo Workflows chart, installed beside fedtwin-platform (see charts/fedtwin-platform/README.md).
 ARGO_HELM_REPO_URL="https://argoproj.github.io/argo-helm"
@@ -19,7 +30,7 @@ NAMESPACE="${NAMESPACE:-fedtwin}"
 ARGO_NAMESPACE="${ARGO_NAMESPACE:-argo}"
 IMAGE_REPOSITORY="${IMAGE_REPOSITORY:-fedtwin}"
 # The image tag is the package version (pyproject.toml), as `make image` and the chart's appVersion.
-IMAGE_TAG="${IMAGE_TAG:-$(sed -n 's/^version = "\(.*\)"$/\1/p' "$FEDTWIN_ROOT/pyproject.toml")}"
+IMAGE_TAG="${IMAGE_TAG:-$(package_version)}"
 
 log() { printf '%s: %s\n' "$SCRIPT_NAME" "$*"; }
 die() { printf '%s: %s\n' "$SCRIPT_NAME" "$*" >&2; exit 1; }
