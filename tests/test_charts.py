@@ -595,7 +595,8 @@ def expected_template(source: dict[str, Any], parameters: dict[str, str], pull_p
         **wt["metadata"].get("labels", {}),
     }
     for param in wt["spec"].get("arguments", {}).get("parameters", []):
-        if param["name"] in parameters:
+        own = OWN_PARAMETERS.get(wt["metadata"]["name"], ())
+        if param["name"] in parameters and param["name"] not in own:
             param["value"] = parameters[param["name"]]
     for t in wt["spec"]["templates"]:
         for kind in ("container", "script"):
@@ -603,6 +604,11 @@ def expected_template(source: dict[str, Any], parameters: dict[str, str], pull_p
                 t[kind]["imagePullPolicy"] = pull_policy
     return wt
 
+
+# Parameters whose meaning in that template differs from the chart value of the same name: the chart
+# leaves their template default alone (fedtwin-member's `twins` is a comma list of twin ids that the
+# OverridePolicy of each member cluster sets, not the fleet size `run.twins`).
+OWN_PARAMETERS = {"fedtwin-member": ("twins",)}
 
 DEFAULT_PARAMETERS = {
     "image": "fedtwin:0.1.0",
@@ -693,6 +699,24 @@ def test_chart_sets_the_values_it_claims_on_the_templates():
         for p in s["spec"].get("arguments", {}).get("parameters", [])
     }
     assert set(DEFAULT_PARAMETERS) <= declared, set(DEFAULT_PARAMETERS) - declared
+
+
+@pytest.mark.parametrize(
+    "args",
+    [(), ("--set", "run.twins=16"), ("--set-string", "workflowTemplates.parameters.twins=16")],
+    ids=["defaults", "run.twins", "workflowTemplates.parameters"],
+)
+def test_member_twins_list_never_gets_the_fleet_size(args: tuple[str, ...]):
+    templates = chart_templates(args)
+
+    def value(template: str, name: str) -> str:
+        params = templates[template]["spec"]["arguments"]["parameters"]
+        return {p["name"]: p.get("value") for p in params}[name]
+
+    assert value("fedtwin-member", "twins") == ""  # a comma list of twin ids, set per member cluster
+    fleet = "16" if args else "8"
+    for name in ("fedtwin-federated", "fedtwin-single", "fedtwin-coordinator"):
+        assert value(name, "twins") == fleet, name
 
 
 def test_workflow_template_values_pass_through_untouched_by_helm():

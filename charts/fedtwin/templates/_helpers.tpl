@@ -233,6 +233,16 @@ set only in the templates that declare it; `workflowTemplates.parameters` overri
 {{- end -}}
 
 {{/*
+Parameters the chart never sets in one template, by template name, as JSON: there the parameter of
+that name means something else than the chart value. fedtwin-member's `twins` is the comma list of
+the twin ids one member cluster trains (set per cluster by its OverridePolicy), not the fleet size
+`run.twins` (nor `workflowTemplates.parameters.twins`).
+*/}}
+{{- define "fedtwin.templateOwnParameters" -}}
+{{- toJson (dict "fedtwin-member" (list "twins")) -}}
+{{- end -}}
+
+{{/*
 Karmada helpers (templates/karmada/). The per-member twin Workflow and the OverridePolicies that
 patch it share one parameter order, defined here once: an OverridePolicy replaces parameters by
 their index (Karmada's plaintext overrider is a JSON patch).
