@@ -84,15 +84,28 @@ phase_join() {
   done
 }
 
-api_cidrs() {  # the kubernetes Service IP and the API server endpoints of the given clusters
-  local name ip cidrs
-  cidrs="$(kctl host get service kubernetes -n default -o jsonpath='{.spec.clusterIP}')/32"
+# The API server endpoints of the given clusters, comma-separated CIDRs: NetworkPolicies see the
+# traffic after Service translation, so the Argo executor's egress must allow these (never the
+# `kubernetes` Service IP). The chart looks them up itself where it is installed; the release in the
+# Karmada API server cannot (its own endpoints are Karmada's), so its policies get every member's.
+api_cidrs() {
+  local name ip cidrs=""
   for name in "$@"; do
-    for ip in $(kctl "$name" get endpoints kubernetes -n default -o jsonpath='{.subsets[*].addresses[*].ip}'); do
-      cidrs="$cidrs,$ip/32"
+    for ip in $(kctl "$name" get endpointslice kubernetes -n default -o jsonpath='{.endpoints[*].addresses[*]}'); do
+      [[ ",$cidrs," == *",$ip/32,"* ]] || cidrs="${cidrs:+$cidrs,}$ip/32"
     done
   done
   printf '%s' "$cidrs"
+}
+
+api_ports() {  # the API server endpoint ports of the given clusters (kind: 6443), comma-separated
+  local name port ports=""
+  for name in "$@"; do
+    for port in $(kctl "$name" get endpointslice kubernetes -n default -o jsonpath='{.ports[*].port}'); do
+      [[ ",$ports," == *",$port,"* ]] || ports="${ports:+$ports,}$port"
+    done
+  done
+  printf '%s' "${ports:-6443}"
 }
 
 phase_platform() {
@@ -113,21 +126,21 @@ phase_platform() {
   log "installing fedtwin (the coordinator's templates) into the host"
   helm --kubeconfig "$(kubeconfig host)" upgrade --install fedtwin charts/fedtwin --namespace "$NAMESPACE" \
     --set image.repository="$IMAGE_REPOSITORY" --set image.tag="$IMAGE_TAG" --set image.pullPolicy=IfNotPresent \
-    --set platform.releaseName=fedtwin-platform --set "networkPolicy.kubernetesApi.cidrs={$(api_cidrs host)}" \
-    --wait --timeout 5m
+    --set platform.releaseName=fedtwin-platform --wait --timeout 5m
 }
 
 write_karmada_values() {  # the fedtwin release in the Karmada API server (shape: karmada/example-values.yaml)
-  local host_ip member cidrs
+  local host_ip member cidrs ports
   host_ip="$(node_ip host)"
   cidrs="$(api_cidrs "${MEMBERS[@]}")"
+  ports="$(api_ports "${MEMBERS[@]}")"
   {
     echo "image: {repository: $IMAGE_REPOSITORY, tag: $IMAGE_TAG, pullPolicy: IfNotPresent}"
     echo "s3: {platformMinio: false, endpoint: \"http://$host_ip:$S3_NODE_PORT\"}"
     echo "tracking: {enabled: false}"
     echo "networkPolicy:"
     echo "  s3: {port: $S3_NODE_PORT, cidrs: [\"$host_ip/32\"]}"
-    echo "  kubernetesApi: {cidrs: [${cidrs//,/, }]}"
+    echo "  kubernetesApi: {cidrs: [${cidrs//,/, }], ports: [${ports//,/, }]}"
     echo "karmada:"
     echo "  enabled: true"
     echo "  clusters: [$(IFS=,; echo "${MEMBERS[*]}")]"

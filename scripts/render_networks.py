@@ -28,17 +28,18 @@ FILES = {
     "twin-networkpolicy.yaml": (
         "fedtwin",
         "templates/twin/twin-networkpolicy.yaml",
-        "Twin pods: no ingress; egress only to DNS, the S3 service and the Kubernetes API (Argo executor).",
+        "Twin pods: no ingress; egress only to the DNS pods, the S3 pods and the API server endpoints "
+        "(Argo executor).",
     ),
     "aggregator-networkpolicy.yaml": (
         "fedtwin",
         "templates/aggregator/aggregator-networkpolicy.yaml",
-        "Aggregator pods: no ingress; egress to DNS, S3, MLflow and the Kubernetes API.",
+        "Aggregator pods: no ingress; egress to DNS, S3, MLflow and the API server endpoints.",
     ),
     "twin-subnet.yaml": (
         "fedtwin",
         "templates/kubeovn/kubeovn-subnet.yaml",
-        "KubeOVN: private Subnet of twin pods; only the storage subnet is reachable (allowSubnets).",
+        "KubeOVN: private Subnet of twin pods; reaches only allowSubnets (storage, DNS, API server).",
     ),
     "storage-subnet.yaml": (
         "fedtwin-platform",
@@ -47,6 +48,14 @@ FILES = {
     ),
 }
 RELEASES = {"fedtwin": "fedtwin", "fedtwin-platform": "fedtwin-platform"}
+# Values `helm install` would look up in a cluster: a kind cluster's API server endpoint (its
+# control-plane node, port 6443) and KubeOVN's default subnet, where the DNS pods run. networks/README.md
+# tells users to replace both with their cluster's.
+CLUSTER_VALUES = [
+    "--set", "networkPolicy.kubernetesApi.cidrs={172.18.0.2/32}",
+    "--set", "networkPolicy.kubernetesApi.ports={6443}",
+    "--set", "kubeovn.subnet.dnsCidrs={10.16.0.0/16}",
+]
 
 
 def helm() -> str:
@@ -59,7 +68,7 @@ def render(chart: str, template: str) -> dict[str, Any]:
         "--api-versions", "kubeovn.io/v1", "--show-only", template,
     ]
     if chart == "fedtwin":
-        cmd += ["--set", "workflowTemplates.enabled=false"]
+        cmd += ["--set", "workflowTemplates.enabled=false", *CLUSTER_VALUES]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     (obj,) = [d for d in yaml.safe_load_all(out) if d]
     labels = obj["metadata"].get("labels", {})

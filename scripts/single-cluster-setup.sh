@@ -45,17 +45,11 @@ log "installing fedtwin-platform into namespace $NAMESPACE"
 helm upgrade --install fedtwin-platform charts/fedtwin-platform --namespace "$NAMESPACE" \
   --wait --wait-for-jobs --timeout 15m
 
-# The Argo executor in twin pods talks to the API server: allow its Service IP and endpoints.
-api_cidrs="$(kubectl get service kubernetes -n default -o jsonpath='{.spec.clusterIP}')/32"
-for ip in $(kubectl get endpoints kubernetes -n default -o jsonpath='{.subsets[*].addresses[*].ip}'); do
-  api_cidrs="$api_cidrs,$ip/32"
-done
-
+# The chart looks up the API server endpoints (for the NetworkPolicies) itself at install.
 log "installing fedtwin into namespace $NAMESPACE"
 helm upgrade --install fedtwin charts/fedtwin --namespace "$NAMESPACE" \
   --set image.repository="$IMAGE_REPOSITORY" --set image.tag="$IMAGE_TAG" --set image.pullPolicy=IfNotPresent \
   --set platform.releaseName=fedtwin-platform \
-  --set "networkPolicy.kubernetesApi.cidrs={$api_cidrs}" \
   --wait --timeout 5m
 
 kubectl -n "$ARGO_NAMESPACE" wait --for=condition=Available deployment --all --timeout=300s

@@ -1,7 +1,7 @@
 """Render Helm charts offline and validate every object as strictly as an API server would.
 
 Core kinds go through `kubernetes-validate` (strict schemas: unknown fields are errors);
-WorkflowTemplates through the vendored Argo JSON schema; KubeOVN and Karmada objects through the
+WorkflowTemplates through the vendored Argo JSON schema; KubeOVN, Karmada and Cilium objects through the
 `openAPIV3Schema` of their vendored CRDs, closed against unknown fields the way the API server
 prunes or rejects them, with `metadata` checked against Kubernetes' ObjectMeta. helm comes from
 `scripts/install-tools.sh`; when it cannot be installed the tests fail, they never skip.
@@ -32,6 +32,9 @@ CHARTS = REPO / "charts"
 APP = CHARTS / "fedtwin"
 PLATFORM = CHARTS / "fedtwin-platform"
 KUBE_VERSION = "1.33.0"
+# The app chart looks the API server endpoints up at install; `helm template` has no cluster, so the
+# tests give them (a kind control-plane node's address, as `kubectl get endpoints kubernetes` shows).
+API = ("--set", "networkPolicy.kubernetesApi.cidrs={172.18.0.2/32}")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -138,9 +141,13 @@ def closed(schema: Any) -> Any:
 
 @functools.cache
 def _crd_validators() -> dict[tuple[str, str], tuple[jsonschema.Draft7Validator, str]]:
-    """(apiVersion, kind) -> (validator, scope) for the vendored KubeOVN and Karmada CRDs."""
+    """(apiVersion, kind) -> (validator, scope) for the vendored KubeOVN, Karmada and Cilium CRDs."""
     validators: dict[tuple[str, str], tuple[jsonschema.Draft7Validator, str]] = {}
-    files = [SCHEMAS / "kube-ovn" / "kube-ovn-crd.yaml", *sorted((SCHEMAS / "karmada").glob("*.yaml"))]
+    files = [
+        SCHEMAS / "kube-ovn" / "kube-ovn-crd.yaml",
+        *sorted((SCHEMAS / "karmada").glob("*.yaml")),
+        *sorted((SCHEMAS / "cilium").glob("*.yaml")),
+    ]
     for path in files:
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd or crd.get("kind") != "CustomResourceDefinition":

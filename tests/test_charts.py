@@ -18,6 +18,7 @@ import yaml
 
 from fedtwin.store import RunLayout
 from tests.chart_helpers import (
+    API,
     APP,
     CHARTS,
     PLATFORM,
@@ -35,6 +36,7 @@ from tests.chart_helpers import (
 WORKFLOWS_RENDERED = REPO / "workflows" / "rendered"
 CHART_WTS = APP / "files" / "workflowtemplates"
 KUBEOVN = ("--api-versions", "kubeovn.io/v1")
+CILIUM = ("--api-versions", "cilium.io/v2")
 
 # (chart, case, helm arguments); every case renders and validates
 CASES = {
@@ -45,11 +47,12 @@ CASES = {
         ("-f", "charts/fedtwin-platform/ci/mlflow-external-db-values.yaml"),
     ),
     "platform-kubeovn": (PLATFORM, (*KUBEOVN, "-f", "charts/fedtwin-platform/ci/kubeovn-values.yaml")),
-    "app-defaults": (APP, ()),
+    "app-defaults": (APP, API),
     "app-external-s3": (APP, ("-f", "charts/fedtwin/ci/external-s3-values.yaml")),
     "app-kubeovn": (APP, (*KUBEOVN, "-f", "charts/fedtwin/ci/kubeovn-values.yaml")),
     "app-karmada": (APP, ("-f", "charts/fedtwin/ci/karmada-values.yaml")),
     "app-privacy": (APP, ("-f", "charts/fedtwin/ci/privacy-values.yaml")),
+    "app-cilium": (APP, (*CILIUM, "-f", "charts/fedtwin/ci/cilium-values.yaml")),
 }
 
 
@@ -67,7 +70,8 @@ def secret_value(secret: dict[str, Any], key: str) -> str:
 
 @pytest.mark.parametrize("chart", [PLATFORM, APP], ids=lambda p: p.name)
 def test_helm_lint_strict_with_every_ci_values_file(chart: Path):
-    runs = [()] + [("-f", str(f)) for f in sorted((chart / "ci").glob("*-values.yaml"))]
+    defaults = API if chart == APP else ()  # helm lint has no cluster to look the API server up in
+    runs = [defaults] + [("-f", str(f)) for f in sorted((chart / "ci").glob("*-values.yaml"))]
     for extra in runs:
         result = run_helm("lint", "--strict", str(chart), *extra)
         assert result.returncode == 0, f"helm lint {chart.name} {extra}:\n{result.stdout}{result.stderr}"
@@ -222,14 +226,15 @@ def ci_value_sets() -> list[tuple[Path, tuple[str, ...]]]:
     """(chart, helm arguments) for the defaults and every ci/*-values.yaml of both charts."""
     sets = []
     for chart in (PLATFORM, APP):
-        sets.append((chart, ()))
+        sets.append((chart, API if chart == APP else ()))
         for path in sorted((chart / "ci").glob("*-values.yaml")):
-            sets.append((chart, (*(KUBEOVN if "kubeovn" in path.name else ()), "-f", str(path))))
+            capability = {"kubeovn": KUBEOVN, "cilium": CILIUM}.get(path.name.split("-")[0], ())
+            sets.append((chart, (*capability, "-f", str(path))))
     return sets
 
 
 @pytest.mark.parametrize(("chart", "args"), ci_value_sets(), ids=lambda v: v.name if isinstance(v, Path) else
-                         (Path(v[-1]).name if v else "defaults"))
+                         (Path(v[-1]).name if "-f" in v else "defaults"))
 def test_every_rendered_pod_meets_the_restricted_pod_security_standard(chart: Path, args: tuple[str, ...]):
     pods = [pod for obj in template(chart, *args) for pod in pod_specs(obj)]
 
@@ -320,7 +325,7 @@ def test_twin_network_policy_denies_ingress_and_limits_egress():
     assert policy["spec"]["ingress"] == []
     assert egress_ports(policy) == {("UDP", 53), ("TCP", 53), ("TCP", 9000), ("TCP", 443), ("TCP", 6443)}
     peers = [peer for rule in policy["spec"]["egress"] for peer in rule["to"]]
-    assert {"ipBlock": {"cidr": "10.96.0.1/32"}} in peers
+    assert {"ipBlock": {"cidr": "172.18.0.2/32"}} in peers
     assert not any("mlflow" in json.dumps(peer) for peer in peers), "twins must not reach MLflow"
     s3 = [
         p
@@ -347,6 +352,189 @@ def test_external_s3_network_policies_use_ip_blocks():
     repo = yaml.safe_load(cm["data"]["default-v1-s3-artifact-repository"])["s3"]
     assert repo["endpoint"] == "s3.storage.example.internal" and repo["insecure"] is False
     assert repo["accessKeySecret"] == {"name": "s3-aggregator", "key": "accessKey"}
+
+
+def chart_with_cluster(tmp_path: Path, objects: dict[str, dict[str, Any]]) -> Path:
+    """A copy of the app chart whose `lookup` answers from `objects` (keys "apiVersion/kind/namespace/
+    name") the way a cluster would: `helm template` has no cluster, so this stands in for one."""
+    chart = tmp_path / "fedtwin"
+    shutil.copytree(APP, chart)
+    helpers = chart / "templates" / "_helpers.tpl"
+    real = "{{- toJson (lookup (index . 1) (index . 2) (index . 3) (index . 4)) -}}"
+    assert real in helpers.read_text(), "the chart has no fedtwin.lookup helper to stand in for"
+    stand_in = (
+        '{{- $key := printf "%s/%s/%s/%s" (index . 1) (index . 2) (index . 3) (index . 4) -}}'
+        f"{{{{- toJson (get (`{json.dumps(objects)}` | fromJson) $key | default dict) -}}}}"
+    )
+    helpers.write_text(helpers.read_text().replace(real, stand_in))
+    return chart
+
+
+KUBERNETES_SLICE = {
+    "discovery.k8s.io/v1/EndpointSlice/default/kubernetes": {
+        "addressType": "IPv4",
+        "endpoints": [
+            {"addresses": ["172.18.0.2"], "conditions": {"ready": True}},
+            {"addresses": ["172.18.0.5"], "conditions": {"ready": True}},
+            {"addresses": ["172.18.0.9"], "conditions": {"ready": False}},  # a stopped API server
+        ],
+        "ports": [{"name": "https", "port": 6443, "protocol": "TCP"}],
+    }
+}
+KUBERNETES_ENDPOINTS = {
+    "v1/Endpoints/default/kubernetes": {
+        "subsets": [{"addresses": [{"ip": "fd00:10::2"}], "ports": [{"name": "https", "port": 443}]}]
+    }
+}
+
+
+def api_rules(objects: list[dict[str, Any]], policy: str) -> list[dict[str, Any]]:
+    rules = one(objects, "NetworkPolicy", policy)["spec"]["egress"]
+    return [r for r in rules if any("ipBlock" in peer for peer in r["to"])]
+
+
+@pytest.mark.parametrize(
+    ("cluster", "cidrs", "ports"),
+    [
+        (KUBERNETES_SLICE, ["172.18.0.2/32", "172.18.0.5/32"], [6443]),
+        (KUBERNETES_ENDPOINTS, ["fd00:10::2/128"], [443]),  # no EndpointSlice: the Endpoints
+    ],
+    ids=["endpointslice", "endpoints"],
+)
+def test_api_egress_is_the_endpoints_looked_up_at_install(
+    tmp_path: Path, cluster: dict[str, Any], cidrs: list[str], ports: list[int]
+):
+    """Policies see traffic after Service translation: the API peer is the endpoints (node IP:6443),
+    never the `kubernetes` Service IP, so the chart looks them up at install."""
+    objects = template(chart_with_cluster(tmp_path, cluster))
+
+    for policy in ("fedtwin-twin", "fedtwin-aggregator"):
+        (rule,) = api_rules(objects, policy)
+        assert [peer["ipBlock"]["cidr"] for peer in rule["to"]] == cidrs
+        assert rule["ports"] == [{"protocol": "TCP", "port": port} for port in ports]
+    validate_all(objects)
+
+
+def test_api_egress_value_overrides_the_lookup_and_karmada_never_looks_up(tmp_path: Path):
+    chart = chart_with_cluster(tmp_path, KUBERNETES_SLICE)
+    override = ("--set", "networkPolicy.kubernetesApi.cidrs={10.0.0.10/32}")
+
+    (rule,) = api_rules(template(chart, *override), "fedtwin-twin")
+    assert rule["to"] == [{"ipBlock": {"cidr": "10.0.0.10/32"}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 6443}]
+    (rule,) = api_rules(template(chart, *override, "--set", "networkPolicy.kubernetesApi.ports={8443}"),
+                        "fedtwin-twin")
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8443}]
+    # In the Karmada API server the lookup would find Karmada's own endpoints, not the members'.
+    karmada = ("--set", "karmada.enabled=true", "--set", "karmada.clusters={member1}")
+    error = template_error(chart, *karmada)
+    assert "networkPolicy.kubernetesApi.cidrs is required when karmada.enabled is true" in error
+
+
+def test_dns_and_platform_peers_are_pods_not_service_ips():
+    for case in ("app-defaults", "app-kubeovn", "app-privacy"):
+        objects = render(case)
+        for name in ("fedtwin-twin", "fedtwin-aggregator"):
+            policy = one(objects, "NetworkPolicy", name)
+            for rule in policy["spec"]["egress"]:
+                ports = {p["port"] for p in rule["ports"]}
+                for peer in rule["to"]:
+                    if ports & {53, 9000, 5000}:  # DNS, the platform's MinIO and MLflow
+                        assert "ipBlock" not in peer and peer["podSelector"]["matchLabels"], (case, name)
+                    else:
+                        assert ports <= {443, 6443} and peer["ipBlock"]["cidr"] == "172.18.0.2/32"
+    dns = one(template(APP, *API, "--set", "networkPolicy.dns.port=5353"), "NetworkPolicy", "fedtwin-twin")
+    assert {("UDP", 5353), ("TCP", 5353)} <= egress_ports(dns)  # the DNS pods' port, not the Service's
+
+
+def test_cilium_gets_the_kube_apiserver_entity_and_needs_no_addresses():
+    objects = template(APP, *CILIUM)  # no API addresses: the Cilium entity allows the API server
+
+    policy = one(objects, "CiliumNetworkPolicy")
+    validate_all(objects)
+    assert policy["spec"]["endpointSelector"] == {
+        "matchExpressions": [{"key": "fedtwin.io/role", "operator": "In", "values": ["twin", "aggregator"]}]
+    }
+    (rule,) = policy["spec"]["egress"]
+    assert rule["toEntities"] == ["kube-apiserver"]
+    ports = [{"port": "443", "protocol": "TCP"}, {"port": "6443", "protocol": "TCP"}]
+    assert rule["toPorts"] == [{"ports": ports}]
+    assert not api_rules(objects, "fedtwin-twin")
+    assert not by_kind(render("app-defaults"), "CiliumNetworkPolicy")
+    off = template(APP, *CILIUM, *API, "--set", "networkPolicy.cilium.apiServerEntity=false")
+    assert not by_kind(off, "CiliumNetworkPolicy") and api_rules(off, "fedtwin-twin")
+
+
+def test_private_subnet_lets_dns_and_the_api_server_through(tmp_path: Path):
+    """A private KubeOVN Subnet drops all but allowSubnets after Service translation: the DNS pods'
+    subnet (from the DNS namespace's ovn.kubernetes.io/cidr) and the API endpoints are in it."""
+    cluster = {
+        **KUBERNETES_SLICE,
+        "v1/Namespace//kube-system": {"metadata": {"name": "kube-system", "annotations": {
+            "ovn.kubernetes.io/cidr": "10.16.0.0/16,fd00:10:16::/64",
+            "ovn.kubernetes.io/logical_switch": "ovn-default"}}},
+    }
+    objects = template(chart_with_cluster(tmp_path, cluster), *KUBEOVN)
+
+    subnet = one(objects, "Subnet")
+    validate_all(objects)
+    assert subnet["spec"]["private"] is True
+    assert subnet["spec"]["allowSubnets"] == [
+        "10.67.0.0/24", "10.16.0.0/16", "fd00:10:16::/64", "172.18.0.2/32", "172.18.0.5/32"
+    ]
+    # without NetworkPolicies the Subnet still lets the API endpoints through
+    no_policies = template(APP, *KUBEOVN, *API, "--set", "networkPolicy.enabled=false",
+                           "--set", "kubeovn.subnet.dnsCidrs={10.16.0.0/16}")
+    assert not by_kind(no_policies, "NetworkPolicy")
+    allowed = one(no_policies, "Subnet")["spec"]["allowSubnets"]
+    assert allowed == ["10.67.0.0/24", "10.16.0.0/16", "172.18.0.2/32"]
+
+
+# --- chart fail messages: one line each, as README.md's bad-input table shows them ----------------
+API_UNKNOWN = (
+    "networkPolicy.kubernetesApi.cidrs is required: the kubernetes endpoints in namespace default "
+    "could not be looked up (helm template, --dry-run or no read access); set it to the addresses "
+    "kubectl get endpoints kubernetes -n default prints "
+    "(e.g. --set networkPolicy.kubernetesApi.cidrs={172.18.0.2/32})"
+)
+CHART_FAILURES = [
+    (APP, (), API_UNKNOWN),
+    (
+        APP,
+        ("--set", "karmada.enabled=true", "--set", "karmada.clusters={member1,member2}"),
+        "networkPolicy.kubernetesApi.cidrs is required when karmada.enabled is true: the policies go to the "
+        "member clusters, whose API servers this release cannot look up; list the addresses kubectl get "
+        "endpoints kubernetes -n default prints in every member cluster (e.g. --set "
+        "networkPolicy.kubernetesApi.cidrs={172.18.0.3/32,172.18.0.4/32})",
+    ),
+    (
+        APP,
+        (*KUBEOVN, *API),
+        "kubeovn.subnet.dnsCidrs is required: the private twin Subnet drops all traffic outside "
+        "allowSubnets, and the subnet of the DNS pods could not be looked up (no ovn.kubernetes.io/cidr "
+        "annotation on namespace kube-system, or helm template); set it to the CIDR of that subnet, "
+        "kubectl get subnet "
+        "(usually ovn-default, e.g. --set kubeovn.subnet.dnsCidrs={10.16.0.0/16})",
+    ),
+    (
+        APP,
+        (*KUBEOVN, "--set", "networkPolicy.enabled=false", "--set", "kubeovn.subnet.dnsCidrs={10.16.0.0/16}"),
+        API_UNKNOWN,
+    ),
+]
+
+
+@pytest.mark.parametrize(("chart", "args", "message"), CHART_FAILURES,
+                         ids=["api", "api-karmada", "kubeovn-dns", "kubeovn-api"])
+def test_chart_fails_with_one_line_naming_the_value_and_the_readme_shows_it(
+    chart: Path, args: tuple[str, ...], message: str
+):
+    error = template_error(chart, *args)
+
+    (line,) = [line for line in error.splitlines() if line.startswith("Error:")]
+    assert line.endswith(f": {message}"), line
+    table = (REPO / "README.md").read_text().split("## What bad input looks like", 1)[1].split("\n## ", 1)[0]
+    assert f"`Error: execution error at (...): {message}`" in table, "add the message to README's table"
 
 
 def test_rbac_is_least_privilege_for_the_argo_executor():
@@ -399,7 +587,8 @@ def test_twin_subnet_only_when_the_cluster_has_kubeovn():
 
     assert subnet["metadata"]["name"] == "fedtwin-twins"
     assert subnet["spec"]["private"] is True
-    assert subnet["spec"]["allowSubnets"] == ["10.67.0.0/24", "10.96.0.10/32"]
+    # storage (S3), the DNS pods' subnet, the API server endpoints, then extraAllowSubnets
+    assert subnet["spec"]["allowSubnets"] == ["10.67.0.0/24", "10.16.0.0/16", "172.18.0.2/32", "10.68.0.0/24"]
     assert subnet["spec"]["namespaces"] == ["fedtwin"]
     assert subnet["spec"]["cidrBlock"] == "10.66.0.0/16"
 
@@ -417,7 +606,7 @@ def test_karmada_propagation_policy_sends_templates_configmaps_and_secrets():
 def test_helpers_truncate_names_to_63_characters():
     long = "a" * 63
     for chart in (PLATFORM, APP):
-        objects = template(chart, "--set", f"fullnameOverride={long}")
+        objects = template(chart, "--set", f"fullnameOverride={long}", *(API if chart == APP else ()))
         validate_all(objects)
         for obj in objects:
             if obj["kind"] not in {"Subnet"}:
@@ -434,27 +623,27 @@ def test_helpers_truncate_names_to_63_characters():
     ("chart", "args", "named"),
     [
         (PLATFORM, ("--set", "minio.enabled=false"), "s3.external.endpoint"),
-        (APP, ("--set", "s3.platformMinio=false"), "s3.endpoint"),
-        (APP, ("--set", "run.minTwins=-1"), "run.minTwins"),
-        (APP, ("--set", "run.minTwins=0"), "run.minTwins"),
-        (APP, ("--set", "run.id=Run_1"), "run.id"),
-        (APP, ("--set", "run.id=-run"), "run.id"),
-        (APP, ("--set", "kubeovn.subnet.name=Twin.Subnet"), "kubeovn.subnet.name"),
-        (APP, ("--set", "serviceAccounts.twin.name=Twins"), "serviceAccounts.twin.name"),
-        (APP, ("--set", "platform.releaseName=Platform"), "platform.releaseName"),
-        (APP, ("--set", "karmada.enabled=true"), "karmada.clusters"),
-        (APP, ("--set", "karmada.clusters={Member_1}"), "karmada.clusters"),
-        (APP, ("--set", "run.rounds=many"), "run.rounds"),
-        (APP, ("--set", "run.rouds=3"), "rouds"),
-        (APP, ("--set", "privacy.mode=global"), "privacy.mode"),
+        (APP, (*API, "--set", "s3.platformMinio=false"), "s3.endpoint"),
+        (APP, (*API, "--set", "run.minTwins=-1"), "run.minTwins"),
+        (APP, (*API, "--set", "run.minTwins=0"), "run.minTwins"),
+        (APP, (*API, "--set", "run.id=Run_1"), "run.id"),
+        (APP, (*API, "--set", "run.id=-run"), "run.id"),
+        (APP, (*API, "--set", "kubeovn.subnet.name=Twin.Subnet"), "kubeovn.subnet.name"),
+        (APP, (*API, "--set", "serviceAccounts.twin.name=Twins"), "serviceAccounts.twin.name"),
+        (APP, (*API, "--set", "platform.releaseName=Platform"), "platform.releaseName"),
+        (APP, (*API, "--set", "karmada.enabled=true"), "karmada.clusters"),
+        (APP, (*API, "--set", "karmada.clusters={Member_1}"), "karmada.clusters"),
+        (APP, (*API, "--set", "run.rounds=many"), "run.rounds"),
+        (APP, (*API, "--set", "run.rouds=3"), "rouds"),
+        (APP, (*API, "--set", "privacy.mode=global"), "privacy.mode"),
         (
             APP,
-            ("--set", "s3.platformMinio=false", "--set", "s3.endpoint=https://s3.example"),
+            (*API, "--set", "s3.platformMinio=false", "--set", "s3.endpoint=https://s3.example"),
             "networkPolicy.s3.cidrs",
         ),
         (
             APP,
-            ("--set", "workflowTemplates.parameters.no-such-param=1"),
+            (*API, "--set", "workflowTemplates.parameters.no-such-param=1"),
             "workflowTemplates.parameters.no-such-param",
         ),
         (PLATFORM, ("--set", "s3.bucket=My_Bucket"), "s3.bucket"),
@@ -518,7 +707,7 @@ def test_chart_layout(chart: Path):
 
 def test_ci_values_files_cover_the_optional_features():
     names = {p.name for p in CHARTS.glob("*/ci/*-values.yaml")}
-    for feature in ("external-s3", "kubeovn", "karmada", "privacy", "mlflow-external-db"):
+    for feature in ("external-s3", "kubeovn", "karmada", "privacy", "mlflow-external-db", "cilium"):
         assert f"{feature}-values.yaml" in names, feature
 
 
@@ -547,7 +736,7 @@ def rendered_notes(chart: Path, tmp_path: Path, *args: str) -> str:
 
 
 def test_notes_say_how_to_submit_and_open_the_uis(tmp_path: Path):
-    app = rendered_notes(APP, tmp_path)
+    app = rendered_notes(APP, tmp_path, *API)
     platform = rendered_notes(PLATFORM, tmp_path)
 
     assert "argo submit --from workflowtemplate/fedtwin-federated -n fedtwin -p rounds=20" in app
@@ -645,7 +834,7 @@ DEFAULT_PARAMETERS = {
 
 
 def chart_templates(case_or_args: str | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    objects = render(case_or_args) if isinstance(case_or_args, str) else template(APP, *case_or_args)
+    objects = render(case_or_args) if isinstance(case_or_args, str) else template(APP, *API, *case_or_args)
     return {wt["metadata"]["name"]: wt for wt in by_kind(objects, "WorkflowTemplate")}
 
 

@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.chart_helpers import (
+    API,
     APP,
     KUBE_VERSION,
     PLATFORM,
@@ -58,6 +59,7 @@ CASES = {
         "--set", "karmada.members.edge-b.twins={twin-001}",
         "--set", "karmada.members.edge-b.s3Endpoint=https://s3.edge-b.example",
         "--set", "karmada.members.edge-c.twins={twin-002}", "--set", "karmada.runId=fleet-7",
+        "--set", "networkPolicy.kubernetesApi.cidrs={192.0.2.1/32,192.0.2.2/32,192.0.2.3/32}",
     ),
     "long-names": (*CI_VALUES, "--set", "karmada.runId=" + "r" * 40, "--set", "fullnameOverride=" + "f" * 63),
 }
@@ -112,7 +114,7 @@ def test_the_closed_schema_rejects_unknown_fields():
 
 
 def test_nothing_karmada_without_karmada_enabled():
-    assert not karmada_objects(template(APP))
+    assert not karmada_objects(template(APP, *API))
 
 
 # --- what the policies select, where they send it, and what they override --------------------------
@@ -262,7 +264,7 @@ def test_member_workflow_runs_the_member_template_with_parameters_it_declares():
         ((*CI_VALUES, "--set", "karmada.members.member2.twins={Twin_2}"), "karmada.members.member2.twins"),
         ((*CI_VALUES, "--set", "karmada.members.member2.s3Endpoint=minio:9000"), "s3Endpoint"),
         ((*CI_VALUES, "--set", "karmada.runId=Demo"), "karmada.runId"),
-        (("--set", "karmada.enabled=true", "--set", "karmada.clusters={member1}",
+        ((*API, "--set", "karmada.enabled=true", "--set", "karmada.clusters={member1}",
           "--set", "karmada.runId=demo"), "karmada.runId needs karmada.members"),
     ],
 )
@@ -377,8 +379,8 @@ case "$line" in
   "karmadactl join "*) touch "$STUB_STATE/joined-$2" ;;
   "kubectl "*" get deployment karmada-controller-manager"*) [[ -f "$STUB_STATE/karmada" ]] || exit 1 ;;
   "kubectl "*" get cluster "*) [[ -f "$STUB_STATE/joined-${*: -1}" ]] || exit 1 ;;
-  "kubectl "*" get service kubernetes"*) printf 10.96.0.1 ;;
-  "kubectl "*" get endpoints kubernetes"*) printf 172.18.0.9 ;;
+  "kubectl "*" get endpointslice kubernetes"*"addresses"*) printf 172.18.0.9 ;;
+  "kubectl "*" get endpointslice kubernetes"*"port"*) printf 6443 ;;
   "kubectl "*" get secret "*) printf c2VjcmV0 ;;
   "kubectl "*"create namespace"*|"kubectl "*"create secret"*) echo "apiVersion: v1" ;;
   "helm template"*) echo "kind: Workflow" ;;
@@ -464,6 +466,12 @@ def test_setup_runs_the_intended_commands_in_order_and_is_idempotent(stub_tools)
     written = Path(env["MC_STATE_DIR"]) / "karmada-values.yaml"
     values = yaml.safe_load(written.read_text())
     assert values["s3"]["endpoint"] == "http://172.18.0.9:30900"
+    # the members' API server endpoints (the stubs answer 172.18.0.9:6443 for both), no Service IP
+    assert values["networkPolicy"]["kubernetesApi"] == {"cidrs": ["172.18.0.9/32"], "ports": [6443]}
+    host_app = first_run[
+        first(first_run, r"^helm --kubeconfig \S+/host.kubeconfig upgrade --install fedtwin ")
+    ]
+    assert "kubernetesApi" not in host_app  # on the host the chart looks its API server up itself
     assert values["karmada"]["members"] == {"member1": {"twins": ["twin-000", "twin-001"]},
                                             "member2": {"twins": ["twin-002"]}}
     objects = template(APP, "-f", str(written), "--set", "karmada.runId=demo")
@@ -510,7 +518,7 @@ def test_submit_creates_the_coordinator_on_the_host_and_the_member_workflow_in_k
 
 
 def test_coordinator_workflow_of_submit_run_declares_only_template_parameters():
-    wt = one(template(APP), "WorkflowTemplate", "fedtwin-coordinator")
+    wt = one(template(APP, *API), "WorkflowTemplate", "fedtwin-coordinator")
     declared = {p["name"] for p in wt["spec"]["arguments"]["parameters"]}
     assert set(arguments(coordinator_workflow())) <= declared
 

@@ -23,6 +23,13 @@ from tests.chart_helpers import (
 
 NETWORKS = REPO / "networks"
 KUBEOVN = ("--api-versions", "kubeovn.io/v1")
+# What scripts/render_networks.py renders with: a kind cluster's API endpoint and KubeOVN's default
+# subnet (ovn-default) for the DNS pods; networks/README.md says to replace both.
+CLUSTER = (
+    "--set", "networkPolicy.kubernetesApi.cidrs={172.18.0.2/32}",
+    "--set", "networkPolicy.kubernetesApi.ports={6443}",
+    "--set", "kubeovn.subnet.dnsCidrs={10.16.0.0/16}",
+)
 
 
 def manifests() -> dict[str, dict]:
@@ -37,7 +44,7 @@ def test_manifest_validates(name: str):
 
 
 def test_manifests_equal_the_chart_render():
-    app = template(APP, *KUBEOVN)
+    app = template(APP, *KUBEOVN, *CLUSTER)
     platform = template(PLATFORM, *KUBEOVN)
     files = manifests()
 
@@ -68,9 +75,13 @@ def test_twin_isolation_in_the_standalone_manifests():
 
     assert twin["ingress"] == [] and twin["policyTypes"] == ["Ingress", "Egress"]
     ports = sorted((p["protocol"], p["port"]) for rule in twin["egress"] for p in rule["ports"])
-    assert ports == [("TCP", 53), ("TCP", 443), ("TCP", 6443), ("TCP", 9000), ("UDP", 53)]
+    assert ports == [("TCP", 53), ("TCP", 6443), ("TCP", 9000), ("UDP", 53)]
+    api = [rule for rule in twin["egress"] if any("ipBlock" in peer for peer in rule["to"])]
+    # the API server endpoint, never the `kubernetes` Service IP (policies see traffic after translation)
+    assert [peer["ipBlock"]["cidr"] for rule in api for peer in rule["to"]] == ["172.18.0.2/32"]
     assert subnet["private"] is True
-    assert subnet["allowSubnets"] == [storage["spec"]["cidrBlock"]]
+    # the storage subnet (S3), the DNS pods' subnet and the API server endpoints
+    assert subnet["allowSubnets"] == [storage["spec"]["cidrBlock"], "10.16.0.0/16", "172.18.0.2/32"]
     assert "namespace" not in files["twin-subnet.yaml"]["metadata"]
 
 

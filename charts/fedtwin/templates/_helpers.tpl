@@ -154,7 +154,14 @@ fedtwin.io/role: {{ . }}
 {{- end -}}
 {{- end -}}
 
-{{/* Egress rule to the cluster DNS (UDP and TCP 53). */}}
+{{/*
+NetworkPolicies are enforced after Service translation (Calico, kindnet, KubeOVN, Cilium): a pod's
+packet to a Service IP has become a packet to one of its endpoints (pod IP and target port) by the
+time a policy sees it. So every peer below is where the traffic really goes: the DNS and platform
+pods by selector, the API server by its endpoint addresses and port, never a Service IP.
+*/}}
+
+{{/* Egress rule to the cluster DNS pods, on the port they listen on (UDP and TCP). */}}
 {{- define "fedtwin.egressDns" -}}
 - to:
     - namespaceSelector:
@@ -165,23 +172,128 @@ fedtwin.io/role: {{ . }}
           {{- toYaml .Values.networkPolicy.dns.podLabels | nindent 10 }}
   ports:
     - protocol: UDP
-      port: 53
+      port: {{ .Values.networkPolicy.dns.port }}
     - protocol: TCP
-      port: 53
+      port: {{ .Values.networkPolicy.dns.port }}
 {{- end -}}
 
-{{/* Egress rule to the Kubernetes API, for the Argo executor. */}}
+{{/*
+The object `lookup` returns, as JSON ({} under `helm template`, `--dry-run` or without read access).
+Call with (list . apiVersion kind namespace name). A helper of its own so that the tests can stand
+in for a cluster.
+*/}}
+{{- define "fedtwin.lookup" -}}
+{{- toJson (lookup (index . 1) (index . 2) (index . 3) (index . 4)) -}}
+{{- end -}}
+
+{{/* An address as a one-host CIDR (/32, or /128 for IPv6). */}}
+{{- define "fedtwin.hostCidr" -}}
+{{- printf "%s/%s" . (ternary "128" "32" (contains ":" .)) -}}
+{{- end -}}
+
+{{/*
+Where the Argo executor reaches the Kubernetes API, as JSON {"cidrs": [...], "ports": [...]}:
+`networkPolicy.kubernetesApi.cidrs` when set, else the endpoints of the `kubernetes` Service in
+`default` looked up at install (its EndpointSlice, else its Endpoints), i.e. the API server
+addresses and port (usually 6443) that remain after Service translation. Ports:
+`networkPolicy.kubernetesApi.ports`, else the looked-up ones, else 443 and 6443. With
+karmada.enabled nothing is looked up: this release lives in the Karmada API server, whose own
+endpoints are not the member clusters'. Empty cidrs when unknown (see fedtwin.kubernetesApiRequired).
+*/}}
+{{- define "fedtwin.kubernetesApi" -}}
+{{- $cfg := .Values.networkPolicy.kubernetesApi -}}
+{{- $cidrs := list -}}
+{{- $ports := list -}}
+{{- if $cfg.cidrs -}}
+{{- $cidrs = $cfg.cidrs -}}
+{{- else if not .Values.karmada.enabled -}}
+{{- $slice := include "fedtwin.lookup" (list . "discovery.k8s.io/v1" "EndpointSlice" "default" "kubernetes") | fromJson -}}
+{{- range $endpoint := (default list $slice.endpoints) -}}
+{{- if ne (toString (dig "conditions" "ready" true $endpoint)) "false" -}}
+{{- range $address := (default list $endpoint.addresses) -}}
+{{- $cidrs = append $cidrs (include "fedtwin.hostCidr" $address) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- range (default list $slice.ports) -}}
+{{- $ports = append $ports (int .port) -}}
+{{- end -}}
+{{- if not $cidrs -}}
+{{- $ports = list -}}
+{{- $endpoints := include "fedtwin.lookup" (list . "v1" "Endpoints" "default" "kubernetes") | fromJson -}}
+{{- range $subset := (default list $endpoints.subsets) -}}
+{{- range (default list $subset.addresses) -}}
+{{- $cidrs = append $cidrs (include "fedtwin.hostCidr" .ip) -}}
+{{- end -}}
+{{- range (default list $subset.ports) -}}
+{{- $ports = append $ports (int .port) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if $cfg.ports -}}
+{{- $ports = $cfg.ports -}}
+{{- else if not $ports -}}
+{{- $ports = list 443 6443 -}}
+{{- end -}}
+{{- toJson (dict "cidrs" (uniq $cidrs) "ports" (uniq $ports)) -}}
+{{- end -}}
+
+{{/*
+"true" when the Kubernetes API addresses must be known: a NetworkPolicy allows them (unless the
+Cilium entity does it instead) or the private KubeOVN Subnet must let them through.
+*/}}
+{{- define "fedtwin.kubernetesApiRequired" -}}
+{{- if or (and .Values.networkPolicy.enabled (not (include "fedtwin.ciliumApiServer" .))) (include "fedtwin.kubeovnSubnet" .) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The API addresses as a list, failing with what to set when they are required but unknown. */}}
+{{- define "fedtwin.kubernetesApiCidrs" -}}
+{{- $api := include "fedtwin.kubernetesApi" . | fromJson -}}
+{{- if and (not $api.cidrs) (include "fedtwin.kubernetesApiRequired" .) -}}
+{{- if .Values.karmada.enabled -}}
+{{- fail "networkPolicy.kubernetesApi.cidrs is required when karmada.enabled is true: the policies go to the member clusters, whose API servers this release cannot look up; list the addresses kubectl get endpoints kubernetes -n default prints in every member cluster (e.g. --set networkPolicy.kubernetesApi.cidrs={172.18.0.3/32,172.18.0.4/32})" -}}
+{{- end -}}
+{{- fail "networkPolicy.kubernetesApi.cidrs is required: the kubernetes endpoints in namespace default could not be looked up (helm template, --dry-run or no read access); set it to the addresses kubectl get endpoints kubernetes -n default prints (e.g. --set networkPolicy.kubernetesApi.cidrs={172.18.0.2/32})" -}}
+{{- end -}}
+{{- toJson $api.cidrs -}}
+{{- end -}}
+
+{{/* Egress rule to the Kubernetes API server endpoints, for the Argo executor (none when unknown and not required). */}}
 {{- define "fedtwin.egressApi" -}}
+{{- $cidrs := include "fedtwin.kubernetesApiCidrs" . | fromJsonArray -}}
+{{- if $cidrs -}}
+{{- $to := list -}}
+{{- range $cidrs -}}{{- $to = append $to (dict "ipBlock" (dict "cidr" .)) -}}{{- end -}}
+{{- $ports := list -}}
+{{- range (include "fedtwin.kubernetesApi" . | fromJson).ports -}}{{- $ports = append $ports (dict "protocol" "TCP" "port" (int .)) -}}{{- end -}}
 - to:
-    {{- range .Values.networkPolicy.kubernetesApi.cidrs }}
-    - ipBlock:
-        cidr: {{ . }}
-    {{- end }}
+    {{- toYaml $to | nindent 4 }}
   ports:
-    {{- range .Values.networkPolicy.kubernetesApi.ports }}
-    - protocol: TCP
-      port: {{ . }}
-    {{- end }}
+    {{- toYaml $ports | nindent 4 }}
+{{- end -}}
+{{- end -}}
+
+{{/*
+CIDRs of the subnet the cluster DNS pods run on, as JSON: `kubeovn.subnet.dnsCidrs`, else the
+`ovn.kubernetes.io/cidr` annotation KubeOVN keeps on the DNS namespace (the CIDR of the subnet its
+pods get addresses from). Fails naming the value when neither is there.
+*/}}
+{{- define "fedtwin.kubeovnDnsCidrs" -}}
+{{- $cidrs := .Values.kubeovn.subnet.dnsCidrs -}}
+{{- if not $cidrs -}}
+{{- $namespace := include "fedtwin.lookup" (list . "v1" "Namespace" "" .Values.networkPolicy.dns.namespace) | fromJson -}}
+{{- $cidrs = without (splitList "," (dig "metadata" "annotations" "ovn.kubernetes.io/cidr" "" $namespace)) "" -}}
+{{- end -}}
+{{- if not $cidrs -}}
+{{- fail (printf "kubeovn.subnet.dnsCidrs is required: the private twin Subnet drops all traffic outside allowSubnets, and the subnet of the DNS pods could not be looked up (no ovn.kubernetes.io/cidr annotation on namespace %s, or helm template); set it to the CIDR of that subnet, kubectl get subnet (usually ovn-default, e.g. --set kubeovn.subnet.dnsCidrs={10.16.0.0/16})" .Values.networkPolicy.dns.namespace) -}}
+{{- end -}}
+{{- toJson $cidrs -}}
+{{- end -}}
+
+{{/* "true" when the CiliumNetworkPolicy allowing the kube-apiserver entity is rendered. */}}
+{{- define "fedtwin.ciliumApiServer" -}}
+{{- if and .Values.networkPolicy.enabled .Values.networkPolicy.cilium.apiServerEntity (.Capabilities.APIVersions.Has "cilium.io/v2") -}}true{{- end -}}
 {{- end -}}
 
 {{/*
