@@ -48,3 +48,4 @@ helm template fedtwin charts/fedtwin --namespace "$NAMESPACE" --values "$values"
   --set karmada.runId="$run_id" --show-only templates/karmada/karmada-member-workflow.yaml \
   | kmd apply -f -
 log "submitted; watch: kubectl --kubeconfig $(kubeconfig host) -n $NAMESPACE get workflows -w"
+log "after the run, delete its Workflows through Karmada: bash karmada/delete-run.sh $run_id (never in a member cluster: Karmada would recreate it)"

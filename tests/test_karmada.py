@@ -239,6 +239,23 @@ def test_each_member_gets_its_twins_and_storage_endpoint(case: str, expected: di
     assert policy["spec"]["placement"]["clusterAffinity"]["clusterNames"] == sorted(expected)  # not `spare`
 
 
+def test_propagated_member_workflows_are_never_deleted_behind_karmadas_back():
+    """A ttlStrategy would delete the finished member Workflow in each member cluster, and Karmada
+    would create it again (and run it again) from the copy it holds: the member template that goes
+    out through Karmada carries none; the Workflow is deleted through Karmada (delete-run.sh)."""
+    objects = render("ci-run")
+    templates = {wt["metadata"]["name"]: wt for wt in by_kind(objects, "WorkflowTemplate")}
+    workflow = one(objects, "Workflow")
+    member = templates[workflow["spec"]["workflowTemplateRef"]["name"]]
+
+    assert "ttlStrategy" not in member["spec"] and "ttlStrategy" not in workflow["spec"]
+    assert member["spec"]["podGC"]["strategy"]  # pods are Argo's own, not Karmada's: GC stays
+    assert "ttlStrategy" in templates["fedtwin-coordinator"]["spec"]  # created on the host, not propagated
+    source = yaml.safe_load((APP / "files" / "workflowtemplates" / "fedtwin-member.yaml").read_text())
+    single_cluster = one(template(APP, *API), "WorkflowTemplate", "fedtwin-member")
+    assert single_cluster["spec"].get("ttlStrategy") == source["spec"].get("ttlStrategy")  # untouched there
+
+
 def test_member_workflow_runs_the_member_template_with_parameters_it_declares():
     objects = render("ci-run")
     workflow = one(objects, "Workflow")
@@ -337,6 +354,7 @@ def test_scripts_are_shellcheck_clean():
         ("multi-cluster-setup.sh", ["kind", "docker", "helm", "kubectl", "karmadactl"]),
         ("multi-cluster-teardown.sh", ["kind", "docker"]),
         ("submit-run.sh", ["helm", "kubectl"]),
+        ("delete-run.sh", ["kubectl"]),
     ],
 )
 def test_script_fails_early_naming_every_missing_tool(script: str, missing: list[str], tmp_path: Path):
@@ -344,7 +362,7 @@ def test_script_fails_early_naming_every_missing_tool(script: str, missing: list
     bin_dir.mkdir()
     for tool in ("bash", "dirname", "grep", "cat", "env"):
         os.symlink(shutil.which(tool), bin_dir / tool)
-    args = ["demo"] if script == "submit-run.sh" else []
+    args = ["demo"] if script in {"submit-run.sh", "delete-run.sh"} else []
 
     env = {"PATH": str(bin_dir), "FEDTWIN_USE_TOOLS_BIN": "0", "MC_STATE_DIR": str(tmp_path / "s")}
 
@@ -515,6 +533,32 @@ def test_submit_creates_the_coordinator_on_the_host_and_the_member_workflow_in_k
     assert (params["run-id"], params["twins"], params["rounds"]) == ("demo", "3", "5")
     assert int(params["wait-timeout"]) > int(params["round-deadline"])
     assert run(["bash", str(KARMADA / "submit-run.sh"), "Bad_Id"], env=env).returncode == 1
+
+
+def test_delete_run_deletes_the_member_workflows_through_karmada_and_the_coordinator_on_the_host(stub_tools):
+    env = stub_tools
+    delete = ["bash", str(KARMADA / "delete-run.sh")]
+    refused = run([*delete, "demo"], env=env)
+    assert refused.returncode == 1 and "run 'make multi-cluster-setup' first" in refused.stderr
+    assert run(["bash", str(KARMADA / "multi-cluster-setup.sh")], env=env).returncode == 0
+    calls(env)
+
+    result = run([*delete, "demo"], env=env)
+
+    assert result.returncode == 0, result.stderr
+    lines = calls(env)
+    karmada = re.escape(f"--kubeconfig {env['MC_STATE_DIR']}/karmada/karmada-apiserver.config")
+    first(lines, rf"^kubectl {karmada} -n fedtwin delete workflows -l "
+                 r"fedtwin.io/run-id=demo,fedtwin.io/multicluster-role=member --ignore-not-found")
+    first(lines, r"^kubectl --kubeconfig \S+/host.kubeconfig -n fedtwin delete workflows -l "
+                 r"fedtwin.io/run-id=demo,fedtwin.io/multicluster-role=coordinator --ignore-not-found")
+    assert not [line for line in lines if re.search(r"member\d.kubeconfig .*delete", line)], (
+        "a member Workflow deleted in a member cluster: Karmada would create it again"
+    )
+    assert "deleted through Karmada" in result.stdout
+    assert run([*delete, "Bad_Id"], env=env).returncode == 1
+    submitted = (KARMADA / "submit-run.sh").read_text()
+    assert "delete-run.sh" in submitted and "delete-run.sh" in (KARMADA / "README.md").read_text()
 
 
 def test_coordinator_workflow_of_submit_run_declares_only_template_parameters():

@@ -377,6 +377,16 @@ their index (Karmada's plaintext overrider is a JSON patch).
 {{- printf "/spec/arguments/parameters/%d/value" $found -}}
 {{- end -}}
 
+{{/*
+WorkflowTemplates whose Workflows Karmada propagates (the member Workflow runs fedtwin-member). With
+karmada.enabled their ttlStrategy is removed: Argo in a member cluster would delete the finished
+Workflow, and Karmada, which still holds it, would create it again and run it again. Such a Workflow
+is deleted through Karmada after the run (karmada/delete-run.sh). podGC stays: pods are Argo's own.
+*/}}
+{{- define "fedtwin.karmada.propagatedWorkflowTemplates" -}}
+{{- toJson (list "fedtwin-member") -}}
+{{- end -}}
+
 {{/* The label that marks a member Workflow (a coordinator Workflow never carries it). */}}
 {{- define "fedtwin.karmada.memberRoleLabel" -}}
 fedtwin.io/multicluster-role: member
