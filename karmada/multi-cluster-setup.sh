@@ -138,6 +138,7 @@ write_karmada_values() {  # the fedtwin release in the Karmada API server (shape
     echo "image: {repository: $IMAGE_REPOSITORY, tag: $IMAGE_TAG, pullPolicy: IfNotPresent}"
     echo "s3: {platformMinio: false, endpoint: \"http://$host_ip:$S3_NODE_PORT\"}"
     echo "tracking: {enabled: false}"
+    echo "artifactRepository: {archiveLogs: true}  # member twin pods archive logs with the logs identity"
     echo "networkPolicy:"
     echo "  s3: {port: $S3_NODE_PORT, cidrs: [\"$host_ip/32\"]}"
     echo "  kubernetesApi: {cidrs: [${cidrs//,/, }], ports: [${ports//,/, }]}"
@@ -160,12 +161,15 @@ phase_policies() {
   fi
   kmd apply --server-side -f "$crds/argoproj.io_workflows.yaml" -f "$crds/argoproj.io_workflowtemplates.yaml"
   kmd create namespace "$NAMESPACE" --dry-run=client -o yaml | kmd apply -f - >/dev/null
-  # Only the twin identity goes to member clusters (reads global models, writes updates).
-  secret="fedtwin-platform-s3-twin"
-  for key in accessKey secretKey; do
-    literals+=("--from-literal=$key=$(kctl host -n "$NAMESPACE" get secret "$secret" -o "jsonpath={.data.$key}" | base64 -d)")
+  # Only the twin identity (reads global models, writes updates) and the logs identity (writes and
+  # reads logs/ only, for the Argo wait container of member pods) go to member clusters.
+  for secret in fedtwin-platform-s3-twin fedtwin-platform-s3-logs; do
+    literals=()
+    for key in accessKey secretKey; do
+      literals+=("--from-literal=$key=$(kctl host -n "$NAMESPACE" get secret "$secret" -o "jsonpath={.data.$key}" | base64 -d)")
+    done
+    kmd -n "$NAMESPACE" create secret generic "$secret" "${literals[@]}" --dry-run=client -o yaml | kmd apply -f - >/dev/null
   done
-  kmd -n "$NAMESPACE" create secret generic "$secret" "${literals[@]}" --dry-run=client -o yaml | kmd apply -f - >/dev/null
   write_karmada_values
   log "installing fedtwin with its Karmada policies into the Karmada API server"
   helm --kubeconfig "$KARMADA_KUBECONFIG" upgrade --install fedtwin charts/fedtwin --namespace "$NAMESPACE" \

@@ -102,7 +102,7 @@ def test_platform_generates_passwords_instead_of_fixed_defaults():
     assert len(password) >= 32 and password.isalnum()
     assert password != secret_value(again, "rootPassword"), "a fixed default password"
     assert first["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
-    for identity in ("twin", "aggregator", "mlflow"):
+    for identity in ("twin", "aggregator", "logs", "mlflow"):
         secret = one(render("platform-defaults"), "Secret", f"fedtwin-platform-s3-{identity}")
         assert len(secret_value(secret, "secretKey")) >= 32
 
@@ -181,6 +181,7 @@ def test_platform_bucket_job_creates_bucket_users_and_policies_as_a_hook():
     assert env["IDENTITIES"].split() == [
         "twin:fedtwin-twin",
         "aggregator:fedtwin-aggregator",
+        "logs:fedtwin-logs",
         "mlflow:fedtwin-mlflow",
         "twin-twin-0000:fedtwin-twin-own",
         "twin-twin-0001:fedtwin-twin-own",
@@ -579,6 +580,108 @@ def test_artifact_repository_configmap_is_the_default_for_argo():
     }
 
 
+LOGS_LOCATION = {
+    "archiveLogs": True,
+    "s3": {
+        "bucket": "fedtwin",
+        "endpoint": "{{=sprig.regexReplaceAll('^https?://', workflow.parameters['s3-endpoint'], '')}}",
+        "insecure": True,
+        "region": "us-east-1",
+        "key": "logs/{{workflow.name}}/{{pod.name}}",
+        "accessKeySecret": {"name": "fedtwin-platform-s3-logs", "key": "accessKey"},
+        "secretKeySecret": {"name": "fedtwin-platform-s3-logs", "key": "secretKey"},
+    },
+}
+
+
+def pods_by_role(wt: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for t in wt["spec"]["templates"]:
+        if "container" in t or "script" in t:
+            out.setdefault(t.get("metadata", {}).get("labels", {}).get("fedtwin.io/role"), []).append(t)
+    return out
+
+
+def test_twin_logs_are_archived_with_the_logs_identity_never_the_aggregators():
+    """Argo mounts the archive location's Secret into the wait container (workflowpod.go,
+    createSecretVolumesAndMounts, v4.0.7), never into main; a twin template without a location of
+    its own would get the workflow's repository, i.e. the aggregator identity, in its wait container."""
+    objects = render("app-defaults")
+    cm = one(objects, "ConfigMap", "artifact-repositories")
+    logs = yaml.safe_load(cm["data"]["fedtwin-logs-s3-artifact-repository"])
+    templates = by_kind(objects, "WorkflowTemplate")
+
+    assert logs == {"archiveLogs": True, "s3": {
+        **{k: v for k, v in LOGS_LOCATION["s3"].items() if k not in {"key", "endpoint"}},
+        "endpoint": "fedtwin-platform-minio.fedtwin.svc:9000",
+        "keyFormat": "logs/{{workflow.name}}/{{pod.name}}",
+    }}
+    twins = [t for wt in templates for t in pods_by_role(wt).get("twin", [])]
+    assert {t["name"] for t in twins} == {"train", "member"}
+    for t in twins:
+        assert t["archiveLocation"] == LOGS_LOCATION, t["name"]
+        assert "s3-aggregator" not in json.dumps(t), t["name"]
+    for wt in templates:
+        for t in pods_by_role(wt).get("aggregator", []):
+            # aggregator pods archive with the default repository
+            assert "fedtwin-platform-s3-logs" not in json.dumps(t)
+        roles = set(pods_by_role(wt))
+        ref = wt["spec"].get("artifactRepositoryRef")
+        if roles == {"twin"}:  # a Workflow of twin pods only (fedtwin-member) refers to the logs repository
+            assert ref == {"configMap": "artifact-repositories", "key": "fedtwin-logs-s3-artifact-repository"}
+        elif ref:
+            assert ref == {"configMap": "artifact-repositories", "key": "default-v1-s3-artifact-repository"}
+
+
+def test_twin_logs_off_never_falls_back_to_the_aggregator_repository():
+    off = template(APP, *API, "--set", "artifactRepository.archiveLogs=false")
+    external = render("app-external-s3")  # not the platform's S3: off by default
+
+    for objects in (off, external):
+        assert "fedtwin-logs-s3-artifact-repository" not in one(objects, "ConfigMap")["data"]
+        for wt in by_kind(objects, "WorkflowTemplate"):
+            for t in pods_by_role(wt).get("twin", []):
+                assert t["archiveLocation"] == {"archiveLogs": False}, t["name"]
+    on = template(APP, "-f", "charts/fedtwin/ci/external-s3-values.yaml",
+                  "--set", "artifactRepository.archiveLogs=true", "--set", "s3.logsSecret=s3-logs")
+    member = one(on, "WorkflowTemplate", "fedtwin-member")
+    location = pods_by_role(member)["twin"][0]["archiveLocation"]
+    assert location["s3"]["accessKeySecret"]["name"] == "s3-logs" and location["s3"]["insecure"] is False
+
+
+def test_member_logs_follow_each_member_clusters_s3_endpoint():
+    """The archive location's endpoint comes from the Workflow's s3-endpoint parameter, which each
+    member cluster's OverridePolicy sets (an Argo expression, evaluated with the template)."""
+    objects = template(APP, "-f", "charts/fedtwin/ci/karmada-values.yaml", "--set", "karmada.runId=demo")
+    member = one(objects, "WorkflowTemplate", "fedtwin-member")
+    location = pods_by_role(member)["twin"][0]["archiveLocation"]
+    assert "workflow.parameters['s3-endpoint']" in location["s3"]["endpoint"]
+    declared = {p["name"] for p in member["spec"]["arguments"]["parameters"]}
+    assert "s3-endpoint" in declared
+
+
+def test_platform_logs_identity_writes_and_reads_only_logs():
+    objects = render("platform-defaults")
+    policies = one(objects, "ConfigMap", "fedtwin-platform-s3-policies")["data"]
+    logs = json.loads(policies["fedtwin-logs.json"])
+    job = one(objects, "Job")
+    env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    mounts = {m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+
+    objects_allowed = {r for s in logs["Statement"] for r in s["Resource"] if r.endswith("*")}
+    assert objects_allowed == {"arn:aws:s3:::fedtwin/logs/*"}
+    for statement in logs["Statement"]:
+        assert set(statement["Action"]) <= {"s3:PutObject", "s3:GetObject", "s3:GetBucketLocation"}
+        assert "s3:DeleteObject" not in statement["Action"] and "s3:ListBucket" not in statement["Action"]
+    assert "logs:fedtwin-logs" in env["IDENTITIES"].split() and "/identities/logs" in mounts
+    secret = one(objects, "Secret", "fedtwin-platform-s3-logs")
+    assert secret_value(secret, "accessKey") == "fedtwin-logs"
+    assert len(secret_value(secret, "secretKey")) >= 32
+    # the aggregator's own repository prefix is not the logs prefix
+    aggregator = json.loads(policies["fedtwin-aggregator.json"])
+    assert "arn:aws:s3:::fedtwin/logs/*" not in {r for s in aggregator["Statement"] for r in s["Resource"]}
+
+
 def test_twin_subnet_only_when_the_cluster_has_kubeovn():
     assert not by_kind(render("app-defaults"), "Subnet")
     assert not by_kind(template(APP, "-f", "charts/fedtwin/ci/kubeovn-values.yaml"), "Subnet")
@@ -766,9 +869,14 @@ def test_chart_copies_of_workflow_templates_are_current():
         )
 
 
-def expected_template(source: dict[str, Any], parameters: dict[str, str], pull_policy: str = "IfNotPresent"):
+def expected_template(
+    source: dict[str, Any], parameters: dict[str, str], pull_policy: str = "IfNotPresent",
+    twin_archive: dict[str, Any] | None = None,
+):
     """The source WorkflowTemplate with exactly what the chart sets: namespace, labels, parameter
-    defaults (only those the template declares) and the containers' pull policy."""
+    defaults (only those the template declares), the containers' pull policy, the twin pods' archive
+    location (`twin_archive`; None = logs off) and, for a Workflow of twin pods only, the logs
+    repository."""
     wt = copy.deepcopy(source)
     wt["metadata"]["namespace"] = "fedtwin"
     wt["metadata"]["labels"] = {
@@ -787,10 +895,18 @@ def expected_template(source: dict[str, Any], parameters: dict[str, str], pull_p
         own = OWN_PARAMETERS.get(wt["metadata"]["name"], ())
         if param["name"] in parameters and param["name"] not in own:
             param["value"] = parameters[param["name"]]
+    roles = set()
     for t in wt["spec"]["templates"]:
         for kind in ("container", "script"):
             if kind in t:
                 t[kind]["imagePullPolicy"] = pull_policy
+                roles.add(t.get("metadata", {}).get("labels", {}).get("fedtwin.io/role"))
+                if roles and t["metadata"]["labels"]["fedtwin.io/role"] == "twin":
+                    t["archiveLocation"] = twin_archive or {"archiveLogs": False}
+    if roles == {"twin"} and twin_archive:
+        wt["spec"]["artifactRepositoryRef"] = {
+            "configMap": "artifact-repositories", "key": "fedtwin-logs-s3-artifact-repository"
+        }
     return wt
 
 
@@ -877,7 +993,8 @@ def test_chart_workflow_templates_equal_the_rendered_ones_apart_from_values(
     assert sorted(rendered) == sorted(s["metadata"]["name"] for s in sources.values())
     for source in sources.values():
         name = source["metadata"]["name"]
-        assert rendered[name] == expected_template(source, parameters), name
+        archive = None if case == "app-external-s3" else LOGS_LOCATION  # on with the platform's S3
+        assert rendered[name] == expected_template(source, parameters, twin_archive=archive), name
 
 
 def test_chart_sets_the_values_it_claims_on_the_templates():
@@ -925,7 +1042,9 @@ def test_workflow_template_values_pass_through_untouched_by_helm():
         return [node] if isinstance(node, str) and "{{" in node else []
 
     for source in sources.values():
-        out = rendered[source["metadata"]["name"]]
+        out = copy.deepcopy(rendered[source["metadata"]["name"]])
+        for t in out["spec"]["templates"]:
+            t.pop("archiveLocation", None)  # the chart's own (twin logs), see the logs tests
         assert sorted(argo_strings(out)) == sorted(argo_strings(source))
         params = {p["name"]: p.get("value") for p in out["spec"].get("arguments", {}).get("parameters", [])}
         if "image" in params:

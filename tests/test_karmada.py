@@ -166,6 +166,9 @@ def test_policies_send_the_member_pieces_and_keep_the_coordinator_and_aggregator
             assert policies_selecting(propagation, obj), f"{kind} {obj['metadata']['name']} is not propagated"
     assert policies_selecting(propagation, twin_secret) == [members_policy]
     assert not policies_selecting(policies, aggregator_secret), "the aggregator identity leaves the host"
+    logs_secret = copy.deepcopy(twin_secret)
+    logs_secret["metadata"]["name"] = "fedtwin-platform-s3-logs"
+    assert policies_selecting(propagation, logs_secret) == [members_policy]  # member pods' wait containers
     # Member twins draw local-DP noise with the twins' key; the aggregator's key stays on the host.
     for name, expected in (("fedtwin-dp-noise-twin", [members_policy]), ("fedtwin-dp-noise-aggregator", [])):
         secret = copy.deepcopy(twin_secret)
@@ -474,6 +477,7 @@ def test_setup_runs_the_intended_commands_in_order_and_is_idempotent(stub_tools)
     positions = [first(first_run, pattern) for pattern in order]
     assert positions == sorted(positions), "\n".join(first_run)
     assert not any("aggregator" in line for line in first_run), "the aggregator identity left the host"
+    first(first_run, rf"^kubectl {karmada} -n fedtwin create secret generic fedtwin-platform-s3-logs ")
     assert "make multi-cluster-run RUN_ID=demo" in made.stdout
     assert "member1 trains twin-000,twin-001; member2 trains twin-002" in made.stdout
     for once in (r"^kind create cluster", r"^karmadactl init", r"^karmadactl join"):
@@ -484,6 +488,7 @@ def test_setup_runs_the_intended_commands_in_order_and_is_idempotent(stub_tools)
     written = Path(env["MC_STATE_DIR"]) / "karmada-values.yaml"
     values = yaml.safe_load(written.read_text())
     assert values["s3"]["endpoint"] == "http://172.18.0.9:30900"
+    assert values["artifactRepository"] == {"archiveLogs": True}
     # the members' API server endpoints (the stubs answer 172.18.0.9:6443 for both), no Service IP
     assert values["networkPolicy"]["kubernetesApi"] == {"cidrs": ["172.18.0.9/32"], "ports": [6443]}
     host_app = first_run[

@@ -65,8 +65,8 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail "s3.external.adminSecret is required when s3.identities.create and s3.external.minioAdminApi are true: the bucket Job needs admin credentials to create the scoped users" -}}
 {{- end -}}
 {{- if not (include "fedtwin-platform.provisionIdentities" .) -}}
-{{- range $id := list "twin" "aggregator" "mlflow" -}}
-{{- if and (or (ne $id "mlflow") $.Values.mlflow.enabled) (not (index $.Values.s3.identities $id).existingSecret) -}}
+{{- range $id := include "fedtwin-platform.identities" . | fromJsonArray -}}
+{{- if not (index $.Values.s3.identities $id).existingSecret -}}
 {{- fail (printf "s3.identities.%s.existingSecret is required: this S3 endpoint cannot get users created by the chart (minio.enabled=false and s3.external.minioAdminApi=false, or s3.identities.create=false), so give a Secret with keys accessKey and secretKey" $id) -}}
 {{- end -}}
 {{- end -}}
@@ -74,6 +74,14 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- fail "s3.identities.twinIds needs the chart to create users: set s3.identities.create=true on MinIO (or an external endpoint with s3.external.minioAdminApi=true)" -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/* The scoped S3 identities this release has, as a JSON list: twin, aggregator, logs (when enabled), mlflow (with MLflow). */}}
+{{- define "fedtwin-platform.identities" -}}
+{{- $ids := list "twin" "aggregator" -}}
+{{- if .Values.s3.identities.logs.enabled -}}{{- $ids = append $ids "logs" -}}{{- end -}}
+{{- if .Values.mlflow.enabled -}}{{- $ids = append $ids "mlflow" -}}{{- end -}}
+{{- toJson $ids -}}
 {{- end -}}
 
 {{/* "true" when the bucket Job creates the scoped users and policies with the MinIO admin API. */}}

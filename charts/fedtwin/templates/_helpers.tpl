@@ -102,6 +102,52 @@ fedtwin.io/role: {{ . }}
 {{- default (include "fedtwin.platformComponent" (list . "s3-aggregator")) .Values.s3.aggregatorSecret -}}
 {{- end -}}
 
+{{- define "fedtwin.logsSecret" -}}
+{{- default (include "fedtwin.platformComponent" (list . "s3-logs")) .Values.s3.logsSecret -}}
+{{- end -}}
+
+{{/* "true" when twin pods archive their logs with the logs identity (artifactRepository.archiveLogs; null = s3.platformMinio). */}}
+{{- define "fedtwin.archiveLogs" -}}
+{{- $on := .Values.artifactRepository.archiveLogs -}}
+{{- if kindIs "invalid" $on -}}{{- $on = .Values.s3.platformMinio -}}{{- end -}}
+{{- if $on -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+An Argo S3 location of this release's bucket with one identity's credentials, as JSON. Call with
+(dict "ctx" . "secret" SECRET "endpoint" ENDPOINT) and merge the key (keyFormat in a repository,
+key in a template's archiveLocation).
+*/}}
+{{- define "fedtwin.s3Location" -}}
+{{- $url := urlParse (include "fedtwin.s3Endpoint" .ctx) -}}
+{{- toJson (dict
+      "bucket" .ctx.Values.s3.bucket
+      "endpoint" (default $url.host .endpoint)
+      "insecure" (eq $url.scheme "http")
+      "region" .ctx.Values.s3.region
+      "accessKeySecret" (dict "name" .secret "key" "accessKey")
+      "secretKeySecret" (dict "name" .secret "key" "secretKey")) -}}
+{{- end -}}
+
+{{/*
+The archiveLocation the chart gives every twin pod template, as JSON. Argo mounts the Secret of a
+template's archive location into the wait container only (workflow/controller/workflowpod.go,
+createSecretVolumesAndMounts, v4.0.7), never into main, where the twin's code runs. Without a location
+of its own a twin template would archive with the Workflow's repository, the aggregator identity;
+so with logs off it is {archiveLogs: false}. The endpoint is the Workflow's `s3-endpoint` parameter
+without its scheme (an Argo expression), so each Karmada member cluster archives to its own endpoint.
+*/}}
+{{- define "fedtwin.twinArchiveLocation" -}}
+{{- if include "fedtwin.archiveLogs" . -}}
+{{- $endpoint := "{{=sprig.regexReplaceAll('^https?://', workflow.parameters['s3-endpoint'], '')}}" -}}
+{{- $s3 := include "fedtwin.s3Location" (dict "ctx" . "secret" (include "fedtwin.logsSecret" .) "endpoint" $endpoint) | fromJson -}}
+{{- $_ := set $s3 "key" .Values.artifactRepository.logsKeyFormat -}}
+{{- toJson (dict "archiveLogs" true "s3" $s3) -}}
+{{- else -}}
+{{- toJson (dict "archiveLogs" false) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "fedtwin.twinServiceAccount" -}}
 {{- default (include "fedtwin.componentName" (list . "twin")) .Values.serviceAccounts.twin.name -}}
 {{- end -}}
