@@ -8,7 +8,11 @@
 #                      of your CPU wheel mirror; an unqualified torch on Linux x86_64 pulls the CUDA build.
 #         TORCH_PIP_ARGS  extra pip arguments for that one install (e.g. an index option naming your
 #                      CPU wheel index); empty by default.
-#         EXTRAS       fedtwin extras to install (default s3,tracking,privacy,fast).
+#         EXTRAS       fedtwin extras to install (default s3,privacy,fast; not `tracking`, which is the
+#                      whole MLflow server: the image logs through the light client below).
+#         MLFLOW_VERSION  the mlflow-skinny client (MlflowClient over the REST API, all that
+#                      fedtwin/tracking.py uses) pinned to the platform chart's MLflow server
+#                      (`mlflow.image.tag` in charts/fedtwin-platform/values.yaml; a test checks).
 # Layers go from least to most often changed: base, user, torch, dependencies (from pyproject.toml
 # only), then the source, so editing code rebuilds only the last small layer.
 ARG BASE_IMAGE=python:3.11-slim
@@ -16,7 +20,8 @@ FROM ${BASE_IMAGE}
 
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_PIP_ARGS=""
-ARG EXTRAS="s3,tracking,privacy,fast"
+ARG EXTRAS="s3,privacy,fast"
+ARG MLFLOW_VERSION=3.9.0
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -35,7 +40,7 @@ RUN pip install ${TORCH_PIP_ARGS} "${TORCH_SPEC}"
 # Dependencies only: a stub package lets pip resolve pyproject.toml without the source.
 COPY pyproject.toml README.md ./
 RUN mkdir fedtwin && touch fedtwin/__init__.py \
-    && pip install ".[${EXTRAS}]" \
+    && pip install ".[${EXTRAS}]" "mlflow-skinny==${MLFLOW_VERSION}" \
     && pip uninstall --yes fedtwin \
     && rm -rf fedtwin build ./*.egg-info
 

@@ -311,6 +311,19 @@ def test_images_are_pinned():
                 assert repo and tag and tag != "latest", container["image"]
 
 
+@pytest.mark.parametrize("component", ["minio", "mc", "mlflow"])
+def test_platform_images_can_be_pinned_by_digest(component: str):
+    digest = "sha256:" + "0123456789abcdef" * 4
+    objects = template(PLATFORM, "--set", f"{component}.image.digest={digest}")
+    values = yaml.safe_load((PLATFORM / "values.yaml").read_text())[component]["image"]
+    images = {c["image"] for o in objects for _, spec, _ in pod_specs(o) for c in spec["containers"]}
+
+    assert f"{values['repository']}:{values['tag']}@{digest}" in images
+    assert f"{values['repository']}:{values['tag']}" not in images
+    error = template_error(PLATFORM, "--set", f"{component}.image.digest=latest")
+    assert f"{component}.image.digest" in error
+
+
 # --- app chart -----------------------------------------------------------------------------------
 
 

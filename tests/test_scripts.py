@@ -282,6 +282,27 @@ def test_dockerfile_layers_dependencies_before_source_and_runs_as_non_root():
     assert entry and json.loads(entry[-1]) == ["fedtwin"]
 
 
+def test_dockerfile_installs_the_mlflow_client_of_the_platforms_mlflow_server():
+    """The light mlflow-skinny client (what fedtwin/tracking.py uses: MlflowClient and entities over
+    the REST API), pinned to the version of the platform chart's MLflow server image."""
+    import yaml
+
+    steps = dockerfile()
+    args = dict(a.split("=", 1) for k, a in steps if k == "ARG" and "=" in a)
+    platform = yaml.safe_load((REPO / "charts" / "fedtwin-platform" / "values.yaml").read_text())
+    server = re.fullmatch(r"v(\d+\.\d+\.\d+)(-full)?", platform["mlflow"]["image"]["tag"])
+
+    assert server, platform["mlflow"]["image"]["tag"]
+    assert args["MLFLOW_VERSION"].strip('"') == server[1]
+    runs = [a for k, a in steps if k == "RUN"]
+    assert any('"mlflow-skinny==${MLFLOW_VERSION}"' in r for r in runs)
+    extras = args["EXTRAS"].strip('"').split(",")
+    assert "tracking" not in extras and "all" not in extras, "the full mlflow server package"
+    tracking = (REPO / "fedtwin" / "tracking.py").read_text()
+    imported = set(re.findall(r"^\s*(?:from|import) (mlflow[\w.]*)", tracking, re.M))
+    assert imported <= {"mlflow.tracking", "mlflow.entities"}, imported  # both ship in mlflow-skinny
+
+
 def test_dockerignore_keeps_the_context_small():
     lines = [
         line

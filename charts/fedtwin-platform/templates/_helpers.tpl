@@ -53,6 +53,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 app.kubernetes.io/component: {{ index . 1 }}
 {{- end -}}
 
+{{/* An image reference repository:tag, with @digest when one is given. Call with .Values.<component>.image. */}}
+{{- define "fedtwin-platform.image" -}}
+{{- printf "%s:%s" .repository .tag -}}{{- with .digest -}}@{{ . }}{{- end -}}
+{{- end -}}
+
 {{/* Fail early on value combinations the schema cannot express. */}}
 {{- define "fedtwin-platform.validate" -}}
 {{- if and (not .Values.minio.enabled) (not .Values.s3.external.endpoint) -}}
