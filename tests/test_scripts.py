@@ -437,3 +437,43 @@ def test_vendor_schemas_refuses_what_is_not_a_schema(tmp_path: Path):
                       "--out", str(tmp_path / "out")])
         assert result.returncode == 2 and needle in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- a self-contained repository: docs/, no ../shared ---------------------------------------------
+
+
+def test_architecture_files_describe_the_files_that_exist():
+    """docs/architecture.json (the intended layers) names only paths that exist, and
+    docs/architecture.md explains every part it has."""
+    structure = json.loads((REPO / "docs" / "architecture.json").read_text())
+    page = (REPO / "docs" / "architecture.md").read_text()
+
+    for part, spec in structure["parts"].items():
+        assert f"**{part}**" in page or part in page, f"docs/architecture.md does not explain {part}"
+        for path in spec["is"]:
+            assert (REPO / path).exists(), f"architecture.json: {part} names {path}, which does not exist"
+    names = set(structure["parts"])
+    for arrow in structure["arrows"] + structure["never"]:
+        assert set(arrow[:2]) <= names, arrow
+    assert "[docs/architecture.md](docs/architecture.md)" in (REPO / "README.md").read_text()
+
+
+def repository_files() -> list[Path]:
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"]).stdout.split()
+    suffixes = {".py", ".md", ".sh", ".yaml", ".yml", ".json", ".toml", ".cfg", ".txt"}
+    named = {"Makefile", "run", "Dockerfile"}
+    return [REPO / name for name in listed
+            if (REPO / name).is_file() and (Path(name).suffix in suffixes or Path(name).name in named)]
+
+
+def test_nothing_reads_outside_the_repository():
+    """A fresh clone has no ../shared beside it: no file may read from there."""
+    pattern = re.compile(r"""\.\./shared\b|parent\s*/\s*["']shared["']|/work/shared""")
+    offenders = []
+    for path in repository_files():
+        if path == Path(__file__):
+            continue
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if pattern.search(line):
+                offenders.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert not offenders, "reads of ../shared (use schemas/ and docs/):\n" + "\n".join(offenders)
