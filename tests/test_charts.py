@@ -538,8 +538,18 @@ CHART_FAILURES = [
 ]
 
 
+CHART_FAILURES.append((
+    PLATFORM,
+    ("-f", "charts/fedtwin-platform/ci/external-s3-values.yaml",
+     "--set", "s3.identities.logs.existingSecret="),
+    "s3.identities.logs.existingSecret is required: this S3 endpoint cannot get users created by the chart "
+    "(minio.enabled=false and s3.external.minioAdminApi=false, or s3.identities.create=false), so give a "
+    "Secret with keys accessKey and secretKey",
+))
+
+
 @pytest.mark.parametrize(("chart", "args", "message"), CHART_FAILURES,
-                         ids=["api", "api-karmada", "kubeovn-dns", "kubeovn-api"])
+                         ids=["api", "api-karmada", "kubeovn-dns", "kubeovn-api", "platform-logs-secret"])
 def test_chart_fails_with_one_line_naming_the_value_and_the_readme_shows_it(
     chart: Path, args: tuple[str, ...], message: str
 ):
