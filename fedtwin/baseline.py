@@ -138,7 +138,7 @@ def run_baseline(
     config = ctx.config
     twin: TwinSpec | None = None
     if mode == "single":
-        twin = ctx.twin(twin_id) if twin_id else ctx.fleet.train[0]
+        twin = ctx.twins([twin_id])[0] if twin_id else ctx.fleet.train[0]
     elif twin_id:
         raise ConfigError("--twin selects the twin of a `single` baseline; add --mode single or drop --twin")
     layout = BaselineLayout(run_id, baseline_name(mode, twin.id if twin else None))

@@ -258,8 +258,7 @@ def member(
             "`fedtwin step coordinate`, and check that both use the same store"
         )
     ctx = steps.RunContext.load(store, run_id)
-    for twin_id in twin_ids:
-        ctx.twin(twin_id)  # ConfigError (exit 2) for a twin outside the run's fleet, before any wait
+    ctx.twins(twin_ids)  # ConfigError (exit 2) for a twin outside the run's fleet, before any wait
     poller.settings = settings = resolve_settings(ctx.config.multicluster, flags)
     try:
         settings.check_member_patience()

@@ -48,14 +48,14 @@ class RunContext:
         fleet = parse_fleet(store.get_text(layout.twins), store.describe(layout.twins))
         return cls(store, layout, config, fleet, policy_spec(config.train))
 
-    def twin(self, twin_id: str) -> TwinSpec:
-        for twin in self.fleet.train:
-            if twin.id == twin_id:
-                return twin
-        raise ConfigError(
-            f"twin {twin_id!r} is not in the training fleet of run {self.layout.run_id!r}; "
-            f"`fedtwin runs show {self.layout.run_id}` lists the run, its twins.yaml the fleet"
-        )
+    def twins(self, selection: list[str]) -> list[TwinSpec]:
+        """Training twins by id or `FIRST..LAST` range (an Argo shard's name)."""
+        run_id = self.layout.run_id
+        try:
+            return self.fleet.select(selection, f"the training fleet of run {run_id!r}")
+        except ConfigError as exc:
+            fix = f"`fedtwin runs show {run_id}` lists the run, its twins.yaml the fleet"
+            raise ConfigError(f"{exc}; {fix}") from exc
 
     def state(self) -> dict[str, Any]:
         return self.store.get_json(self.layout.state)
@@ -171,12 +171,14 @@ def train(
     round_index: int,
     twin_ids: list[str],
     device: str = "cpu",
-    engine: str = "pool",
+    engine: str | None = None,
 ) -> list[UpdateRecord]:
-    """Train the given twins from the round's global model and write one update per twin.
+    """Train the given twins (ids or `FIRST..LAST` ranges) from the round's global model and write one
+    update per twin.
 
     One twin is the pool engine's unit (a process or a pod); several twins are trained together in
-    one batched computation (the fleet engine). Twins whose update already exists are skipped.
+    one batched computation (the fleet engine; the default for more than one twin). Twins whose
+    update already exists are skipped.
     With local DP, each twin's accountant is restored from its latest record; a twin whose budget
     this round would exceed writes a record saying so instead of training.
     """
@@ -186,7 +188,8 @@ def train(
         raise RunConflictError(
             f"round {round_index} of run {run_id!r} is already aggregated; a late update would be ignored"
         )
-    twins = [ctx.twin(twin_id) for twin_id in twin_ids]
+    twins = ctx.twins(twin_ids)
+    engine = engine or ("pool" if len(twins) == 1 else "fleet")
     done = [t for t in twins if store.exists(layout.update_meta(round_index, t.id))]
     todo = [t for t in twins if t not in done]
     records = [UpdateRecord.from_json(store.get_json(layout.update_meta(round_index, t.id))) for t in done]
@@ -241,12 +244,21 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     """Join the round's valid updates into the next global model, evaluate it, record the round."""
     ctx = RunContext.load(store, run_id)
     layout, config = ctx.layout, ctx.config
+    state = ctx.state()
     if store.exists(layout.summary(round_index)):
         summary = store.get_json(layout.summary(round_index))
-        if ctx.state().get("next_round", 0) <= round_index:  # killed between the summary and state.json
-            ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
+        if state.get("next_round", 0) <= round_index:  # killed between the summary and state.json
+            state = ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
         tracking.log_round(ctx)  # a retry: logs only what MLflow lacks
-        return summary
+        return {**summary, "last_round": last_round(config, state)}
+    next_round, complete = int(state.get("next_round", 0)), bool(state.get("training_complete"))
+    if complete or round_index != next_round:
+        # Defence in depth for workflow engines: a round that is not the next one (or comes after the
+        # run stopped) is reported as not played, and the run is left exactly as it is.
+        why = "training is complete" if complete else f"round {next_round} is the next round to aggregate"
+        log.warning("round %s not aggregated: %s", round_index, why)
+        return {"round": round_index, "played": False, "reason": why, "continue": not complete,
+                "next_round": next_round, "last_round": last_round(config, state)}
     started = time.perf_counter()
     global_params, base = ctx.global_model(round_index)
     fleet_ids = {t.id for t in ctx.fleet.train}
@@ -320,10 +332,18 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
         "train_seconds": float(sum(a.record.seconds for a in accepted)),
     }
     store.put_json(layout.summary(round_index), summary)
-    ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"],
-                    **({"stop_reason": stop_reason} if stop_reason else {}))
+    state = ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"],
+                            **({"stop_reason": stop_reason} if stop_reason else {}))
     tracking.log_round(ctx)
-    return summary
+    return {**summary, "last_round": last_round(config, state)}
+
+
+def last_round(config: Config, state: dict[str, Any]) -> int:
+    """The last round that may still start: the final round, or the last one played once training
+    stopped (a workflow loop plays a round only up to this; see workflows/federated.py)."""
+    if state.get("training_complete"):
+        return int(state["next_round"]) - 1
+    return config.federation.rounds - 1
 
 
 def load_server_state(ctx: RunContext, round_index: int) -> dict[str, np.ndarray]:

@@ -204,6 +204,31 @@ class Fleet:
     def all_ids(self) -> list[str]:
         return [t.id for t in self.all_twins()]
 
+    def select(self, selection: Sequence[str], where: str = "the training fleet") -> list[TwinSpec]:
+        """Training twins named by ids or by `FIRST..LAST` ranges in fleet order (a shard's short name)."""
+        position = {t.id: i for i, t in enumerate(self.train)}
+        chosen: list[TwinSpec] = []
+        for item in selection:
+            first, sep, last = item.partition(RANGE)
+            for end in (first, last) if sep else (first,):
+                if end not in position:
+                    raise ConfigError(f"twin {end!r} is not in {where}")
+            if sep and position[last] < position[first]:
+                raise ConfigError(f"twin range {item!r} runs backwards; name the first twin first")
+            chosen += self.train[position[first] : position[last if sep else first] + 1]
+        return chosen
+
+
+RANGE = ".."
+"""Twin ids are DNS labels (no dots), so `FIRST..LAST` can only be a range."""
+
+
+def shard_names(ids: Sequence[str], size: int) -> list[str]:
+    """Consecutive shards of `size` twins, each named `ID` (one twin) or `FIRST..LAST`: short names for
+    Argo nodes and pod labels whatever the shard size (Fleet.select reads them back)."""
+    shards = [ids[i : i + size] for i in range(0, len(ids), size)]
+    return [s[0] if len(s) == 1 else f"{s[0]}{RANGE}{s[-1]}" for s in shards]
+
 
 def _check_unique(twins: Iterable[TwinSpec], where: str) -> None:
     """Ids key S3 objects and pods, so a duplicate would silently overwrite another twin's update."""

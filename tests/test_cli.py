@@ -125,9 +125,9 @@ def test_step_outputs_for_workflow_engines(tmp_path):
     fedtwin("step", "init", "--config", str(config), "--run-id", "w", "--shard-size", "2",
             "--outputs-dir", str(out / "init"), *common, check=True)
     assert json.loads((out / "init" / "twins").read_text()) == ["twin-000", "twin-001", "twin-002"]
-    assert json.loads((out / "init" / "shards").read_text()) == ["twin-000,twin-001", "twin-002"]
+    assert json.loads((out / "init" / "shards").read_text()) == ["twin-000..twin-001", "twin-002"]
 
-    fedtwin("step", "train", "--run", "w", "--round", "0", "--twin", "twin-000,twin-001", *common,
+    fedtwin("step", "train", "--run", "w", "--round", "0", "--twin", "twin-000..twin-001", *common,
             check=True)
     fedtwin("step", "train", "--run", "w", "--round", "0", "--twin", "twin-002", *common, check=True)
     fedtwin("step", "aggregate", "--run", "w", "--round", "0", "--outputs-dir", str(out / "agg"), *common,
@@ -135,7 +135,23 @@ def test_step_outputs_for_workflow_engines(tmp_path):
 
     assert (out / "agg" / "continue").read_text() == "false"
     assert (out / "agg" / "participants").read_text() == "3"
+    outputs = [(out / "agg" / n).read_text() for n in ("played", "next_round", "last_round")]
+    assert outputs == ["true", "1", "0"]
     float((out / "agg" / "mean_return").read_text())
+    played = (out / "agg" / "model.safetensors").read_bytes()
+
+    # Defence in depth: a round that is not the next one (training is complete) is not played: exit 0,
+    # the run untouched, played=false and the newest model as the artifact.
+    state_before = (store / "runs" / "w" / "state.json").read_text()
+    result = fedtwin("step", "aggregate", "--run", "w", "--round", "1", "--outputs-dir", str(out / "late"),
+                     *common, check=True)
+    assert json.loads(result.stdout) == {"round": 1, "played": False, "reason": "training is complete",
+                                         "continue": False, "next_round": 1}
+    assert (store / "runs" / "w" / "state.json").read_text() == state_before
+    assert not (store / "runs" / "w" / "rounds" / "0001" / "summary.json").exists()
+    assert [(out / "late" / n).read_text() for n in ("played", "participants", "continue", "last_round")] == [
+        "false", "0", "false", "0"]
+    assert (out / "late" / "model.safetensors").read_bytes() == played
 
 
 def iter_commands(group: click.Group, prefix: tuple[str, ...] = ()):

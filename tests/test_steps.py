@@ -93,6 +93,23 @@ def test_aggregate_records_round_and_is_idempotent(tiny):
     assert store.exists(RunLayout("demo").global_model(1))
 
 
+def test_aggregate_of_a_round_that_is_not_next_leaves_the_run_alone(tiny):
+    """A workflow engine that starts the wrong round (argoproj/argo-workflows#14774) changes nothing."""
+    config = tiny()
+    store = LocalStore(config.store)
+    init = steps.init(store, config)
+    layout = RunLayout("demo")
+    before = store.get_bytes(layout.state)
+
+    result = steps.aggregate(store, "demo", 1)  # round 0 is next
+
+    assert result == {"round": 1, "played": False, "reason": "round 0 is the next round to aggregate",
+                      "continue": True, "next_round": 0, "last_round": 1}
+    assert store.get_bytes(layout.state) == before and not store.exists(layout.summary(1))
+    steps.train(store, "demo", 0, init.twin_ids)
+    assert steps.aggregate(store, "demo", 0)["last_round"] == 1  # the final round may still start
+
+
 def test_below_quorum_fails_the_round_and_keeps_the_store(tiny):
     config = tiny()  # min_twins = 2
     store = LocalStore(config.store)

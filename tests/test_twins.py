@@ -26,6 +26,7 @@ from fedtwin.twins import (
     parse_fleet,
     save_fleet,
     save_twins,
+    shard_names,
     twin_seed,
 )
 
@@ -351,3 +352,23 @@ def test_every_field_round_trips() -> None:
     )
 
     assert parse_fleet(dump_fleet(Fleet(train=[twin])), "mem").train == [twin]
+
+
+def test_shards_have_short_names_that_select_their_twins() -> None:
+    fleet = make_fleet(7, 0, 0.15, "default", 1, 1)
+    ids = [t.id for t in fleet.train]
+    names = shard_names(ids, 3)
+    assert names == ["twin-000..twin-002", "twin-003..twin-005", "twin-006"]
+    assert [[t.id for t in fleet.select([n])] for n in names] == [ids[0:3], ids[3:6], ids[6:]]
+    assert [t.id for t in fleet.select(["twin-004", "twin-000..twin-001"])] == ["twin-004", *ids[:2]]
+    assert shard_names(ids, 1) == ids
+
+
+@pytest.mark.parametrize(("selection", "match"), [
+    (["twin-009"], "twin 'twin-009' is not in the training fleet"),
+    (["twin-000..twin-009"], "twin 'twin-009' is not in the training fleet"),
+    (["twin-003..twin-001"], "runs backwards"),
+])
+def test_a_bad_selection_is_one_clear_error(selection: list[str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        make_fleet(7, 0, 0.15, "default", 1, 1).select(selection)

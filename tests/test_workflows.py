@@ -44,14 +44,14 @@ POD_HASH = 1 + 10
 FEDERATED_PARAMETERS = [
     "run-id", "seed", "rounds", "twins", "fleet-configmap", "algo", "min-twins", "strategy", "target-return",
     "privacy", "privacy-epsilon", "privacy-delta", "twin-dp-noise-secret", "aggregator-dp-noise-secret",
-    "twins-per-pod", "store", "s3-endpoint", "s3-region",
+    "twins-per-pod", "max-pods-per-round", "store", "s3-endpoint", "s3-region",
     "aggregator-s3-secret", "twin-s3-secret", "per-twin-secrets",
     "mlflow-uri", "mlflow-experiment", "image", "aggregator-service-account", "aggregator-cpu-request",
     "aggregator-memory-request", "aggregator-cpu-limit", "aggregator-memory-limit", "twin-service-account",
     "subnet", "twin-cpu-request", "twin-memory-request", "twin-cpu-limit", "twin-memory-limit",
     "twin-gpu-limit", "twin-retries", "twin-deadline",
 ]
-JSON_LIST_OUTPUTS = {("init", "twins"), ("init", "shards"), ("init", "pending_rounds")}
+JSON_LIST_OUTPUTS = {("init", "twins"), ("init", "shards")}
 """Step outputs the CLI writes as JSON lists (checked against the real CLI below)."""
 
 
@@ -230,7 +230,7 @@ class Checker:
         elif body.startswith("inputs.parameters."):
             ok = body.removeprefix("inputs.parameters.") in inputs
         elif body == "item":
-            ok = call is not None and "withParam" in call
+            ok = call is not None and any(k in call for k in ("withParam", "withItems", "withSequence"))
         elif body == "status" or body.startswith("outputs.parameters."):
             ok = metric and (body == "status" or parts[-1] in self.outputs_of(tmpl["name"]))
         elif parts[0] in ("tasks", "steps") and len(parts) == 5 and parts[2:4] == ["outputs", "parameters"]:
@@ -294,7 +294,7 @@ class Checker:
 
     def check_call(self, tmpl: dict[str, Any], call: dict[str, Any], earlier: set[str]) -> None:
         where = f"{tmpl['name']}/{call['name']}"
-        fields = {k: v for k, v in call.items() if k in ("arguments", "when", "withParam")}
+        fields = {k: v for k, v in call.items() if k in ("arguments", "when", "withParam", "withSequence")}
         for path, text in strings(fields, where):
             self.check_text(text, path, tmpl=tmpl, call=call, earlier=earlier)
         target = self.tmpls[call["template"]]
@@ -366,9 +366,11 @@ def test_with_param_consumes_json_lists(name: str) -> None:
         assert path == f"{common.OUTPUTS_DIR}/{output}"
 
 
-def test_federated_fans_out_over_shards_and_rounds() -> None:
+def test_federated_fans_out_over_shards_and_loops_over_rounds() -> None:
     sources = with_param_sources(manifest("fedtwin-federated"))
-    assert sources == {("init", "shards"), ("init", "pending_rounds")}
+    assert sources == {("init", "shards")}
+    (loop,) = calls(templates(manifest("fedtwin-federated"))["rounds"])
+    assert loop["withSequence"] == {"count": common.param("rounds")}  # the node index is the round
 
 
 def test_init_writes_the_fan_out_lists_as_json(tmp_path: Path) -> None:
@@ -381,8 +383,8 @@ def test_init_writes_the_fan_out_lists_as_json(tmp_path: Path) -> None:
             "--shard-size", "2", "--outputs-dir", str(out), env=clean_env(), check=True)
     values = {name: json.loads((out / name).read_text()) for _, name in JSON_LIST_OUTPUTS}
     assert all(isinstance(v, list) for v in values.values())
-    assert values["shards"] == ["twin-000,twin-001", "twin-002"]
-    assert values["pending_rounds"] == [0, 1]
+    assert values["shards"] == ["twin-000..twin-001", "twin-002"]  # short names: FIRST..LAST
+    assert [(out / name).read_text() for name in ("first_round", "last_round")] == ["0", "1"]
 
 
 @pytest.mark.parametrize("name", manifests())
@@ -506,7 +508,14 @@ def test_federated_flow_is_a_sequential_loop_not_recursion() -> None:
     rounds = tmpls["rounds"]
     assert rounds["parallelism"] == 1 and rounds["failFast"] is True
     (step,) = [s for group in rounds["steps"] for s in group]
-    assert step["name"] == "round" and step["withParam"] == "{{inputs.parameters.rounds}}"
+    assert step["name"] == "round" and step["withSequence"] == {"count": "{{workflow.parameters.rounds}}"}
+    # which rounds play is decided by two workflow outputs of init (and every aggregate): see
+    # tests/test_workflow_contract.py and the conformance cases for how Argo evaluates it
+    assert step["when"] == ("{{item}} >= {{workflow.outputs.parameters.first-round}} && "
+                            "{{item}} <= {{workflow.outputs.parameters.last-round}}")
+    exported = {t: {p["globalName"] for p in tmpls[t]["outputs"]["parameters"] if "globalName" in p}
+                for t in ("init", "aggregate")}
+    assert exported == {"init": {"run-id", "first-round", "last-round"}, "aggregate": {"last-round"}}
     main = {t["name"]: t for t in tmpls["main"]["dag"]["tasks"]}
     order = ["init", "rounds", "evaluate", "report"]
     assert [main[n].get("depends") for n in order] == [None, *order[:-1]]
@@ -515,8 +524,8 @@ def test_federated_flow_is_a_sequential_loop_not_recursion() -> None:
 
 def test_round_aggregates_after_the_fan_out_whatever_happened_to_twins() -> None:
     tasks = {t["name"]: t for t in templates(federated())["round"]["dag"]["tasks"]}
-    assert tasks["train"]["withParam"] == "{{inputs.parameters.shards}}"
-    assert tasks["train"]["when"] == "{{tasks.gate.outputs.parameters.play}} == true"
+    assert set(tasks) == {"train", "aggregate"}  # no gate pod: the loop's `when` decides
+    assert tasks["train"]["withParam"] == "{{inputs.parameters.shards}}" and "when" not in tasks["train"]
     depends = tasks["aggregate"]["depends"]
     assert all(f"train.{phase}" in depends for phase in ("Succeeded", "Failed", "Errored"))
 
@@ -592,14 +601,12 @@ def test_fleet_configmap_switches_the_fleet_file() -> None:
     assert evaluate(expression(common.FLEET_CONFIGMAP), devices) == "devices"
 
 
-def test_gpu_and_shards_select_device_and_engine() -> None:
+def test_gpu_selects_the_device() -> None:
     assert evaluate(expression(common.TRAIN_DEVICE), scope()) == "cpu"
     assert evaluate(expression(common.TRAIN_DEVICE), scope(**{"twin-gpu-limit": "1"})) == "cuda"
-    assert evaluate(expression(common.ENGINE), scope()) == "pool"
-    assert evaluate(expression(common.ENGINE), scope(**{"twins-per-pod": "16"})) == "fleet"
 
 
-@pytest.mark.parametrize("twins", ["twin-007", "twin-000,twin-001",
+@pytest.mark.parametrize("twins", ["twin-007", "twin-000,twin-001", "twin-000..twin-049",
                                    ",".join(f"twin-{i:03d}" for i in range(40)),
                                    ",".join(f"device-{i}" for i in range(20))])
 def test_twin_label_is_a_valid_label_value(twins: str) -> None:

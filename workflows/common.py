@@ -37,6 +37,22 @@ S3_SECRET_KEYS = {"AWS_ACCESS_KEY_ID": "accessKey", "AWS_SECRET_ACCESS_KEY": "se
 """Env var -> key in the S3 credentials Secret."""
 STEP_DEADLINE_SECONDS = "3600"
 """activeDeadlineSeconds of the aggregator-side steps (twin pods have a parameter)."""
+IMAGE_UID = 10001
+"""The image's numeric user and group (the Dockerfile's USER; a test keeps the two equal)."""
+POD_SECURITY = m.PodSecurityContext(
+    run_as_non_root=True, run_as_user=IMAGE_UID, run_as_group=IMAGE_UID, fs_group=IMAGE_UID,
+    seccomp_profile=m.SeccompProfile(type="RuntimeDefault"),
+)
+"""Every pod meets the Kubernetes `restricted` Pod Security Standard (with the container part below)."""
+CONTAINER_SECURITY = m.SecurityContext(
+    allow_privilege_escalation=False, capabilities=m.Capabilities(drop=["ALL"]), run_as_non_root=True,
+)
+TERMINATION_LOG = "/dev/termination-log"
+"""The container's terminationMessagePath: `fedtwin` writes its one-line error there
+(FEDTWIN_TERMINATION_LOG), and Argo shows it as the failed node's message."""
+RUN_DEADLINE_SECONDS = 7 * 86400
+"""The workflow's activeDeadlineSeconds (an integer field of the spec: Argo cannot take it from a
+parameter; the chart sets it from a value, a Workflow manifest per run; see workflows/README.md)."""
 POD_GC = m.PodGC(strategy="OnPodSuccess", delete_delay_duration="10m")
 TTL = m.TTLStrategy(seconds_after_success=3 * 86400, seconds_after_failure=7 * 86400)
 
@@ -112,7 +128,6 @@ FLEET_CONFIGMAP = if_given("fleet-configmap", param_ref("fleet-configmap"), lite
 FLEET_FILE = if_given("fleet-configmap", literal(f"{FLEET_DIR}/{FLEET_KEY}"), "''")
 """FEDTWIN_FLEET__FILE: the mounted fleet, or empty (generate `twins` twins)."""
 TRAIN_DEVICE = expr(f"asInt({param_ref('twin-gpu-limit')}) > 0 ? 'cuda' : 'cpu'")
-ENGINE = expr(f"asInt({param_ref('twins-per-pod')}) > 1 ? 'fleet' : 'pool'")
 SUBNET_ANNOTATION_KEY = if_given("subnet", literal(KUBEOVN_SWITCH), literal(UNUSED_SWITCH))
 """KubeOVN reads an *empty* logical_switch annotation as a subnet named "", so without a subnet the
 annotation goes under a key KubeOVN ignores (Argo substitutes keys as well as values)."""
@@ -194,8 +209,16 @@ FEDERATION_PARAMS = [
     P("privacy-delta", _number(DEFAULTS.privacy.delta), "Delta of the (epsilon, delta) guarantee: below "
       "1 / a twin's transitions over the run (local) or 1 / twins (central)."),
 ]
-TWINS_PER_POD = P("twins-per-pod", "1", "Twins per training pod: 1 = one pod per twin; N > 1 = shards of N "
-                  "twins trained together by the fleet engine.")
+MAX_PODS_PER_ROUND = 100
+"""Default ceiling of training pods per round when `twins-per-pod` is 0 (see workflows/README.md,
+"Limits on a real cluster": it keeps a long run's workflow object under Argo's size limit)."""
+TWINS_PER_POD = [
+    P("twins-per-pod", "0", "Twins per training pod: 1 = one pod per twin; N > 1 = shards of N twins trained "
+      "together by the fleet engine; 0 = one pod per twin up to `max-pods-per-round` pods, then the fewest "
+      "equal shards that fit."),
+    P("max-pods-per-round", str(MAX_PODS_PER_ROUND), "With `twins-per-pod` 0: the most training pods a round "
+      "fans out to."),
+]
 STORE_PARAMS = [
     P("store", "s3://fedtwin", "Artifact store of the runs (s3://BUCKET[/PREFIX]); the single source of "
       "truth."),
@@ -328,7 +351,10 @@ def retry(limit: str) -> RetryStrategy:
         limit=limit,
         retry_policy="Always",
         expression=RETRY_UNLESS_BAD_INPUT,
-        backoff=m.Backoff(duration="15s", factor=m.IntOrString("2"), max_duration="10m"),
+        # `cap`, not `maxDuration`: Argo counts maxDuration from the first attempt's start and also
+        # cuts each retried pod's deadline to it (operator.go processNodeRetries), so a step longer
+        # than it would never be retried.
+        backoff=m.Backoff(duration="15s", factor=m.IntOrString("2"), cap="5m"),
     )
 
 
@@ -377,7 +403,11 @@ def fedtwin_step(
         args=args,
         inputs=inputs,
         outputs=outputs,
-        env=[*(env or []), Env(name="PYTHONUNBUFFERED", value="1")],
+        env=[*(env or []), Env(name="PYTHONUNBUFFERED", value="1"),
+             Env(name="FEDTWIN_TERMINATION_LOG", value=TERMINATION_LOG)],
+        termination_message_path=TERMINATION_LOG,
+        termination_message_policy="FallbackToLogsOnError",
+        security_context=CONTAINER_SECURITY,
         labels={LABEL_ROLE: pod.role, **(labels or {})},
         annotations=annotations,
         service_account_name=param(f"{pod.prefix}-service-account"),
@@ -415,6 +445,8 @@ def template(name: str, description: str, params: Sequence[WorkflowParam], **ext
         arguments=[p.build() for p in params],
         pod_gc=POD_GC,
         ttl_strategy=TTL,
+        security_context=POD_SECURITY,
+        active_deadline_seconds=RUN_DEADLINE_SECONDS,
         **extra,
     )
 

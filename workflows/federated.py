@@ -1,17 +1,21 @@
 """`fedtwin-federated`: federated training of a twin fleet, one isolated pod per twin and round.
 
-    main:  init ──> rounds ──> evaluate ──> report          (onExit: exit-handler ──> finish)
-    rounds: round(0:0), round(1:1), ...   one at a time, stops at the first failed round
-    round:  gate ──> train(0:twin-000) ... train(7:twin-007) ──> aggregate
+    main:   init ──> rounds ──> evaluate ──> report        (onExit: exit-handler ──> finish)
+    rounds: round(0:0), round(1:1), ...     one at a time; an unplayed round is one Skipped node
+    round:  train(0:twin-000) ... train(7:twin-007) ──> aggregate
 
-`init` creates (or resumes) the run and outputs the twin list and the rounds still to play. The
-rounds run as a sequential loop (parallelism 1, failFast) rather than by recursion: Argo stops a
-workflow after 100 nested template calls, and a loop keeps every round a sibling node named by its
-number in the UI. Each round first asks the store whether it should still be played (`gate`: not
-yet played, run not stopped early), fans out one training pod per twin (or per shard of
-`twins-per-pod` twins), and aggregates once the fan-out has finished, whatever became of single
-twins; `aggregate` itself fails the round below `min-twins`. The exit handler records the run's
-end state in the store.
+`init` creates (or resumes) the run and exports two workflow outputs: `first-round`, the first round
+still to play, and `last-round`, the last round that may start. `rounds` is a sequential Steps loop
+(parallelism 1, failFast) over every round number, so a node's index is its round number, also after
+a resume. Each round runs only when `ROUND >= first-round && ROUND <= last-round`; every `aggregate`
+re-exports `last-round` (its own round once the run stopped), and the controller re-reads it before
+it starts the next round (steps.go executeStepGroup re-resolves `when` on every pass; operator.go
+podReconciliation adds a finished pod's global outputs before the tree is walked). So after an
+early stop at `target-return` every remaining round is a single Skipped node: no pod, no gate. A
+loop rather than recursion, because Argo stops a workflow after 100 nested template calls. Within
+a round, `train` fans out one pod per twin (or per shard, `twins-per-pod`) and `aggregate` runs
+once the fan-out has finished, whatever became of single twins; it enforces the quorum
+(`min-twins`) itself.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from workflows.common import (
     AGGREGATOR_DP_NOISE_SECRET,
     AGGREGATOR_ENV,
     AGGREGATOR_POD_PARAMS,
-    ENGINE,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
     ITEM,
@@ -63,7 +66,7 @@ from workflows.common import (
 
 NAME = "fedtwin-federated"
 PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, [TWIN_DP_NOISE_SECRET, AGGREGATOR_DP_NOISE_SECRET],
-                     [TWINS_PER_POD], STORE_PARAMS, TWIN_STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS,
+                     TWINS_PER_POD, STORE_PARAMS, TWIN_STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS,
                      AGGREGATOR_POD_PARAMS, TWIN_POD_PARAMS])
 RUN_ID_OUTPUT = "run-id"
 """globalName of init's run id: the exit handler finishes only a run this workflow initialized."""
@@ -72,26 +75,30 @@ STORE = param("store")
 RUN_INPUT = [Parameter(name="run-id")]
 FAN_OUT_FINISHED = "train.Succeeded || train.Failed || train.Errored"
 """`aggregate` waits for every twin pod but runs whatever became of them (it enforces the quorum)."""
+FIRST_ROUND, LAST_ROUND = "first-round", "last-round"
+"""Workflow outputs (globalName) that decide which rounds of the loop play: `init` exports both (the
+first round still to play; the last round that may start), every `aggregate` re-exports LAST_ROUND
+(the final round, or its own round once the run stopped)."""
+ROUND_PLAYED = f"{STEP_SUCCEEDED} && {own_output('played')} == true"
+"""`when` of the round metrics: only a round that was aggregated has a return to report."""
+PLAY_ROUND = f"{{{{item}}}} >= {global_output(FIRST_ROUND)} && {{{{item}}}} <= {global_output(LAST_ROUND)}"
+"""`when` of each round of the loop (govaluate, after substitution: `3 >= 0 && 3 <= 19`). It must stay
+true for the round that is running when its own aggregate re-exports LAST_ROUND: Argo never advances
+a running child whose `when` turned false (steps.go executeStepGroup skips it), and the loop would hang.
+It must also stay true for later rounds until a stop, since Argo marks a not-yet-started child Skipped
+as soon as its `when` is false."""
 
 # ------------------------------------------------------------------------------- pod templates
 init = fedtwin_step(
     "init",
-    ["step", "init", *config_args(), "--engine", ENGINE, "--shard-size", param("twins-per-pod"),
-     "--outputs-dir", OUTPUTS_DIR],
+    ["step", "init", *config_args(), "--shard-size", param("twins-per-pod"),
+     "--max-pods-per-round", param("max-pods-per-round"), "--outputs-dir", OUTPUTS_DIR],
     env=[*AGGREGATOR_ENV, *config_env()],
     volumes=fleet_volume(),
     outputs=[outputs_param("run_id", default="", global_name=RUN_ID_OUTPUT), outputs_param("twins"),
-             outputs_param("shards"), outputs_param("round"), outputs_param("pending_rounds")],
-)
-
-gate = fedtwin_step(
-    "gate",
-    ["step", "status", "--run", inp("run-id"), "--round", inp("round"), "--store", STORE,
-     "--outputs-dir", OUTPUTS_DIR],
-    inputs=[Parameter(name="run-id"), Parameter(name="round")],
-    env=AGGREGATOR_ENV,
-    labels={LABEL_ROUND: inp("round")},
-    outputs=[outputs_param("play"), outputs_param("next_round")],
+             outputs_param("shards"), outputs_param("round"),
+             outputs_param("first_round", global_name=FIRST_ROUND),
+             outputs_param("last_round", global_name=LAST_ROUND)],
 )
 
 train = fedtwin_step(
@@ -112,19 +119,21 @@ aggregate = fedtwin_step(
     inputs=[Parameter(name="run-id"), Parameter(name="round")],
     env=[*TRACKING_ENV, *dp_noise_env(AGGREGATOR_DP_NOISE_SECRET)],
     labels={LABEL_ROUND: inp("round")},
-    outputs=[outputs_param("round"), outputs_param("participants"), outputs_param("rejected"),
-             outputs_param("mean_return"), outputs_param("continue"), outputs_param("next_round"),
+    outputs=[outputs_param("round"), outputs_param("played", default="false"), outputs_param("participants"),
+             outputs_param("rejected"), outputs_param("mean_return"),
+             outputs_param("continue"), outputs_param("next_round"),
+             outputs_param("last_round", global_name=LAST_ROUND),
              Artifact(name="global-model", path=f"{OUTPUTS_DIR}/model.safetensors",
                       archive=m.ArchiveStrategy(none=m.NoneStrategy()))],
     metrics=[
         Gauge(name="fedtwin_validation_return", help="Validation return of the global model after a round",
-              labels=[Label(key="run_id", value=inp("run-id"))], when=STEP_SUCCEEDED, realtime=False,
+              labels=[Label(key="run_id", value=inp("run-id"))], when=ROUND_PLAYED, realtime=False,
               value=own_output("mean_return")),
         Gauge(name="fedtwin_round_participants", help="Valid twin updates aggregated in a round",
-              labels=[Label(key="run_id", value=inp("run-id"))], when=STEP_SUCCEEDED, realtime=False,
+              labels=[Label(key="run_id", value=inp("run-id"))], when=ROUND_PLAYED, realtime=False,
               value=own_output("participants")),
         Counter(name="fedtwin_rejected_updates", help="Twin updates the aggregator rejected",
-                labels=[Label(key="run_id", value=inp("run-id"))], when=STEP_SUCCEEDED,
+                labels=[Label(key="run_id", value=inp("run-id"))], when=ROUND_PLAYED,
                 value=own_output("rejected")),
     ],
 )
@@ -151,15 +160,13 @@ with run_template(
     with DAG(name="round", inputs=[Parameter(name="run-id"), Parameter(name="round"),
                                    Parameter(name="shards")]) as one_round:
         round_args = {"run-id": inp("run-id"), "round": inp("round")}
-        g = gate(name="gate", arguments=round_args)
-        t = train(name="train", arguments={**round_args, "twins": ITEM}, with_param=inp("shards"),
-                  when=f"{task_output('gate', 'play')} == true")
-        g >> t
+        train(name="train", arguments={**round_args, "twins": ITEM}, with_param=inp("shards"))
         aggregate(name="aggregate", arguments=round_args, depends=FAN_OUT_FINISHED)
 
-    rounds_inputs = [Parameter(name="run-id"), Parameter(name="rounds"), Parameter(name="shards")]
+    rounds_inputs = [Parameter(name="run-id"), Parameter(name="shards")]
     with Steps(name="rounds", parallelism=1, fail_fast=True, inputs=rounds_inputs) as rounds:
-        one_round(name="round", with_param=inp("rounds"),
+        one_round(name="round", with_sequence=m.Sequence(count=m.IntOrString(param("rounds"))),
+                  when=PLAY_ROUND,
                   arguments={"run-id": inp("run-id"), "round": ITEM, "shards": inp("shards")})
 
     with Steps(name="exit-handler") as exit_handler:
@@ -170,13 +177,12 @@ with run_template(
         run_id = {"run-id": task_output("init", "run_id")}
         (
             init(name="init")
-            >> rounds(name="rounds", arguments={**run_id, "rounds": task_output("init", "pending_rounds"),
-                                               "shards": task_output("init", "shards")})
+            >> rounds(name="rounds", arguments={**run_id, "shards": task_output("init", "shards")})
             >> evaluate(name="evaluate", arguments=run_id)
             >> report(name="report", arguments=run_id)
         )
 
 # Templates in reading order: the flow first, then the pods in the order they run.
 ORDER = ["main", "rounds", "round", "exit-handler",
-         "init", "gate", "train", "aggregate", "evaluate", "report", "finish"]
+         "init", "train", "aggregate", "evaluate", "report", "finish"]
 w.templates.sort(key=lambda t: ORDER.index(t.name))

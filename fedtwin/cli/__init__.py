@@ -7,6 +7,7 @@ Exit codes: 0 success; 1 a run or step failed (e.g. store unreachable); 3 a roun
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import click
@@ -36,18 +37,41 @@ for command in (run_cmd, baseline_cmd, evaluate_cmd, report_cmd, config_group, t
     cli.add_command(command)
 
 
+TERMINATION_LOG_ENV = "FEDTWIN_TERMINATION_LOG"
+"""A file for the one-line error as well (Kubernetes' terminationMessagePath: Argo shows it as the
+node's message, so the UI says why a step failed, not only its exit code)."""
+
+
+def report_error(message: str) -> None:
+    """`Error: <message>` on stderr, and in the termination log when one is configured."""
+    line = f"Error: {message}"
+    click.echo(line, err=True)
+    write_termination_log(line)
+
+
+def write_termination_log(line: str) -> None:
+    path = os.environ.get(TERMINATION_LOG_ENV)
+    if path:
+        try:
+            with open(path, "w", encoding="utf-8") as log:
+                log.write(line[:4096])  # the kubelet keeps at most 4096 bytes
+        except OSError as exc:  # never hide the real error behind this one
+            click.echo(f"(could not write the termination log {path}: {exc.strerror})", err=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: library errors become `Error: <message>` and their documented exit code."""
     try:
         cli.main(args=argv, prog_name="fedtwin", standalone_mode=False)
     except FedtwinError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        report_error(str(exc))
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except click.ClickException as exc:
         exc.show()
+        write_termination_log(f"Error: {exc.format_message()}")
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)

@@ -37,39 +37,44 @@ def step_group() -> None:
 @step_group.command("init")
 @config_options
 @outputs_option
-@click.option("--shard-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Twins per training pod in the `shards` output (fleet engine when > 1).")
-def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, **flags: Any) -> None:
+@click.option("--shard-size", type=click.IntRange(min=0), default=1, show_default=True,
+              help="Twins per training pod in the `shards` output (fleet engine when > 1); "
+                   "0 = as few as keep the pods per round within --max-pods-per-round.")
+@click.option("--max-pods-per-round", type=click.IntRange(min=1), default=100, show_default=True,
+              help="With --shard-size 0: the most training pods a round may fan out to.")
+def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, max_pods_per_round: int,
+             **flags: Any) -> None:
     """Create a run (or accept the identical existing one) and output its twin list.
 
-    Outputs (--outputs-dir): run_id, twins and shards (JSON lists), round (the next round to play)
-    and pending_rounds (JSON list of the rounds still to play; empty when the run is complete).
+    Outputs (--outputs-dir): run_id; twins and shards (JSON lists; a shard is named by its twin id, or
+    FIRST..LAST for several twins); round and first_round (the next round to play); last_round (the
+    last round that may start: the final round, or first_round - 1 once training is complete).
 
     Example: fedtwin step init --run-id demo --twins 4 --outputs-dir /tmp/out
     """
     from fedtwin import steps
     from fedtwin.store import RunLayout, open_store
+    from fedtwin.twins import shard_names
 
     config = resolve_config(config_file, **flags)
     artifact_store = open_store(config.store, config.s3)
     result = steps.init(artifact_store, config)
     ids = result.twin_ids
-    shards = [",".join(ids[i : i + shard_size]) for i in range(0, len(ids), shard_size)]
-    # Rounds still to play (empty once the run is complete): a workflow loops over this list.
+    size = shard_size or -(-len(ids) // max_pods_per_round)
     state = artifact_store.get_json(RunLayout(result.run_id).state)
-    pending = [] if state.get("training_complete") else list(range(result.next_round,
-                                                                     config.federation.rounds))
-    steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shards,
-                                      "round": str(result.next_round), "pending_rounds": pending})
-    click.echo(json.dumps({"run_id": result.run_id, "twins": ids, "next_round": result.next_round,
-                           "resumed": result.resumed}))
+    steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shard_names(ids, size),
+                                      "round": str(result.next_round), "first_round": str(result.next_round),
+                                      "last_round": str(steps.last_round(config, state))})
+    click.echo(json.dumps({"run_id": result.run_id, "twins": len(ids), "twins_per_pod": size,
+                           "next_round": result.next_round, "resumed": result.resumed}))
 
 
 @step_group.command("train")
 @run_option
 @round_option
 @click.option("--twin", "twins", multiple=True, required=True,
-              help="Twin id; repeat or comma-separate to train a shard together.")
+              help="Twin id or FIRST..LAST range (fleet order); repeat or comma-separate to train a shard "
+                   "together.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @store_option
 @outputs_option
@@ -85,9 +90,7 @@ def train_cmd(run_id: str, round_index: int, twins: tuple[str, ...], device: str
     from fedtwin.store import open_store
 
     torch.set_num_threads(1)
-    ids = split_ids(twins)
-    records = steps.train(open_store(store), run_id, round_index, ids, device,
-                          "pool" if len(ids) == 1 else "fleet")
+    records = steps.train(open_store(store), run_id, round_index, split_ids(twins), device)
     steps.write_outputs(outputs_dir, {"twins": [r.twin_id for r in records]})
     for record in records:
         click.echo(json.dumps({"twin_id": record.twin_id, "round": record.round,
@@ -102,8 +105,12 @@ def train_cmd(run_id: str, round_index: int, twins: tuple[str, ...], device: str
 def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | None) -> None:
     """Aggregate the round's valid updates into the next global model; fails below quorum.
 
-    Outputs (--outputs-dir): round, next_round, participants, rejected (counts), mean_return,
-    continue (true/false) and model.safetensors (the new global model).
+    A round that is not the next one to aggregate, or comes after training stopped, is not played:
+    the step succeeds, leaves the run as it is and outputs played=false.
+
+    Outputs (--outputs-dir): round, played (true/false), next_round, last_round (the last round that
+    may still start), participants, rejected (counts), mean_return, continue (true/false) and
+    model.safetensors (the newest global model).
 
     Example: fedtwin step aggregate --run demo --round 0 --outputs-dir /tmp/out
     """
@@ -112,20 +119,25 @@ def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | 
 
     artifact_store = open_store(store)
     summary = steps.aggregate(artifact_store, run_id, round_index)
-    if outputs_dir is not None:  # the new global model, for an Argo output artifact
+    played = summary.get("played", True)
+    next_round = round_index + 1 if played else summary["next_round"]
+    if outputs_dir is not None:  # the newest global model, for an Argo output artifact
         Path(outputs_dir).mkdir(parents=True, exist_ok=True)
-        model = artifact_store.get_bytes(RunLayout(run_id).global_model(round_index + 1))
+        model = artifact_store.get_bytes(RunLayout(run_id).global_model(next_round))
         (Path(outputs_dir) / "model.safetensors").write_bytes(model)
     steps.write_outputs(outputs_dir, {
         "round": str(round_index),
-        "next_round": str(round_index + 1),
-        "participants": str(len(summary["participants"])),
-        "rejected": str(len(summary["rejected"])),
-        "mean_return": f"{summary['validation_return']:.2f}",
+        "played": played,
+        "next_round": str(next_round),
+        "last_round": str(summary["last_round"]),
+        "participants": str(len(summary["participants"])) if played else "0",
+        "rejected": str(len(summary["rejected"])) if played else "0",
+        "mean_return": f"{summary['validation_return']:.2f}" if played else "",
         "continue": bool(summary["continue"]),
     })
-    click.echo(json.dumps({k: summary[k] for k in ("round", "participants", "rejected",
-                                                   "validation_return", "continue")}))
+    shown = ("round", "participants", "rejected", "validation_return", "continue") if played else \
+        ("round", "played", "reason", "continue", "next_round")
+    click.echo(json.dumps({k: summary[k] for k in shown}))
 
 
 @step_group.command("evaluate")
