@@ -25,7 +25,7 @@ from tests.argo_local import Unresolved, evaluate
 from workflows import common, render
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO.parent / "shared" / "schemas" / "argo-workflows" / "schema.json"
+SCHEMA = REPO / "schemas" / "argo-workflows" / "schema.json"
 MODULES = {module.NAME: module for module in render.MODULES}
 TAG = re.compile(r"\{\{\s*(=)?\s*(.*?)\s*\}\}")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -145,7 +145,7 @@ def test_hera_model_round_trip(name: str) -> None:
 
 @functools.cache
 def argo_validator() -> jsonschema.Draft7Validator:
-    assert SCHEMA.exists(), f"vendored Argo schema missing: {SCHEMA} (see ../shared/schemas/README.md)"
+    assert SCHEMA.exists(), f"vendored Argo schema missing: {SCHEMA} (see schemas/README.md)"
     schema = json.loads(SCHEMA.read_text())
     return jsonschema.Draft7Validator(
         {"$ref": "#/definitions/io.argoproj.workflow.v1alpha1.WorkflowTemplate",
