@@ -107,10 +107,17 @@ class InitResult:
     twin_ids: list[str]
     next_round: int
     resumed: bool
+    shard_size: int = 1
+    """Twins per training pod (a workflow engine's fan-out; see shard_size)."""
 
 
-def init(store: ArtifactStore, config: Config) -> InitResult:
-    """Create the run (config, fleet, global model of round 0), or accept an identical existing one."""
+def init(store: ArtifactStore, config: Config, shard_request: int = 1,
+         parallelism: int | None = None) -> InitResult:
+    """Create the run (config, fleet, global model of round 0), or accept an identical existing one.
+
+    `shard_request` and `parallelism` size a workflow engine's fan-out (shard_size); a fan-out that
+    cannot be met is refused before anything is written.
+    """
     if config.run_id is None:
         raise ConfigError("init needs a run id; pass --run-id")
     layout = RunLayout(config.run_id)
@@ -124,9 +131,11 @@ def init(store: ArtifactStore, config: Config) -> InitResult:
                 f"{', '.join(diff)}); use a new --run-id, or the stored config to resume"
             )
         state = ctx.state()
-        return InitResult(config.run_id, [t.id for t in ctx.fleet.train], state["next_round"], True)
+        size = shard_size(len(ctx.fleet.train), shard_request, parallelism)
+        return InitResult(config.run_id, [t.id for t in ctx.fleet.train], state["next_round"], True, size)
 
     fleet = build_fleet(config)
+    size = shard_size(len(fleet.train), shard_request, parallelism)
     quorum = config.federation.quorum(len(fleet.train))
     if quorum > len(fleet.train):
         raise ConfigError(
@@ -157,7 +166,27 @@ def init(store: ArtifactStore, config: Config) -> InitResult:
         },
     )
     store.put_text(layout.config, config_to_yaml(config))
-    return InitResult(config.run_id, [t.id for t in fleet.train], 0, False)
+    return InitResult(config.run_id, [t.id for t in fleet.train], 0, False, size)
+
+
+DEFAULT_PARALLELISM = 100
+"""Training pods per round when the shard size is chosen automatically (workflows/README.md, "Limits
+on a real cluster": it keeps a long run's Argo workflow object within the controller's size limit)."""
+
+
+def shard_size(fleet_size: int, requested: int, parallelism: int | None) -> int:
+    """Twins per training pod: `requested`, or (0) the fewest per pod that keep a round within
+    `parallelism` pods; a requested size that needs more pods than `parallelism` is refused."""
+    if requested == 0:
+        return -(-fleet_size // (parallelism or DEFAULT_PARALLELISM))
+    pods = -(-fleet_size // requested)
+    if parallelism is not None and pods > parallelism:
+        raise ConfigError(
+            f"{requested} twin(s) per pod makes {pods} training pods per round for {fleet_size} twins, more "
+            f"than the parallelism of {parallelism}; raise the parallelism, or let the shard size be "
+            "chosen (twins-per-pod 0)"
+        )
+    return requested
 
 
 # ---------------------------------------------------------------------------------------- train

@@ -10,7 +10,7 @@ import torch
 
 from fedtwin import steps
 from fedtwin.config import load_config
-from fedtwin.errors import IntegrityError, QuorumError, RunConflictError
+from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import write_tiny_config
 
@@ -179,3 +179,22 @@ def test_evaluate_reports_heldout_and_gap(tiny):
     gap = evaluation["train"]["mean_return"] - evaluation["heldout"]["mean_return"]
     assert evaluation["generalization_gap"] == pytest.approx(gap)
     assert np.isfinite(evaluation["heldout"]["mean_return"])
+
+
+@pytest.mark.parametrize(("fleet", "request_", "parallelism", "size"), [
+    (8, 0, None, 1), (1000, 0, None, 10), (1000, 0, 64, 16), (7, 1, None, 1), (1000, 50, 20, 50),
+    (100_000, 0, 100, 1000),
+])
+def test_shard_size_keeps_a_round_within_its_parallelism(fleet, request_, parallelism, size):
+    assert steps.shard_size(fleet, request_, parallelism) == size
+    assert -(-fleet // size) <= (parallelism or steps.DEFAULT_PARALLELISM) or request_ > 0
+
+
+def test_a_fan_out_wider_than_the_parallelism_is_refused_before_anything_is_written(tiny):
+    config = tiny()
+    store = LocalStore(config.store)
+    with pytest.raises(ConfigError, match="1 twin\\(s\\) per pod makes 3 training pods per round for 3 twins, "
+                                          "more than the parallelism of 2"):
+        steps.init(store, config, shard_request=1, parallelism=2)
+    assert not store.exists(RunLayout("demo").state)
+    assert steps.init(store, config, shard_request=0, parallelism=2).shard_size == 2

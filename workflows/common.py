@@ -209,15 +209,13 @@ FEDERATION_PARAMS = [
     P("privacy-delta", _number(DEFAULTS.privacy.delta), "Delta of the (epsilon, delta) guarantee: below "
       "1 / a twin's transitions over the run (local) or 1 / twins (central)."),
 ]
-MAX_PODS_PER_ROUND = 100
-"""Default ceiling of training pods per round when `twins-per-pod` is 0 (see workflows/README.md,
-"Limits on a real cluster": it keeps a long run's workflow object under Argo's size limit)."""
 TWINS_PER_POD = [
     P("twins-per-pod", "0", "Twins per training pod: 1 = one pod per twin; N > 1 = shards of N twins trained "
-      "together by the fleet engine; 0 = one pod per twin up to `max-pods-per-round` pods, then the fewest "
-      "equal shards that fit."),
-    P("max-pods-per-round", str(MAX_PODS_PER_ROUND), "With `twins-per-pod` 0: the most training pods a round "
-      "fans out to."),
+      "together by the fleet engine; 0 = one pod per twin up to `parallelism` pods, then the fewest equal "
+      "shards that fit."),
+    P("parallelism", "100", "The most training pods a round runs at once (a round starts them together); "
+      "with `twins-per-pod` 0 the twins are packed into at most this many pods, with N > 1 a fleet that "
+      "needs more pods is refused before round 0."),
 ]
 STORE_PARAMS = [
     P("store", "s3://fedtwin", "Artifact store of the runs (s3://BUCKET[/PREFIX]); the single source of "

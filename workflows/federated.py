@@ -92,7 +92,7 @@ as soon as its `when` is false."""
 init = fedtwin_step(
     "init",
     ["step", "init", *config_args(), "--shard-size", param("twins-per-pod"),
-     "--max-pods-per-round", param("max-pods-per-round"), "--outputs-dir", OUTPUTS_DIR],
+     "--parallelism", param("parallelism"), "--outputs-dir", OUTPUTS_DIR],
     env=[*AGGREGATOR_ENV, *config_env()],
     volumes=fleet_volume(),
     outputs=[outputs_param("run_id", default="", global_name=RUN_ID_OUTPUT), outputs_param("twins"),

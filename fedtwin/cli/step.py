@@ -39,10 +39,11 @@ def step_group() -> None:
 @outputs_option
 @click.option("--shard-size", type=click.IntRange(min=0), default=1, show_default=True,
               help="Twins per training pod in the `shards` output (fleet engine when > 1); "
-                   "0 = as few as keep the pods per round within --max-pods-per-round.")
-@click.option("--max-pods-per-round", type=click.IntRange(min=1), default=100, show_default=True,
-              help="With --shard-size 0: the most training pods a round may fan out to.")
-def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, max_pods_per_round: int,
+                   "0 = one per twin up to --parallelism pods, then the fewest equal shards that fit.")
+@click.option("--parallelism", type=click.IntRange(min=1),
+              help="The most training pods a round may fan out to (a round runs them all at once); "
+                   "default: no limit with --shard-size >= 1, 100 with --shard-size 0.")
+def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, parallelism: int | None,
              **flags: Any) -> None:
     """Create a run (or accept the identical existing one) and output its twin list.
 
@@ -58,9 +59,8 @@ def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, 
 
     config = resolve_config(config_file, **flags)
     artifact_store = open_store(config.store, config.s3)
-    result = steps.init(artifact_store, config)
-    ids = result.twin_ids
-    size = shard_size or -(-len(ids) // max_pods_per_round)
+    result = steps.init(artifact_store, config, shard_size, parallelism)
+    ids, size = result.twin_ids, result.shard_size
     state = artifact_store.get_json(RunLayout(result.run_id).state)
     steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shard_names(ids, size),
                                       "round": str(result.next_round), "first_round": str(result.next_round),
