@@ -193,8 +193,9 @@ def test_shard_size_keeps_a_round_within_its_parallelism(fleet, request_, parall
 def test_a_fan_out_wider_than_the_parallelism_is_refused_before_anything_is_written(tiny):
     config = tiny()
     store = LocalStore(config.store)
-    with pytest.raises(ConfigError, match="1 twin\\(s\\) per pod makes 3 training pods per round for 3 twins, "
-                                          "more than the parallelism of 2"):
+    message = (r"1 twin\(s\) per pod makes 3 training pods per round for 3 twins, "
+               r"more than the parallelism of 2;")
+    with pytest.raises(ConfigError, match=message):
         steps.init(store, config, shard_request=1, parallelism=2)
     assert not store.exists(RunLayout("demo").state)
     assert steps.init(store, config, shard_request=0, parallelism=2).shard_size == 2
