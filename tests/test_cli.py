@@ -169,3 +169,16 @@ def test_every_command_has_help_with_an_example_and_is_documented():
             continue
         assert command.help and "Example: fedtwin" in command.help, path
         assert f"fedtwin {' '.join(path)}" in readme, f"`fedtwin {' '.join(path)}` missing from README"
+
+
+def test_a_failing_step_writes_its_one_line_error_to_the_termination_log(tmp_path):
+    """What Kubernetes copies into the container status, and Argo into the failed node's message."""
+    log = tmp_path / "termination-log"
+    result = fedtwin("step", "aggregate", "--run", "nope", "--round", "0", "--store", str(tmp_path / "s"),
+                     env=clean_env(FEDTWIN_TERMINATION_LOG=str(log)))
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("Error: run 'nope' not found") and log.read_text() == line
+    bad_flag = fedtwin("step", "aggregate", "--run", "nope", "--round", "x",
+                       env=clean_env(FEDTWIN_TERMINATION_LOG=str(log)))
+    assert bad_flag.returncode == 2 and log.read_text().startswith("Error: Invalid value for '--round'")

@@ -660,3 +660,66 @@ def test_dp_noise_keys_reach_only_the_steps_that_draw_noise(name: str, twin_step
     declared = param_defaults(manifest(name))
     for step, secret in wanted.items():
         assert secret.removeprefix("{{workflow.parameters.").removesuffix("}}") in declared, step
+
+
+def pods_as_argo_creates_them(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(template, pod spec) for every container template: the workflow's securityContext as the pod's,
+    the template's container as `main`, and Argo's `init`/`wait` containers with the executor
+    securityContext our Argo install gives them (scripts/argo-workflows-values.yaml)."""
+    values = yaml.safe_load((REPO / "scripts" / "argo-workflows-values.yaml").read_text())
+    executor = values["executor"]["securityContext"]
+    pods = []
+    for tmpl in obj["spec"]["templates"]:
+        if "container" not in tmpl:
+            continue
+        pod_sc = {**(obj["spec"].get("securityContext") or {}), **(tmpl.get("securityContext") or {})}
+        containers = [{**tmpl["container"], "name": "main"}, {"name": "wait", "securityContext": executor}]
+        pods.append((tmpl["name"], {"securityContext": pod_sc, "initContainers": [
+            {"name": "init", "securityContext": executor}], "containers": containers}))
+    return pods
+
+
+@pytest.mark.parametrize("name", manifests())
+def test_every_pod_meets_the_restricted_pod_security_standard(name: str) -> None:
+    from tests.chart_helpers import restricted_violations
+
+    pods = pods_as_argo_creates_them(manifest(name))
+    assert pods
+    for template, pod in pods:
+        assert restricted_violations(pod) == [], template
+        assert pod["securityContext"]["runAsUser"] == common.IMAGE_UID
+
+
+def test_the_restricted_check_fails_on_a_pod_that_breaks_it() -> None:
+    from tests.chart_helpers import restricted_violations
+
+    _, pod = pods_as_argo_creates_them(manifest("fedtwin-federated"))[0]
+    pod["containers"][0] = {**pod["containers"][0], "securityContext": {"allowPrivilegeEscalation": True}}
+    assert restricted_violations(pod)
+
+
+def test_the_image_user_is_the_templates_user() -> None:
+    users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", (REPO / "Dockerfile").read_text(), re.M)
+    assert users == [(str(common.IMAGE_UID), str(common.IMAGE_UID))]
+
+
+def test_a_failed_step_shows_its_one_line_error_as_the_node_message() -> None:
+    """The kubelet copies terminationMessagePath into the container status; Argo's node message
+    (operator.go inferFailedReason) then reads `main: Error (exit code N): <that line>`."""
+    for name in MODULES:
+        for tmpl in templates(manifest(name)).values():
+            if "container" in tmpl:
+                container = tmpl["container"]
+                env = {e["name"]: e.get("value") for e in container["env"]}
+                assert env["FEDTWIN_TERMINATION_LOG"] == container["terminationMessagePath"]
+                assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_retries_back_off_with_a_cap_and_no_max_duration() -> None:
+    """backoff.maxDuration counts from the first attempt and also cuts every retried pod's deadline
+    (operator.go processNodeRetries): a step longer than it would never be retried."""
+    for name in MODULES:
+        for tmpl in templates(manifest(name)).values():
+            backoff = (tmpl.get("retryStrategy") or {}).get("backoff")
+            if backoff:
+                assert "maxDuration" not in backoff and backoff["cap"], tmpl["name"]
