@@ -68,6 +68,8 @@ class Component:
         for part in ("go.mod", "go.sum", "tools.go"):
             digest.update((self.module_dir / part).read_bytes())
         digest.update(self.ldflags.encode())
+        if self.name == "argo":
+            digest.update(json.dumps(ARGO_MANIFESTS).encode())
         digest.update(json.dumps(self.packages, sort_keys=True).encode())
         digest.update(go_version.encode())
         return f"{self.name}-{self.versions}-{digest.hexdigest()[:12]}"
@@ -100,6 +102,8 @@ ARGO_MANIFESTS = (
     "manifests/cluster-install-no-crds/argo-server-rbac",
     "manifests/base/workflow-controller/workflow-controller-sa.yaml",
     "manifests/base/argo-server/argo-server-sa.yaml",
+    "manifests/quick-start/base/executor/emissary/executor-role.yaml",
+    "manifests/quick-start/base/executor-default-rolebinding.yaml",
 )
 """Copied from the verified module source into `<argo cache>/manifests/` (used as structure only)."""
 

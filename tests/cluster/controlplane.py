@@ -21,9 +21,12 @@ What is set up, and why:
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import time
 import urllib.parse
@@ -37,6 +40,26 @@ from tests.cluster import build
 from tests.cluster.kube import Credentials, Kube, KubeError, load_yaml_documents, resource_path
 from tests.cluster.pki import Pki, generate
 from tests.servers import HOST, ServerProcess, free_ports, port_answers
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process that started it dies (a killed test
+    run must not leave an API server behind)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Process(ServerProcess):
+    """tests.servers.ServerProcess, but the child also dies with this process."""
+
+    def __init__(self, name: str, workdir: Path, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = workdir / f"{name}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, cwd=workdir, env=env,
+                                     start_new_session=True, preexec_fn=die_with_parent)
+
 
 NODE_NAME = "fedtwin-node"
 ARGO_NAMESPACE = "argo"
@@ -83,6 +106,8 @@ class ControlPlane:
     kubeconfig: Path
     processes: list[ServerProcess] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds each start-up phase took (etcd, kube-apiserver, bootstrap, argo, controller)."""
 
     @property
     def ca_file(self) -> Path:
@@ -122,7 +147,7 @@ def start_etcd(binaries: build.Binaries, workdir: Path) -> tuple[ServerProcess, 
             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
             "--initial-cluster", f"fedtwin={peer_url}", "--initial-cluster-state", "new",
             "--unsafe-no-fsync", "--log-level", "warn", "--quota-backend-bytes", str(2 << 30)]
-    process = ServerProcess("etcd", workdir, argv, env=clean_env())
+    process = Process("etcd", workdir, argv, env=clean_env())
     process.wait_until(lambda: port_answers(client_port), 60, "client port open")
     return process, client_url
 
@@ -154,7 +179,7 @@ def start_apiserver(binaries: build.Binaries, workdir: Path, pki: Pki, etcd_url:
         f"--cert-dir={workdir / 'apiserver-certs'}",
         "--v=1",
     ]
-    process = ServerProcess("kube-apiserver", workdir, argv, env=clean_env())
+    process = Process("kube-apiserver", workdir, argv, env=clean_env())
     return process, f"https://{HOST}:{port}"
 
 
@@ -208,6 +233,15 @@ def install_argo(admin: Kube, manifests: Path, metrics_port: int) -> None:
                 if subject.get("kind") == "ServiceAccount":
                     subject.setdefault("namespace", ARGO_NAMESPACE)
             admin.apply(doc)
+    # Argo's quick-start grant to the `default` ServiceAccount of the workflow namespace: what the
+    # executor needs (create/patch WorkflowTaskResults), for the tests' own workflows. fedtwin's
+    # chart grants its own service accounts the same.
+    for rel in ("executor/emissary/executor-role.yaml", "executor-default-rolebinding.yaml"):
+        for doc in load_yaml_documents(manifests / "manifests/quick-start/base" / rel):
+            doc["metadata"]["namespace"] = WORKFLOW_NAMESPACE
+            for subject in doc.get("subjects", []):
+                subject.setdefault("namespace", WORKFLOW_NAMESPACE)
+            admin.apply(doc)
     admin.apply({"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": "workflow-controller-configmap", "namespace": ARGO_NAMESPACE},
                  "data": {k: yaml.safe_dump(v, sort_keys=False) for k, v in controller_config(metrics_port).items()}})
@@ -223,7 +257,7 @@ def start_controller(plane: ControlPlane) -> ServerProcess:
     env = clean_env(LEADER_ELECTION_DISABLE="true",
                     # Requeue after 1 s instead of 10 s when waiting on something (Argo's own e2e setting).
                     DEFAULT_REQUEUE_TIME="1s")
-    process = ServerProcess("workflow-controller", plane.workdir, argv, env=env)
+    process = Process("workflow-controller", plane.workdir, argv, env=env)
     process.wait_until(lambda: "Starting Workflow Controller" in process.log_path.read_text(errors="replace")
                        or "Manager initialized" in process.log_path.read_text(errors="replace"),
                        60, "controller started")
@@ -236,30 +270,43 @@ def start(workdir: Path | None = None, binaries: build.Binaries | None = None,
     binaries = binaries or build.ensure()
     workdir = workdir or Path(tempfile.mkdtemp(prefix="fedtwin-cluster-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        timings[name] = round(time.monotonic() - clock, 2)
+        clock = time.monotonic()
+
     pki = generate(workdir / "pki", NODE_NAME)
     processes: list[ServerProcess] = []
     try:
         etcd, etcd_url = start_etcd(binaries, workdir)
         processes.append(etcd)
+        lap("etcd")
         apiserver, server = start_apiserver(binaries, workdir, pki, etcd_url)
         processes.append(apiserver)
         admin_creds = Credentials(server, pki.ca.cert, pki.admin.cert, pki.admin.key, user="fedtwin-admin")
         admin = Kube(admin_creds)
         wait_ready(apiserver, admin)
+        lap("kube-apiserver")
         kubeconfig = admin_creds.kubeconfig(workdir / "admin.kubeconfig", namespace=WORKFLOW_NAMESPACE)
         plane = ControlPlane(workdir, binaries, pki, server, admin, kubeconfig, processes,
-                             {"apiserver": int(urllib.parse.urlparse(server).port or 0)})
+                             {"apiserver": int(urllib.parse.urlparse(server).port or 0)}, timings)
         ensure_namespace(admin, "default")
         ensure_namespace(admin, WORKFLOW_NAMESPACE, {
             "pod-security.kubernetes.io/enforce": "restricted",
             "pod-security.kubernetes.io/enforce-version": "latest",
             "pod-security.kubernetes.io/warn": "restricted",
         })
+        lap("namespaces")
         if with_controller:
             metrics_port = free_ports(1)[0]
             plane.ports["controller-metrics"] = metrics_port
             install_argo(admin, binaries.argo_manifests, metrics_port)
+            lap("argo-crds-rbac")
             processes.append(start_controller(plane))
+            lap("workflow-controller")
         return plane
     except BaseException:
         for process in reversed(processes):

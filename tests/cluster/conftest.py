@@ -1,0 +1,62 @@
+"""Session fixtures of the local control plane (see tests/cluster/README.md).
+
+`cluster`: etcd + kube-apiserver + Argo's controller + the node agent, started once per session.
+`fedtwin_release`: both charts installed into it against the session's SeaweedFS and MLflow.
+
+The binaries come from `make cluster-tools` (tests/cluster/build.py); when the cache lacks them the
+fixture builds them (minutes). A missing Go toolchain or a failed build fails the tests that need
+the cluster with one line naming the problem; it is never a skip.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.cluster import build
+from tests.cluster.charts import Release, install_charts
+from tests.cluster.harness import Cluster, CommandError
+from tests.servers import MlflowServer, S3Server
+
+
+@pytest.fixture(scope="session")
+def cluster_binaries() -> build.Binaries:
+    try:
+        return build.ensure()
+    except build.BuildError as exc:
+        pytest.fail(f"tests/cluster: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def cluster(cluster_binaries: build.Binaries, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("cluster")
+    try:
+        running = Cluster.start(workdir, cluster_binaries)
+    except Exception as exc:
+        pytest.fail(f"tests/cluster: the local control plane did not start: {exc}", pytrace=False)
+    try:
+        yield running
+    finally:
+        running.stop()
+        # Pods' root overlays hold copies of whatever they wrote; keep only the logs.
+        for pod_dir in (workdir / "node" / "pods").glob("*"):
+            for heavy in ("upper", "work", "rootfs", "tmp", "volumes"):
+                shutil.rmtree(pod_dir / heavy, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fedtwin_release(cluster: Cluster, s3_server: S3Server, mlflow_server: MlflowServer) -> Release:
+    try:
+        return install_charts(cluster, s3_server, mlflow_server)
+    except CommandError as exc:
+        pytest.fail(f"helm install failed against the real API server: {exc}", pytrace=False)
+
+
+@pytest.fixture
+def no_faults(cluster: Cluster) -> Iterator[None]:
+    """Tests that inject faults leave none behind for the next test."""
+    cluster.clear_faults()
+    yield
+    cluster.clear_faults()
