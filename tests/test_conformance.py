@@ -73,5 +73,19 @@ def test_case(path: Path, runs: dict[str, Run | BaseException]) -> None:
     wrong = {name: (phase, got.get(name, "<no such node>")) for name, phase in expect.get("nodes", {}).items()
              if got.get(name) != phase}
     assert run.phase == expect["phase"] and not wrong, (
-        f"{case['description']}\nsource: {case['source']}\nworkflow {run.phase} (expected {expect['phase']}); "
-        f"nodes (expected, got): {wrong}\n{run.explain()}")
+        f"{case['description']}\nsource: {case['source']}\n"
+        f"workflow {run.phase} (expected {expect['phase']}); nodes (expected, got): {wrong}\n{run.explain()}")
+
+
+HAZARD = CASES_DIR.parent / "hazards" / "when-turns-false-while-running.yaml"
+
+
+def test_a_running_child_whose_when_turns_false_is_never_advanced(tmp_path: Path) -> None:
+    """Why fedtwin's round loop keeps the running round's `when` true (workflows/README.md)."""
+    case = yaml.safe_load(HAZARD.read_text())
+    argo = LocalArgo(case["workflow"], tmp_path, workflow_name="when-turns-false-local", env={})
+    with pytest.raises(RuntimeError, match="cannot progress") as stuck:
+        argo.run(timeout=60)
+    phases = {name[len(argo.name):]: node.phase for name, node in argo.nodes.items()}
+    assert all(phases[n] == "Running" for n in case["hangs"]["running"]), stuck.value
+    assert all(phases[n] == "Succeeded" for n in case["hangs"]["succeeded"]), stuck.value
