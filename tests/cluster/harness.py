@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.cluster import build, controlplane
 from tests.cluster.agent import FaultHook, NodeAgent
 from tests.cluster.controlplane import WORKFLOW_NAMESPACE, ControlPlane
@@ -106,8 +104,9 @@ class Cluster:
     # -- workflows --------------------------------------------------------------------------------------
     def submit_manifest(self, workflow: dict[str, Any], *extra: str) -> str:
         """`argo submit` a Workflow manifest; returns the workflow's name."""
-        path = Path(tempfile.mkstemp(prefix="wf-", suffix=".yaml", dir=self.workdir)[1])
-        path.write_text(yaml.safe_dump(workflow, sort_keys=False))
+        # JSON, not YAML: Argo parses YAML 1.1, where a value such as `n` would turn into a bool.
+        path = Path(tempfile.mkstemp(prefix="wf-", suffix=".json", dir=self.workdir)[1])
+        path.write_text(json.dumps(workflow))
         proc = self.argo("submit", "-n", self.namespace, str(path), "-o", "name", *extra)
         return proc.stdout.strip().splitlines()[-1]
 

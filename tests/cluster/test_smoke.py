@@ -30,10 +30,10 @@ def workflow(name: str, templates: list[dict[str, Any]], **spec: Any) -> dict[st
 FAN_OUT = workflow("smoke", [
     {"name": "main", "dag": {"tasks": [
         {"name": "gen", "template": "gen"},
-        {"name": "square", "depends": "gen", "template": "square",
+        {"name": "square", "dependencies": ["gen"], "template": "square",
          "withParam": "{{tasks.gen.outputs.parameters.items}}",
-         "arguments": {"parameters": [{"name": "n", "value": "{{item}}"}]}},
-        {"name": "total", "depends": "square", "template": "total",
+         "arguments": {"parameters": [{"name": "num", "value": "{{item}}"}]}},
+        {"name": "total", "dependencies": ["square"], "template": "total",
          "arguments": {"parameters": [{"name": "squares", "value": "{{tasks.square.outputs.parameters.sq}}"}]}},
         {"name": "flaky", "template": "flaky"},
         {"name": "broken", "template": "broken", "continueOn": {"failed": True}},
@@ -44,8 +44,8 @@ FAN_OUT = workflow("smoke", [
          {"name": "uid", "valueFrom": {"path": "/tmp/uid"}},
          {"name": "missing", "valueFrom": {"path": "/tmp/never-written", "default": "fallback"}},
      ]}},
-    {"name": "square", "inputs": {"parameters": [{"name": "n"}]},
-     "container": container("echo $(( {{inputs.parameters.n}} * {{inputs.parameters.n}} )) > /tmp/sq"),
+    {"name": "square", "inputs": {"parameters": [{"name": "num"}]},
+     "container": container("echo $(( {{inputs.parameters.num}} * {{inputs.parameters.num}} )) > /tmp/sq"),
      "outputs": {"parameters": [{"name": "sq", "valueFrom": {"path": "/tmp/sq"}}]}},
     {"name": "total", "inputs": {"parameters": [{"name": "squares"}]},
      "container": container("s=0; for x in $(echo '{{inputs.parameters.squares}}' | tr -d '[]\" ' | tr , ' '); "
