@@ -111,13 +111,13 @@ class InitResult:
     """Twins per training pod (a workflow engine's fan-out; see shard_size)."""
 
 
-def init(store: ArtifactStore, config: Config, shard_request: int = 1,
-         parallelism: int | None = None) -> InitResult:
+def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) -> InitResult:
     """Create the run (config, fleet, global model of round 0), or accept an identical existing one.
 
-    `shard_request` and `parallelism` size a workflow engine's fan-out (shard_size); a fan-out that
-    cannot be met is refused before anything is written.
+    `fan_out` sizes a workflow engine's rounds (InitResult.shard_size); one that cannot keep its limits
+    is refused before anything is written.
     """
+    fan_out = fan_out or FanOut()
     if config.run_id is None:
         raise ConfigError("init needs a run id; pass --run-id")
     layout = RunLayout(config.run_id)
@@ -131,11 +131,11 @@ def init(store: ArtifactStore, config: Config, shard_request: int = 1,
                 f"{', '.join(diff)}); use a new --run-id, or the stored config to resume"
             )
         state = ctx.state()
-        size = shard_size(len(ctx.fleet.train), shard_request, parallelism)
+        size = fan_out.shard_size(len(ctx.fleet.train), ctx.config.federation.rounds)
         return InitResult(config.run_id, [t.id for t in ctx.fleet.train], state["next_round"], True, size)
 
     fleet = build_fleet(config)
-    size = shard_size(len(fleet.train), shard_request, parallelism)
+    size = fan_out.shard_size(len(fleet.train), config.federation.rounds)
     quorum = config.federation.quorum(len(fleet.train))
     if quorum > len(fleet.train):
         raise ConfigError(
@@ -170,23 +170,60 @@ def init(store: ArtifactStore, config: Config, shard_request: int = 1,
 
 
 DEFAULT_PARALLELISM = 100
-"""Training pods per round when the shard size is chosen automatically (workflows/README.md, "Limits
-on a real cluster": it keeps a long run's Argo workflow object within the controller's size limit)."""
+"""Training pods per round when the shard size is chosen (twins-per-pod 0)."""
 
 
-def shard_size(fleet_size: int, requested: int, parallelism: int | None) -> int:
-    """Twins per training pod: `requested`, or (0) the fewest per pod that keep a round within
-    `parallelism` pods; a requested size that needs more pods than `parallelism` is refused."""
-    if requested == 0:
-        return -(-fleet_size // (parallelism or DEFAULT_PARALLELISM))
-    pods = -(-fleet_size // requested)
-    if parallelism is not None and pods > parallelism:
-        raise ConfigError(
-            f"{requested} twin(s) per pod makes {pods} training pods per round for {fleet_size} twins, more "
-            f"than the parallelism of {parallelism}; raise the parallelism, or let the shard size be "
-            "chosen (twins-per-pod 0)"
-        )
-    return requested
+@dataclass(frozen=True)
+class FanOut:
+    """How a workflow engine spreads each round over pods, and the limits the spread must keep.
+
+    The node count is the Argo workflow fedtwin-federated makes: 13 nodes around the rounds, and per
+    round its DAG, the fan-out group, a retry node and a pod per training pod, and the aggregation's
+    two (tests/test_workflow_size.py holds the formula to a simulated run). Without a database for
+    node-status offload, Argo keeps every node in one Workflow object of at most 1 MiB
+    (workflows/README.md, "Limits on a real cluster").
+    """
+
+    twins_per_pod: int = 1
+    """Twins per training pod; 0 = the fewest that keep a round within `parallelism` pods."""
+    parallelism: int | None = None
+    """The most training pods in a round (they start together)."""
+    max_nodes: int | None = None
+    """The most workflow nodes the whole run may make; None = no limit."""
+
+    FIXED_NODES = 13
+    NODES_PER_ROUND_BESIDES_PODS = 4
+
+    @staticmethod
+    def nodes(rounds: int, pods: int) -> int:
+        return FanOut.FIXED_NODES + rounds * (2 * pods + FanOut.NODES_PER_ROUND_BESIDES_PODS)
+
+    def shard_size(self, fleet_size: int, rounds: int) -> int:
+        """Twins per pod for a fleet and a number of rounds; ConfigError when a limit cannot be kept."""
+        if self.twins_per_pod == 0:
+            size = -(-fleet_size // (self.parallelism or DEFAULT_PARALLELISM))
+        else:
+            size = self.twins_per_pod
+            pods = -(-fleet_size // size)
+            if self.parallelism is not None and pods > self.parallelism:
+                raise ConfigError(
+                    f"{size} twin(s) per pod makes {pods} training pods per round for {fleet_size} twins, "
+                    f"more than the parallelism of {self.parallelism}; raise the parallelism, or let the "
+                    "shard size be chosen (twins-per-pod 0)"
+                )
+        pods = -(-fleet_size // size)
+        nodes = self.nodes(rounds, pods)
+        if self.max_nodes is not None and nodes > self.max_nodes:
+            per_round = (self.max_nodes - self.FIXED_NODES) // rounds
+            fits = (per_round - self.NODES_PER_ROUND_BESIDES_PODS) // 2
+            advice = (f"lower the parallelism to {fits} (twins-per-pod 0 packs the twins into fewer pods)"
+                      if fits >= 1 else "play fewer rounds per workflow")
+            raise ConfigError(
+                f"{rounds} rounds of {pods} training pods make {nodes} Argo workflow nodes, more than "
+                f"max-workflow-nodes ({self.max_nodes}, what one Workflow object holds without node-status "
+                f"offload); {advice}, or set max-workflow-nodes 0 if the controller offloads node status"
+            )
+        return size
 
 
 # ---------------------------------------------------------------------------------------- train

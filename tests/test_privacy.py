@@ -230,10 +230,28 @@ def test_budget_stop_twins_drop_out_at_the_right_round_and_the_run_ends_cleanly(
         assert all(store.exists(layout.update_meta(r, t)) for t in expected)
         assert store.exists(layout.global_model(r + 1)) and store.exists(layout.summary(r))
 
-    # Were round 3 played anyway, every twin would skip: the aggregate step fails on the quorum, saying why.
+    # Were round 3 started anyway, every twin would skip it, and its aggregation is not played: training
+    # is complete, so the run is left exactly as it is (what a workflow engine's stray round sees).
     assert all(r.extra.get("skipped") for r in steps.train(store, "dp", 3, all_twins, engine="fleet"))
-    with pytest.raises(QuorumError, match="skipped twin-000: privacy budget"):
-        steps.aggregate(store, "dp", 3)
+    before = store.get_bytes(layout.state)
+    assert steps.aggregate(store, "dp", 3)["played"] is False
+    assert store.get_bytes(layout.state) == before and not store.exists(layout.summary(3))
+
+
+def test_a_round_whose_trained_twins_all_skipped_fails_its_quorum_saying_why(tmp_path: Path) -> None:
+    eps2, eps3 = (privacy.epsilon(accountant_after(2 * n), 1e-6) for n in (2, 3))
+    config = tiny(tmp_path, privacy={"mode": "local", "noise_multiplier": SIGMA,
+                                     "target_epsilon": (eps2 + eps3) / 2},
+                  federation={"rounds": 6, "min_twins": 1})
+    store, layout = LocalStore(tmp_path / "store"), RunLayout("dp")
+    steps.init(store, config)
+    for r, twins in enumerate([["twin-000", "twin-001"], ["twin-000", "twin-001", "twin-002"]]):
+        steps.train(store, "dp", r, twins, engine="fleet")
+        assert steps.aggregate(store, "dp", r)["continue"]
+    # Round 2: twins 0 and 1 are out of budget and skip; twin-002's pod never ran.
+    assert all(r.extra.get("skipped") for r in steps.train(store, "dp", 2, ["twin-000", "twin-001"]))
+    with pytest.raises(QuorumError, match=r"below the quorum of 1 .*; skipped twin-000: privacy budget"):
+        steps.aggregate(store, "dp", 2)
     assert "privacy budget" in store.get_json(layout.state)["reason"]
 
 

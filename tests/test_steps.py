@@ -186,7 +186,7 @@ def test_evaluate_reports_heldout_and_gap(tiny):
     (100_000, 0, 100, 1000),
 ])
 def test_shard_size_keeps_a_round_within_its_parallelism(fleet, request_, parallelism, size):
-    assert steps.shard_size(fleet, request_, parallelism) == size
+    assert steps.FanOut(request_, parallelism).shard_size(fleet, rounds=20) == size
     assert -(-fleet // size) <= (parallelism or steps.DEFAULT_PARALLELISM) or request_ > 0
 
 
@@ -196,6 +196,16 @@ def test_a_fan_out_wider_than_the_parallelism_is_refused_before_anything_is_writ
     message = (r"1 twin\(s\) per pod makes 3 training pods per round for 3 twins, "
                r"more than the parallelism of 2;")
     with pytest.raises(ConfigError, match=message):
-        steps.init(store, config, shard_request=1, parallelism=2)
+        steps.init(store, config, steps.FanOut(twins_per_pod=1, parallelism=2))
     assert not store.exists(RunLayout("demo").state)
-    assert steps.init(store, config, shard_request=0, parallelism=2).shard_size == 2
+    assert steps.init(store, config, steps.FanOut(twins_per_pod=0, parallelism=2)).shard_size == 2
+
+
+def test_a_run_too_large_for_one_workflow_object_is_refused_with_a_parallelism_that_fits():
+    fan_out = steps.FanOut(twins_per_pod=0, parallelism=100, max_nodes=12_000)
+    assert fan_out.shard_size(1000, rounds=50) == 10  # 13 + 50 * 204 = 10213 nodes
+    message = (r"200 rounds of 100 training pods make 40813 Argo workflow nodes, "
+               r"more than max-workflow-nodes \(12000.*lower the parallelism to 27")
+    with pytest.raises(ConfigError, match=message):
+        fan_out.shard_size(1000, rounds=200)
+    assert steps.FanOut(0, 27, 12_000).shard_size(1000, rounds=200) == 38  # 27 pods: 11613 nodes

@@ -44,7 +44,7 @@ POD_HASH = 1 + 10
 FEDERATED_PARAMETERS = [
     "run-id", "seed", "rounds", "twins", "fleet-configmap", "algo", "min-twins", "strategy", "target-return",
     "privacy", "privacy-epsilon", "privacy-delta", "twin-dp-noise-secret", "aggregator-dp-noise-secret",
-    "twins-per-pod", "parallelism", "store", "s3-endpoint", "s3-region",
+    "twins-per-pod", "parallelism", "max-workflow-nodes", "store", "s3-endpoint", "s3-region",
     "aggregator-s3-secret", "twin-s3-secret", "per-twin-secrets",
     "mlflow-uri", "mlflow-experiment", "image", "aggregator-service-account", "aggregator-cpu-request",
     "aggregator-memory-request", "aggregator-cpu-limit", "aggregator-memory-limit", "twin-service-account",

@@ -209,13 +209,19 @@ FEDERATION_PARAMS = [
     P("privacy-delta", _number(DEFAULTS.privacy.delta), "Delta of the (epsilon, delta) guarantee: below "
       "1 / a twin's transitions over the run (local) or 1 / twins (central)."),
 ]
-TWINS_PER_POD = [
+MAX_WORKFLOW_NODES = 12_000
+"""What one Workflow object holds with room to spare (1 MiB compressed; tests/test_workflow_size.py)."""
+FAN_OUT_PARAMS = [
     P("twins-per-pod", "0", "Twins per training pod: 1 = one pod per twin; N > 1 = shards of N twins trained "
       "together by the fleet engine; 0 = one pod per twin up to `parallelism` pods, then the fewest equal "
       "shards that fit."),
     P("parallelism", "100", "The most training pods a round runs at once (a round starts them together); "
-      "with `twins-per-pod` 0 the twins are packed into at most this many pods, with N > 1 a fleet that "
+      "with `twins-per-pod` 0 the twins are packed into at most this many pods, with N >= 1 a fleet that "
       "needs more pods is refused before round 0."),
+    P("max-workflow-nodes", str(MAX_WORKFLOW_NODES), "Refuse, before round 0, a run whose workflow would "
+      "make more nodes than this: Argo keeps them all in one Workflow object of at most 1 MiB (see "
+      "\"Limits on a real cluster\"); 0 = no check, for a controller that offloads node status to a "
+      "database."),
 ]
 STORE_PARAMS = [
     P("store", "s3://fedtwin", "Artifact store of the runs (s3://BUCKET[/PREFIX]); the single source of "

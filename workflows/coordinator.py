@@ -78,7 +78,7 @@ init = fedtwin_step(
     ["step", "init", *config_args(), "--outputs-dir", OUTPUTS_DIR],
     env=[*AGGREGATOR_ENV, *config_env(), *PROTOCOL_ENV],
     volumes=fleet_volume(),
-    outputs=[outputs_param("run_id", default="", global_name=RUN_ID_OUTPUT), outputs_param("twins")],
+    outputs=[outputs_param("run_id", default="", global_name=RUN_ID_OUTPUT)],
 )
 
 coordinate = fedtwin_step(

@@ -27,6 +27,7 @@ from workflows.common import (
     AGGREGATOR_DP_NOISE_SECRET,
     AGGREGATOR_ENV,
     AGGREGATOR_POD_PARAMS,
+    FAN_OUT_PARAMS,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
     ITEM,
@@ -46,7 +47,6 @@ from workflows.common import (
     TWIN_POD_PARAMS,
     TWIN_SECRET,
     TWIN_STORE_PARAMS,
-    TWINS_PER_POD,
     config_args,
     config_env,
     dp_noise_env,
@@ -66,7 +66,7 @@ from workflows.common import (
 
 NAME = "fedtwin-federated"
 PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, [TWIN_DP_NOISE_SECRET, AGGREGATOR_DP_NOISE_SECRET],
-                     TWINS_PER_POD, STORE_PARAMS, TWIN_STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS,
+                     FAN_OUT_PARAMS, STORE_PARAMS, TWIN_STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS,
                      AGGREGATOR_POD_PARAMS, TWIN_POD_PARAMS])
 RUN_ID_OUTPUT = "run-id"
 """globalName of init's run id: the exit handler finishes only a run this workflow initialized."""
@@ -92,10 +92,13 @@ as soon as its `when` is false."""
 init = fedtwin_step(
     "init",
     ["step", "init", *config_args(), "--shard-size", param("twins-per-pod"),
-     "--parallelism", param("parallelism"), "--outputs-dir", OUTPUTS_DIR],
+     "--parallelism", param("parallelism"), "--max-workflow-nodes", param("max-workflow-nodes"),
+     "--outputs-dir", OUTPUTS_DIR],
     env=[*AGGREGATOR_ENV, *config_env()],
     volumes=fleet_volume(),
-    outputs=[outputs_param("run_id", default="", global_name=RUN_ID_OUTPUT), outputs_param("twins"),
+    # No `twins` list among the outputs: every output is kept in the Workflow object, and 100,000 twin
+    # ids would fill most of its 1 MiB (the fleet is in the store: `fedtwin runs show`).
+    outputs=[outputs_param("run_id", default="", global_name=RUN_ID_OUTPUT),
              outputs_param("shards"), outputs_param("round"),
              outputs_param("first_round", global_name=FIRST_ROUND),
              outputs_param("last_round", global_name=LAST_ROUND)],

@@ -43,8 +43,10 @@ def step_group() -> None:
 @click.option("--parallelism", type=click.IntRange(min=1),
               help="The most training pods a round may fan out to (a round runs them all at once); "
                    "default: no limit with --shard-size >= 1, 100 with --shard-size 0.")
+@click.option("--max-workflow-nodes", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Refuse a run whose Argo workflow would make more nodes than this (0 = no check).")
 def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, parallelism: int | None,
-             **flags: Any) -> None:
+             max_workflow_nodes: int, **flags: Any) -> None:
     """Create a run (or accept the identical existing one) and output its twin list.
 
     Outputs (--outputs-dir): run_id; twins and shards (JSON lists; a shard is named by its twin id, or
@@ -59,7 +61,8 @@ def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, 
 
     config = resolve_config(config_file, **flags)
     artifact_store = open_store(config.store, config.s3)
-    result = steps.init(artifact_store, config, shard_size, parallelism)
+    fan_out = steps.FanOut(shard_size, parallelism, max_workflow_nodes or None)
+    result = steps.init(artifact_store, config, fan_out)
     ids, size = result.twin_ids, result.shard_size
     state = artifact_store.get_json(RunLayout(result.run_id).state)
     steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shard_names(ids, size),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 TAG = re.compile(r"\{\{\s*(=)?\s*(.*?)\s*\}\}")
@@ -214,20 +214,33 @@ class Expression:
         raise SyntaxError(f"unexpected {text!r} in {self.source!r}")
 
 
-def nested(flat: Mapping[str, Any]) -> dict[str, Any]:
+class Nested(Mapping[str, Any]):
+    """A flat scope {"a.b.c": v} seen as nested maps {"a": {"b": {"c": v}}}, lazily (an expression
+    reads a few names; building the whole tree for each one would cost more than evaluating it)."""
+
+    def __init__(self, flat: Mapping[str, Any], prefix: str = "") -> None:
+        self.flat, self.prefix = flat, prefix
+
+    def __getitem__(self, key: str) -> Any:
+        full = self.prefix + str(key)
+        if full in self.flat:
+            return self.flat[full]
+        deeper = full + "."
+        if any(k.startswith(deeper) for k in self.flat):
+            return Nested(self.flat, deeper)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        seen = {k[len(self.prefix):].split(".")[0] for k in self.flat if k.startswith(self.prefix)}
+        return iter(sorted(seen))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def nested(flat: Mapping[str, Any]) -> Mapping[str, Any]:
     """{"a.b.c": v} -> {"a": {"b": {"c": v}}} (the environment of an expression)."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                break
-            node = child
-        else:
-            node.setdefault(leaf, value)
-    return out
+    return Nested(flat)
 
 
 def evaluate(source: str, scope: Mapping[str, Any]) -> Any:
