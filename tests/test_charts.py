@@ -1109,3 +1109,10 @@ def test_twin_pods_land_on_the_subnet_the_chart_creates():
     assert value == "{{workflow.parameters.subnet}}"
     default = one(render("app-defaults"), "WorkflowTemplate", "fedtwin-federated")
     assert {p["name"]: p.get("value") for p in default["spec"]["arguments"]["parameters"]}["subnet"] == ""
+
+
+def test_the_workflow_deadline_is_a_value_of_the_chart():
+    """spec.activeDeadlineSeconds is an integer field: Argo cannot take it from a parameter."""
+    assert {t["spec"]["activeDeadlineSeconds"] for t in chart_templates(()).values()} == {7 * 86400}
+    templates = chart_templates(("--set", "workflowTemplates.activeDeadlineSeconds=3600"))
+    assert {t["spec"]["activeDeadlineSeconds"] for t in templates.values()} == {3600}
