@@ -10,6 +10,7 @@ object passes 1 MiB, must fit; a configuration the README calls too large must n
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -130,3 +131,13 @@ def test_an_early_stop_costs_one_node_per_remaining_round(tmp_path: Path) -> Non
     assert len(skipped) == 15 and all(n.phase == "Skipped" for n in skipped)
     per_round = (len(full.nodes) - len(early.nodes)) / 15
     assert per_round == len([n for n in full.nodes.values() if ".round(5:5)" in n.name]) - 1
+
+
+def test_the_readme_table_of_rounds_is_the_formula() -> None:
+    readme = (FEDERATED.parents[1] / "README.md").read_text()
+    pods = re.search(r"^\| pods per round \(`parallelism`\) \|(.*)\|$", readme, re.M)
+    rounds = re.search(r"^\| most rounds per workflow \|(.*)\|$", readme, re.M)
+    assert pods and rounds
+    for p, r in zip(pods.group(1).split("|"), rounds.group(1).split("|"), strict=True):
+        p_, r_ = int(p), int(r)
+        assert FanOut.nodes(r_, p_) <= MAX_WORKFLOW_NODES < FanOut.nodes(r_ + 1, p_), (p_, r_)
