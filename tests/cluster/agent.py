@@ -389,15 +389,29 @@ class PodRun(threading.Thread):
         """A client authenticated as the pod's ServiceAccount (a token bound to this pod)."""
         if self._sa_client is None:
             account = self.pod["spec"].get("serviceAccountName") or "default"
-            token = self.agent.plane.service_account_token(self.namespace, account, seconds=3600,
-                                                           bound_pod=self.pod, client=self.node)
+            token = self.node_call(lambda: self.agent.plane.service_account_token(
+                self.namespace, account, seconds=3600, bound_pod=self.pod, client=self.node))
             creds = Credentials(self.agent.plane.server, self.agent.plane.ca_file, token=token,
                                 user=f"system:serviceaccount:{self.namespace}:{account}")
             self._sa_client = Kube(creds)
         return self._sa_client
 
+    def node_call(self, call: Callable[[], Any], patience: float = 20.0) -> Any:
+        """Call the API as the Node, retrying 403s for a while: the Node authorizer and
+        NodeRestriction learn that a pod is bound here from their informers, a moment after the
+        binding (the kubelet retries the same way)."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                return call()
+            except KubeError as exc:
+                if exc.status != 403 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
     def patch_status(self, status: dict[str, Any]) -> None:
-        self.node.merge_patch(resource_path("Pod", self.pod_name, self.namespace, "status"), {"status": status})
+        path = resource_path("Pod", self.pod_name, self.namespace, "status")
+        self.node_call(lambda: self.node.merge_patch(path, {"status": status}))
 
     # -- the pod's life ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -418,7 +432,7 @@ class PodRun(threading.Thread):
     def live(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         spec = self.pod["spec"]
-        argo = ArgoPod.parse(self)
+        argo = self.node_call(lambda: ArgoPod.parse(self))
         try:
             plan = self.prepare(argo)
         except PodUnsupported as exc:
@@ -446,7 +460,7 @@ class PodRun(threading.Thread):
             if self.delete_requested.is_set() or self.kill_requested.is_set():
                 return None
             try:
-                return Plan.build(self, argo)
+                return self.node_call(lambda: Plan.build(self, argo))
             except PodSetupError as exc:
                 self.log(f"waiting: {exc}")
                 with contextlib.suppress(KubeError):
