@@ -32,7 +32,7 @@ run: $(STAMP)  ## Train the default fleet locally, evaluate on held-out twins, w
 	$(BIN)/fedtwin baseline --run-id $(LOCAL_RUN_ID) $(RUN_ARGS) --no-progress > /dev/null
 	$(BIN)/fedtwin report $(LOCAL_RUN_ID)
 
-test: $(STAMP) tools  ## Run the whole test suite (unit, integration with real servers, manifests)
+test: $(STAMP) tools cluster-tools  ## Run the whole test suite (unit, integration with real servers, manifests, local control plane)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)  ## Unit tests only (no servers)
@@ -105,3 +105,12 @@ multi-cluster-teardown:  ## Delete the kind clusters and state made by multi-clu
 
 karmada-manifests: $(STAMP) tools  ## Regenerate karmada/manifests/ (standalone Karmada objects) from the fedtwin chart
 	$(BIN)/python karmada/render_manifests.py
+
+# --- local control plane: kube-apiserver, etcd and Argo built from source (tests/cluster/README.md) --
+.PHONY: cluster-tools cluster-e2e
+
+cluster-tools: $(STAMP)  ## Build kube-apiserver, etcd, workflow-controller and argo from source once (cached in ~/.cache/fedtwin-cluster)
+	$(BIN)/python -m tests.cluster.build
+
+cluster-e2e: $(STAMP) tools cluster-tools  ## Run the tests against the local control plane (real API server and Argo controller, node agent)
+	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
