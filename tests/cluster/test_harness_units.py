@@ -1,0 +1,103 @@
+"""Unit tests of the harness's own logic (no control plane needed): build errors and cache keys,
+fault rules, `$(VAR)` expansion, artifact packing."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import build
+from tests.cluster.agent import FaultRules, expand, tgz_bytes, unpack
+
+
+def fake_go(directory: Path, version: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    go = directory / "go"
+    go.write_text(f"#!/bin/sh\nif [ \"$1 $2\" = 'env GOVERSION' ]; then echo {version}; exit 0; fi\nexit 1\n")
+    go.chmod(0o755)
+    return go
+
+
+def test_missing_go_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(build.BuildError) as error:
+        build.ensure()
+    assert str(error.value).startswith("go not found on PATH") and "Go 1.25.7 or newer" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_too_old_go_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_go(tmp_path / "bin", "go1.24.3")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(build.BuildError, match=r"go1.24.3; the Argo v4.0.7 module needs Go 1.25.7 or newer"):
+        build.ensure()
+
+
+def test_cache_is_keyed_by_version_and_found_without_building(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_go(tmp_path / "bin", "go1.26.8")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("FEDTWIN_CLUSTER_CACHE", str(tmp_path / "cache"))
+    assert build.cached() is None
+    for component in build.COMPONENTS:
+        directory = tmp_path / "cache" / component.key("go1.26.8")
+        (directory / "bin").mkdir(parents=True)
+        (directory / "manifest.json").write_text("{}")
+    found = build.cached()
+    assert found is not None and found.kube_apiserver.parent.parent.name.startswith("kube-k8sv1.34.4-etcdv3.6.5-")
+    assert build.ensure().argo == found.argo  # a cache hit builds nothing (the fake go could not)
+    assert build.KUBE.key("go1.26.8") != build.KUBE.key("go1.26.9")
+
+
+def test_go_output_names() -> None:
+    assert build.go_output_name("go.etcd.io/etcd/server/v3") == "server"
+    assert build.go_output_name("k8s.io/kubernetes/cmd/kube-apiserver") == "kube-apiserver"
+
+
+def test_fault_rules_match_and_count(tmp_path: Path) -> None:
+    path = tmp_path / "faults.json"
+    rules = FaultRules(path)
+    pod = {"metadata": {"labels": {"fedtwin.io/role": "twin"},
+                        "annotations": {"workflows.argoproj.io/node-name": "wf.train(1:twin-001)(0)"}}}
+    assert rules.match(pod, ["fedtwin", "step", "train"], {"name": "train"}) is None  # no file: no fault
+    path.write_text(json.dumps({"rules": [
+        {"match": {"labels": {"fedtwin.io/role": "twin"}, "command_contains": "twin-001"}, "action": "kill",
+         "times": 1},
+        {"match": {"template": "train", "node_name_contains": "twin-001"}, "action": "exit", "exit_code": 3},
+    ]}))
+    first = rules.match(pod, ["fedtwin", "--twin", "twin-001"], {"name": "train"})
+    second = rules.match(pod, ["fedtwin", "--twin", "twin-001"], {"name": "train"})
+    assert first is not None and first.action == "kill"
+    assert second is not None and second.action == "exit" and second.exit_code == 3
+    assert rules.match(pod, ["fedtwin", "--twin", "twin-002"], {"name": "aggregate"}) is None
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="is not valid JSON"):
+        rules.match(pod, [], {})
+
+
+def test_kubelet_variable_expansion() -> None:
+    env = {"A": "x", "B": "y"}
+    assert expand("$(A)-$(B)-$(C)-$$(A)", env) == "x-y-$(C)-$(A)"
+
+
+def test_tgz_round_trip(tmp_path: Path) -> None:
+    source = tmp_path / "model"
+    source.mkdir()
+    (source / "w.bin").write_bytes(b"\x00\x01")
+    (source / "meta.json").write_text("{}")
+    data = tgz_bytes(source, {})
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert sorted(tar.getnames()) == ["model", "model/meta.json", "model/w.bin"]
+    unpack(data, tmp_path / "out")
+    assert (tmp_path / "out" / "w.bin").read_bytes() == b"\x00\x01"
+    single = tmp_path / "one.txt"
+    single.write_text("hello")
+    unpack(tgz_bytes(single, {}), tmp_path / "one-out.txt")
+    assert (tmp_path / "one-out.txt").read_text() == "hello"
+    unpack(b"plain bytes", tmp_path / "plain")
+    assert (tmp_path / "plain").read_bytes() == b"plain bytes"
