@@ -82,7 +82,7 @@ import torch
 
 from fedtwin.errors import ConfigError, FedtwinError
 from fedtwin.seeding import derive_seed
-from fedtwin.updates import UpdateRecord
+from fedtwin.updates import SKIPPED, UpdateRecord
 
 if TYPE_CHECKING:
     from opacus.accountants import IAccountant
@@ -427,20 +427,20 @@ class LocalRound:
 
 def split_skipped(store: ArtifactStore, layout: RunLayout, round_index: int, rejected: list[Rejection]
                   ) -> tuple[list[Rejection], list[dict[str, Any]]]:
-    """Move twins that skipped the round on purpose (privacy budget) out of the rejected list."""
+    """Move twins that skipped the round on purpose (privacy budget) out of the rejected list.
+
+    Only records that passed every check before the skip marker (a valid record of this twin, round
+    and base model: `updates.SKIPPED`) count; anything else stays rejected and adds nothing.
+    """
     still, skipped = [], []
     for rejection in rejected:
-        try:
-            key = layout.update_meta(round_index, rejection.twin_id)
-            record = UpdateRecord.from_json(store.get_json(key))
-        except (FedtwinError, ValueError, TypeError, KeyError):
-            record = None
-        if record is not None and isinstance(record.extra, dict) and record.extra.get("skipped"):
-            skipped.append({"twin_id": rejection.twin_id, "kind": str(record.extra["skipped"]),
-                            "reason": str(record.extra.get("reason", record.extra["skipped"])),
-                            "epsilon": record.epsilon})
-        else:
+        if rejection.kind != SKIPPED:
             still.append(rejection)
+            continue
+        record = UpdateRecord.from_json(store.get_json(layout.update_meta(round_index, rejection.twin_id)))
+        skipped.append({"twin_id": rejection.twin_id, "kind": str(record.skipped),
+                        "reason": str(record.extra.get("reason", record.skipped)),
+                        "epsilon": record.epsilon})
     return still, skipped
 
 

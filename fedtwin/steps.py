@@ -25,7 +25,7 @@ from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.strategies import make_strategy
 from fedtwin.train import train_twins
 from fedtwin.twins import Fleet, TwinSpec, dump_fleet, load_fleet, make_fleet, parse_fleet
-from fedtwin.updates import UpdateRecord, load_and_validate, write_updates
+from fedtwin.updates import UpdateRecord, finite_metrics, load_and_validate, read_record, write_updates
 
 log = logging.getLogger("fedtwin.steps")
 
@@ -258,7 +258,7 @@ def train(
     engine = engine or ("pool" if len(twins) == 1 else "fleet")
     done = [t for t in twins if store.exists(layout.update_meta(round_index, t.id))]
     todo = [t for t in twins if t not in done]
-    records = [UpdateRecord.from_json(store.get_json(layout.update_meta(round_index, t.id))) for t in done]
+    records = [read_record(store, layout.update_meta(round_index, t.id)) for t in done]
     if not todo:
         return records
     params, base = ctx.global_model(round_index)
@@ -290,8 +290,8 @@ def train(
             num_samples=int(result.num_samples),
             sha256="",
             base_sha256=sha256_hex(base),
-            metrics=(dp_round.metrics(result.metrics, ctx.config.privacy.release_metrics) if dp_round
-                     else {k: float(v) for k, v in result.metrics.items()}),
+            metrics=finite_metrics(dp_round.metrics(result.metrics, ctx.config.privacy.release_metrics)
+                                   if dp_round else result.metrics),
             epsilon=dp_round.epsilon(twin.id) if dp_round else None,
             seconds=seconds,
             engine=engine,

@@ -106,6 +106,8 @@ class ArtifactStore(ABC):
             return json.loads(data)
         except json.JSONDecodeError as exc:
             raise IntegrityError(f"{self.describe(key)} is not valid JSON: {exc.msg}") from exc
+        except (RecursionError, UnicodeDecodeError) as exc:  # hostile nesting, or not text at all
+            raise IntegrityError(f"{self.describe(key)} is not valid JSON: {type(exc).__name__}") from exc
 
     def put_text(self, key: str, text: str, *, overwrite: bool = True) -> str:
         return self.put_bytes(key, text.encode(), overwrite=overwrite)

@@ -7,47 +7,100 @@ round summary records: a bad twin is dropped from the round, it never fails the 
 from __future__ import annotations
 
 import functools
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedtwin.errors import FedtwinError, IntegrityError
 from fedtwin.policy import LayoutError, PolicySpec, params_from_bytes
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""Twin ids are DNS-1123 labels (they name pods and store keys)."""
+SHA256_OR_EMPTY = r"^([0-9a-f]{64})?$"
+"""A record's own sha256 is empty until its weights are written (and stays so on a privacy skip)."""
+MAX_METRICS = 64
+"""Metrics per record: training reports about ten; the summary and MLflow copy every one."""
+MAX_METRIC_NAME = 250
+"""MLflow's limit on a metric key."""
+MAX_SECONDS = 1e7
+"""Seconds one twin's round may claim (about 4 months): the summary adds them up."""
+MAX_TEXT = 2000
+"""Characters of the free-text fields a record may carry into the summary."""
+EXTRA_KEYS = frozenset({"privacy", "skipped", "reason"})
+"""What `extra` may hold: local DP's accountant state and plan, and a privacy skip's marker and reason."""
 
-@dataclass
-class UpdateRecord:
-    """What `<twin>.json` holds next to `<twin>.safetensors`."""
 
-    twin_id: str
-    round: int
-    num_samples: int
-    sha256: str
+class UpdateRecord(BaseModel):
+    """What `<twin>.json` holds next to `<twin>.safetensors`.
+
+    A twin writes its own record, so every field is checked by type and range when it is read
+    (strict: no strings for numbers, no booleans for integers, no NaN or infinity, no unknown keys);
+    a record that fails is rejected as `bad_record` before anything in it is used.
+    """
+
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+
+    twin_id: str = Field(pattern=DNS_LABEL, max_length=63)
+    round: int = Field(ge=0)
+    num_samples: int = Field(ge=0)
+    """Transitions trained on; 0 only on a privacy skip (`extra.skipped`), rejected as an update."""
+    sha256: str = Field(pattern=SHA256_OR_EMPTY)
     """sha256 of the update's safetensors bytes."""
-    base_sha256: str
+    base_sha256: str = Field(pattern=SHA256_OR_EMPTY)
     """sha256 of the global model the twin started from (pins the round it trained on)."""
-    metrics: dict[str, float] = field(default_factory=dict)
-    epsilon: float | None = None
-    seconds: float = 0.0
-    engine: str = "pool"
-    extra: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict, max_length=MAX_METRICS)
+    epsilon: float | None = Field(None, ge=0)
+    seconds: float = Field(0.0, ge=0, le=MAX_SECONDS)
+    engine: Literal["pool", "fleet"] = "pool"
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("metrics")
+    @classmethod
+    def _metric_names(cls, value: dict[str, float]) -> dict[str, float]:
+        long = [k for k in value if not 0 < len(k) <= MAX_METRIC_NAME]
+        if long:
+            raise ValueError(f"metric names must have 1 to {MAX_METRIC_NAME} characters, "
+                             f"got {long[0][:40]!r}")
+        return value
+
+    @field_validator("extra")
+    @classmethod
+    def _known_extra(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - EXTRA_KEYS)
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(EXTRA_KEYS))}")
+        for key in ("skipped", "reason"):
+            if key in value and not (isinstance(value[key], str) and len(value[key]) <= MAX_TEXT):
+                raise ValueError(f"{key} must be a text of at most {MAX_TEXT} characters")
+        if "privacy" in value and not isinstance(value["privacy"], dict):
+            raise ValueError("privacy must be an object")
+        return value
+
+    @property
+    def skipped(self) -> str | None:
+        """Why the twin did not train this round on purpose (local DP budget), or None."""
+        return self.extra.get("skipped")
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     @classmethod
     def from_json(cls, data: Any) -> UpdateRecord:
+        """The record, or a ValueError naming every bad field on one line."""
         if not isinstance(data, dict):
-            raise ValueError("update record is not a JSON object")
-        known = {f for f in cls.__dataclass_fields__}
-        missing = {"twin_id", "round", "num_samples", "sha256", "base_sha256"} - set(data)
-        if missing:
-            raise ValueError(f"update record lacks {', '.join(sorted(missing))}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+            raise ValueError(f"update record is not a JSON object (got {type(data).__name__})")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = []
+            for err in exc.errors():
+                where = ".".join(str(p) for p in err["loc"]) or "record"
+                problems.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+            raise ValueError("; ".join(problems)) from None
 
 
 @dataclass
@@ -67,6 +120,8 @@ SHA_MISMATCH = "sha256_mismatch"
 BAD_LAYOUT = "bad_layout"
 NON_FINITE = "non_finite"
 NORM_OUTLIER = "norm_outlier"
+SKIPPED = "skipped"
+"""Not an update: the twin skipped the round on purpose (local DP budget); the summary lists it apart."""
 
 
 @dataclass
@@ -85,6 +140,21 @@ class UpdateRejected(ValueError):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
         self.kind = kind
+
+
+def read_record(store: ArtifactStore, key: str) -> UpdateRecord:
+    """A stored record that must be valid (the train step's own earlier output): a bad one is corrupt."""
+    try:
+        return UpdateRecord.from_json(store.get_json(key))
+    except ValueError as exc:
+        raise IntegrityError(
+            f"{store.describe(key)} is not a valid update record ({exc}); delete it and rerun this step"
+        ) from exc
+
+
+def finite_metrics(metrics: Any) -> dict[str, float]:
+    """Training's metrics as a record holds them: a diverged loss (NaN, inf) carries no number to log."""
+    return {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
 
 
 def write_update(
@@ -139,11 +209,11 @@ def load_and_validate(
             records[twin_id] = UpdateRecord.from_json(data)
         except (FedtwinError, ValueError, TypeError) as exc:
             rejected.append(Rejection(twin_id, f"unreadable update record: {exc}", BAD_RECORD))
-    claims = Counter(record.twin_id for record in records.values())
+    stored = set(records)
     accepted: list[AcceptedUpdate] = []
     for twin_id, record in records.items():
         try:
-            params = _check_one(store, layout, round_index, twin_id, record, spec, base_sha256, claims,
+            params = _check_one(store, layout, round_index, twin_id, record, spec, base_sha256, stored,
                                 max_samples)
             accepted.append(AcceptedUpdate(record, params))
         except UpdateRejected as exc:
@@ -164,17 +234,18 @@ def _check_one(
     record: UpdateRecord,
     spec: PolicySpec,
     base_sha256: str,
-    claims: Counter[str],
+    stored: set[str],
     max_samples: int | None = None,
 ) -> np.ndarray:
     if record.twin_id != twin_id:
-        if claims[record.twin_id] > 1 or record.twin_id in claims:
+        if record.twin_id in stored:
             raise UpdateRejected(
                 DUPLICATE,
                 f"duplicate twin: the record stored as {twin_id!r} claims twin {record.twin_id!r}, "
                 "which has its own update in this round",
             )
-        raise UpdateRejected(BAD_RECORD, f"record names twin {record.twin_id!r} but is stored as {twin_id!r}")
+        raise UpdateRejected(BAD_RECORD, f"misnamed record: it is stored as {twin_id!r} but names twin "
+                                         f"{record.twin_id!r}; a twin writes only its own record")
     if record.round != round_index:
         raise UpdateRejected(WRONG_ROUND, f"record is for round {record.round}, not {round_index}")
     if record.base_sha256 != base_sha256:
@@ -183,8 +254,10 @@ def _check_one(
             f"update was trained from another global model (base sha256 {str(record.base_sha256)[:12]}…, "
             f"round {round_index}'s global is {base_sha256[:12]}…)",
         )
+    if record.skipped:
+        raise UpdateRejected(SKIPPED, f"skipped the round: {record.extra.get('reason') or record.skipped}")
     samples = record.num_samples
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples <= 0:
+    if samples <= 0:
         raise UpdateRejected(BAD_SAMPLES, f"num_samples must be a positive integer, got {samples!r}")
     if max_samples is not None and samples > max_samples:
         raise UpdateRejected(

@@ -20,6 +20,7 @@ from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to
 from fedtwin.store import LocalStore, RunLayout, sha256_hex
 from fedtwin.updates import (
     BAD_LAYOUT,
+    BAD_RECORD,
     BAD_SAMPLES,
     DUPLICATE,
     NON_FINITE,
@@ -256,3 +257,90 @@ def test_inflated_sample_count_is_rejected(run):
     # Assert: tiny config collects updates*num_steps*num_envs = 1*16*2 = 32 samples per round
     assert rejection["kind"] == BAD_SAMPLES
     assert "num_samples 32000 exceeds the 32" in rejection["reason"]
+
+
+# ------------------------------------------------------------------- hostile records (issue 17)
+# One value per field that a compromised twin could write into its own record. Each must be
+# rejected as bad_record naming the field, and nothing from the record may reach the summary.
+HOSTILE_FIELDS = [
+    ("twin_id", 7), ("twin_id", "../twin-000"), ("round", "0"), ("round", -1), ("round", True),
+    ("num_samples", "abc"), ("num_samples", True), ("num_samples", 1.5), ("num_samples", -5),
+    ("sha256", ["x"]), ("sha256", "not-a-hash"), ("base_sha256", None),
+    ("metrics", "high"), ("metrics", {"charts/episodic_return": "high"}),
+    ("metrics", {"charts/episodic_return": float("nan")}), ("metrics", {f"m{i}": 1.0 for i in range(1000)}),
+    ("epsilon", "x"), ("epsilon", -1.0), ("epsilon", float("inf")),
+    ("seconds", "abc"), ("seconds", -1.0), ("seconds", float("nan")), ("seconds", 1e300),
+    ("engine", "gpu"), ("engine", 5), ("extra", "x"), ("extra", {"skipped": ["x"]}),
+    ("extra", {"evil": 1}), ("evil", 1),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), HOSTILE_FIELDS,
+                         ids=[f"{f}={str(v)[:20]}" for f, v in HOSTILE_FIELDS])
+def test_a_hostile_record_field_is_rejected_and_leaves_no_trace_in_the_summary(run, field, value):
+    import json
+
+    data = run.store.get_json(LAYOUT.update_meta(0, "twin-001"))
+    data[field] = value
+    run.store.put_json(LAYOUT.update_meta(0, "twin-001"), data)
+
+    summary = run.aggregate()
+
+    rejection = only_rejection(summary)
+    assert rejection["twin_id"] == "twin-001" and rejection["kind"] == BAD_RECORD, rejection
+    assert field in rejection["reason"]
+    assert summary["participants"] == ["twin-000", "twin-002"]
+    assert "twin-001" not in summary["twin_metrics"] and "twin-001" not in summary["twin_epsilon"]
+    json.dumps(summary, allow_nan=False)  # strict JSON: no NaN or Infinity from the record
+
+
+def test_a_record_that_is_not_an_object_or_nests_too_deep_is_a_bad_record(run):
+    run.store.put_json(LAYOUT.update_meta(0, "twin-000"), ["not", "an", "object"])
+    run.store.put_bytes(LAYOUT.update_meta(0, "twin-001"), b"[" * 100_000 + b"]" * 100_000)
+
+    accepted, rejected = load_and_validate(
+        run.store, LAYOUT, 0, set(TWINS), run.ctx.spec, sha256_hex(run.ctx.global_model(0)[1])
+    )
+
+    assert [a.record.twin_id for a in accepted] == ["twin-002"]
+    assert [(r.twin_id, r.kind) for r in rejected] == [("twin-000", BAD_RECORD), ("twin-001", BAD_RECORD)]
+
+
+def test_the_report_survives_a_round_with_hostile_epsilon_and_seconds(run):
+    from fedtwin.report import write_report
+
+    data = run.store.get_json(LAYOUT.update_meta(0, "twin-001"))
+    data.update(epsilon="x", seconds="abc")
+    run.store.put_json(LAYOUT.update_meta(0, "twin-001"), data)
+    run.aggregate()
+    steps.train(run.store, RUN, 1, TWINS)
+    run.aggregate(1)
+    steps.evaluate(run.store, RUN)
+
+    assert write_report(run.store, RUN).endswith("report.html")
+
+
+def test_a_skip_marker_on_a_record_for_another_base_model_stays_rejected(run):
+    """Only a genuine privacy skip (this round, this base model) is listed as skipped with its epsilon."""
+    data = run.store.get_json(LAYOUT.update_meta(0, "twin-001"))
+    data.update(num_samples=0, epsilon=3.0, base_sha256="0" * 64,
+                extra={"skipped": "privacy budget", "reason": "privacy budget: trust me"})
+    run.store.put_json(LAYOUT.update_meta(0, "twin-001"), data)
+
+    summary = run.aggregate()
+
+    assert only_rejection(summary)["kind"] == WRONG_BASE
+    assert summary["skipped"] == [] and "twin-001" not in summary["twin_epsilon"]
+
+
+def test_a_misnamed_record_is_not_called_a_duplicate(run):
+    # twin-002's slot holds a record naming twin-003, which has no update of its own (and no slot)
+    data = run.store.get_json(LAYOUT.update_meta(0, "twin-002"))
+    data["twin_id"] = "twin-003"
+    run.store.put_json(LAYOUT.update_meta(0, "twin-002"), data)
+
+    rejection = only_rejection(run.aggregate())
+
+    assert rejection["kind"] == BAD_RECORD
+    assert rejection["reason"] == ("misnamed record: it is stored as 'twin-002' but names twin 'twin-003'; "
+                                   "a twin writes only its own record")
