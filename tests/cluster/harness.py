@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from tests.cluster import build, controlplane
 from tests.cluster.agent import FaultHook, NodeAgent
-from tests.cluster.controlplane import WORKFLOW_NAMESPACE, ControlPlane
-from tests.cluster.kube import resource_path
+from tests.cluster.controlplane import WORKFLOW_NAMESPACE, ControlPlane, Process
+from tests.cluster.kube import Credentials, resource_path
+from tests.servers import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
@@ -69,6 +72,26 @@ class Cluster:
         self.plane.stop()
         if self.owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def start_argo_server(self) -> str:
+        """`argo server` (auth mode server, plain HTTP) as the argo-server ServiceAccount; its URL.
+
+        Built without the UI (see README.md): the API and the placeholder page are served."""
+        port = free_ports(1)[0]
+        token = self.plane.service_account_token(controlplane.ARGO_NAMESPACE, "argo-server")
+        creds = Credentials(self.plane.server, self.plane.ca_file, token=token, user="argo-server")
+        kubeconfig = creds.kubeconfig(self.workdir / "argo-server.kubeconfig", namespace=controlplane.ARGO_NAMESPACE)
+        argv = [str(self.plane.binaries.argo), "server", "--kubeconfig", str(kubeconfig), "--auth-mode", "server",
+                "--secure=false", "--port", str(port), "--browser=false", "--loglevel", "info"]
+        process = Process("argo-server", self.workdir, argv, env=controlplane.clean_env())
+        self.extra_processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+
+        def ready() -> bool:
+            return requests.get(f"{url}/api/v1/version", timeout=2).status_code == 200
+
+        process.wait_until(ready, 60, "/api/v1/version answers")
+        return url
 
     # -- CLIs ------------------------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
