@@ -11,6 +11,7 @@ While it runs: `export KUBECONFIG=...` (printed), then kubectl/helm from .tools/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import signal
 import sys
@@ -47,15 +48,14 @@ def up(with_charts: bool, keep: bool) -> int:
             release = install_charts(cluster, s3.start(), mlflow.start())
             print(f"charts installed: {release.summary()}")
         print(f"export KUBECONFIG={cluster.plane.kubeconfig}")
-        print(f"export PATH={cluster.plane.binaries.argo.parent}:{build.HERE.parents[1] / '.tools' / 'bin'}:$PATH")
+        tools = build.HERE.parents[1] / ".tools" / "bin"
+        print(f"export PATH={cluster.plane.binaries.argo.parent}:{tools}:$PATH")
         print(f"node agent: {cluster.agent.workdir} (pods/*/main.log); logs: {cluster.plane.workdir}")
         print("Ctrl-C stops everything.")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             stop.wait()
-        except KeyboardInterrupt:
-            pass
     finally:
         cluster.stop()
         for server in servers:
@@ -70,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("build", help="build (or find cached) kube-apiserver, etcd, workflow-controller, argo")
     start = sub.add_parser("up", help="start the control plane and node agent until Ctrl-C")
-    start.add_argument("--charts", action="store_true", help="also start SeaweedFS and MLflow and install both charts")
+    start.add_argument(
+        "--charts", action="store_true", help="also start SeaweedFS and MLflow and install both charts"
+    )
     start.add_argument("--keep", action="store_true", help="keep the work directory (logs) after stopping")
     args = parser.parse_args(argv)
     if args.command == "build":

@@ -144,10 +144,16 @@ class FaultRules:
                 self.hits[key] = count + 1
             action = rule.get("action", "kill")
             if action not in ("kill", "exit"):
-                raise ValueError(f"fault file {self.path}: rule {index} has action {action!r}; use 'kill' or 'exit'")
-            return Fault(action=action, after_seconds=float(rule.get("after_seconds", 0.5)),
-                         exit_code=int(rule.get("exit_code", 1)), signal=int(rule.get("signal", signal.SIGKILL)),
-                         rule=key)
+                raise ValueError(
+                    f"fault file {self.path}: rule {index} has action {action!r}; use 'kill' or 'exit'"
+                )
+            return Fault(
+                action=action,
+                after_seconds=float(rule.get("after_seconds", 0.5)),
+                exit_code=int(rule.get("exit_code", 1)),
+                signal=int(rule.get("signal", signal.SIGKILL)),
+                rule=key,
+            )
         return None
 
 
@@ -177,9 +183,15 @@ class RunRecord:
 class NodeAgent:
     """Scheduler + kubelet for one Node. `start()` registers the node and starts watching."""
 
-    def __init__(self, plane: ControlPlane, workdir: Path, venv_bin: Path | None = None,
-                 faults_file: Path | None = None, fault_hook: FaultHook | None = None,
-                 node_name: str = NODE_NAME) -> None:
+    def __init__(
+        self,
+        plane: ControlPlane,
+        workdir: Path,
+        venv_bin: Path | None = None,
+        faults_file: Path | None = None,
+        fault_hook: FaultHook | None = None,
+        node_name: str = NODE_NAME,
+    ) -> None:
         self.plane = plane
         self.workdir = workdir
         self.node_name = node_name
@@ -235,30 +247,76 @@ class NodeAgent:
                 if line.startswith("MemTotal:"):
                     memory_kib = int(line.split()[1])
         capacity = {"cpu": str(cpu), "memory": f"{memory_kib}Ki", "pods": "110", "ephemeral-storage": "64Gi"}
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": self.node_name,
-                             "labels": {"kubernetes.io/hostname": self.node_name, "kubernetes.io/os": "linux",
-                                        "kubernetes.io/arch": "amd64", "fedtwin.io/node-agent": "true"}}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "labels": {
+                    "kubernetes.io/hostname": self.node_name,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "fedtwin.io/node-agent": "true",
+                },
+            },
+        }
         with contextlib.suppress(KubeError):
             self.node.create(resource_path("Node"), node)
-        self.node.merge_patch(resource_path("Node", self.node_name, subresource="status"), {"status": {
-            "capacity": capacity, "allocatable": capacity,
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": self.node_name}],
-            "conditions": [
-                {"type": t, "status": "False", "reason": f"KubeletHas{r}", "lastHeartbeatTime": now(),
-                 "lastTransitionTime": now(), "message": "node agent (tests/cluster)"}
-                for t, r in (("MemoryPressure", "SufficientMemory"), ("DiskPressure", "NoDiskPressure"),
-                             ("PIDPressure", "SufficientPID"))
-            ] + [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": now(),
-                  "lastTransitionTime": now(), "message": "node agent (tests/cluster) is ready"}],
-            "nodeInfo": {"kubeletVersion": "v1.34.4", "kubeProxyVersion": "", "operatingSystem": "linux",
-                         "architecture": "amd64", "containerRuntimeVersion": "fedtwin-agent://1",
-                         "osImage": "this machine (tests/cluster node agent)", "kernelVersion": os.uname().release,
-                         "machineID": "", "systemUUID": "", "bootID": ""},
-        }})
+        self.node.merge_patch(
+            resource_path("Node", self.node_name, subresource="status"),
+            {
+                "status": {
+                    "capacity": capacity,
+                    "allocatable": capacity,
+                    "addresses": [
+                        {"type": "InternalIP", "address": "127.0.0.1"},
+                        {"type": "Hostname", "address": self.node_name},
+                    ],
+                    "conditions": [
+                        {
+                            "type": t,
+                            "status": "False",
+                            "reason": f"KubeletHas{r}",
+                            "lastHeartbeatTime": now(),
+                            "lastTransitionTime": now(),
+                            "message": "node agent (tests/cluster)",
+                        }
+                        for t, r in (
+                            ("MemoryPressure", "SufficientMemory"),
+                            ("DiskPressure", "NoDiskPressure"),
+                            ("PIDPressure", "SufficientPID"),
+                        )
+                    ]
+                    + [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "lastHeartbeatTime": now(),
+                            "lastTransitionTime": now(),
+                            "message": "node agent (tests/cluster) is ready",
+                        }
+                    ],
+                    "nodeInfo": {
+                        "kubeletVersion": "v1.34.4",
+                        "kubeProxyVersion": "",
+                        "operatingSystem": "linux",
+                        "architecture": "amd64",
+                        "containerRuntimeVersion": "fedtwin-agent://1",
+                        "osImage": "this machine (tests/cluster node agent)",
+                        "kernelVersion": os.uname().release,
+                        "machineID": "",
+                        "systemUUID": "",
+                        "bootID": "",
+                    },
+                }
+            },
+        )
 
     # -- watching ----------------------------------------------------------------------------------
-    def _watch_pods(self, client: Kube, field_selector: str, handle: Callable[[dict[str, Any]], None]) -> None:
+    def _watch_pods(
+        self, client: Kube, field_selector: str, handle: Callable[[dict[str, Any]], None]
+    ) -> None:
         while not self.stopping.is_set():
             try:
                 listing = client.get("/api/v1/pods", fieldSelector=field_selector)
@@ -266,8 +324,9 @@ class NodeAgent:
                     handle(pod)
                 version = listing["metadata"]["resourceVersion"]
                 while not self.stopping.is_set():
-                    for event in client.watch("/api/v1/pods", version, timeout_seconds=30,
-                                              fieldSelector=field_selector):
+                    for event in client.watch(
+                        "/api/v1/pods", version, timeout_seconds=30, fieldSelector=field_selector
+                    ):
                         if event["type"] == "ERROR":
                             raise KubeError(int(event["object"].get("code", 500)), str(event["object"]))
                         obj = event["object"]
@@ -289,12 +348,20 @@ class NodeAgent:
 
     def bind(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
-        if spec.get("nodeName") or meta.get("deletionTimestamp") or pod.get("status", {}).get("phase") != "Pending":
+        if (
+            spec.get("nodeName")
+            or meta.get("deletionTimestamp")
+            or pod.get("status", {}).get("phase") != "Pending"
+        ):
             return
         if spec.get("schedulerName", "default-scheduler") != "default-scheduler":
             return
-        binding = {"apiVersion": "v1", "kind": "Binding", "metadata": {"name": meta["name"]},
-                   "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name}}
+        binding = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+        }
         try:
             self.scheduler.create(resource_path("Pod", meta["name"], meta["namespace"], "binding"), binding)
             self.log(f"bound {meta['namespace']}/{meta['name']}")
@@ -307,8 +374,12 @@ class NodeAgent:
         uid = meta["uid"]
         with self.lock:
             run = self.runs.get(uid)
-            if run is None and not meta.get("deletionTimestamp") and \
-                    pod.get("status", {}).get("phase") not in ("Succeeded", "Failed") and not self.stopping.is_set():
+            if (
+                run is None
+                and not meta.get("deletionTimestamp")
+                and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+                and not self.stopping.is_set()
+            ):
                 run = PodRun(self, pod)
                 self.runs[uid] = run
                 self.records[uid] = run.record
@@ -324,9 +395,17 @@ class NodeAgent:
         """Confirm a graceful deletion (what the kubelet does once the containers are gone)."""
         meta = pod["metadata"]
         try:
-            self.node.request("DELETE", resource_path("Pod", meta["name"], meta["namespace"]),
-                              {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
-                               "preconditions": {"uid": meta["uid"]}}, ok_missing=True)
+            self.node.request(
+                "DELETE",
+                resource_path("Pod", meta["name"], meta["namespace"]),
+                {
+                    "apiVersion": "v1",
+                    "kind": "DeleteOptions",
+                    "gracePeriodSeconds": 0,
+                    "preconditions": {"uid": meta["uid"]},
+                },
+                ok_missing=True,
+            )
         except KubeError as exc:
             if exc.status != 409:
                 self.log(f"deleting {meta['namespace']}/{meta['name']} failed: {exc}")
@@ -360,8 +439,13 @@ class PodRun(threading.Thread):
         self.pod = pod
         self.namespace, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.dir = agent.workdir / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
-        self.record = RunRecord(self.namespace, self.pod_name, self.uid, dict(meta.get("labels") or {}),
-                                log_path=self.dir / "main.log")
+        self.record = RunRecord(
+            self.namespace,
+            self.pod_name,
+            self.uid,
+            dict(meta.get("labels") or {}),
+            log_path=self.dir / "main.log",
+        )
         self.node = Kube(agent.node_creds)
         self.delete_requested = threading.Event()
         self.kill_requested = threading.Event()
@@ -389,10 +473,17 @@ class PodRun(threading.Thread):
         """A client authenticated as the pod's ServiceAccount (a token bound to this pod)."""
         if self._sa_client is None:
             account = self.pod["spec"].get("serviceAccountName") or "default"
-            token = self.node_call(lambda: self.agent.plane.service_account_token(
-                self.namespace, account, seconds=3600, bound_pod=self.pod, client=self.node))
-            creds = Credentials(self.agent.plane.server, self.agent.plane.ca_file, token=token,
-                                user=f"system:serviceaccount:{self.namespace}:{account}")
+            token = self.node_call(
+                lambda: self.agent.plane.service_account_token(
+                    self.namespace, account, seconds=3600, bound_pod=self.pod, client=self.node
+                )
+            )
+            creds = Credentials(
+                self.agent.plane.server,
+                self.agent.plane.ca_file,
+                token=token,
+                user=f"system:serviceaccount:{self.namespace}:{account}",
+            )
             self._sa_client = Kube(creds)
         return self._sa_client
 
@@ -421,7 +512,9 @@ class PodRun(threading.Thread):
             self.log(f"agent error: {exc!r}")
             self.agent.errors.append(f"{self.namespace}/{self.pod_name}: {exc!r}")
             with contextlib.suppress(Exception):
-                self.patch_status({"phase": "Failed", "reason": "NodeAgentError", "message": f"node agent: {exc}"})
+                self.patch_status(
+                    {"phase": "Failed", "reason": "NodeAgentError", "message": f"node agent: {exc}"}
+                )
         finally:
             if self.delete_requested.is_set() and not self.agent.stopping.is_set():
                 self.agent.finish_deletion(self.pod)
@@ -472,11 +565,25 @@ class PodRun(threading.Thread):
         return [c["name"] for c in spec.get("initContainers", [])], [c["name"] for c in spec["containers"]]
 
     def container_status(self, name: str, state: dict[str, Any], ready: bool = False) -> dict[str, Any]:
-        image = next((c.get("image", "") for c in self.pod["spec"].get("containers", []) +
-                      self.pod["spec"].get("initContainers", []) if c["name"] == name), "")
-        return {"name": name, "state": state, "lastState": {}, "ready": ready, "restartCount": 0,
-                "image": image, "imageID": f"fedtwin-agent://{image}",
-                "containerID": f"fedtwin-agent://{self.uid}/{name}", "started": "running" in state}
+        image = next(
+            (
+                c.get("image", "")
+                for c in self.pod["spec"].get("containers", []) + self.pod["spec"].get("initContainers", [])
+                if c["name"] == name
+            ),
+            "",
+        )
+        return {
+            "name": name,
+            "state": state,
+            "lastState": {},
+            "ready": ready,
+            "restartCount": 0,
+            "image": image,
+            "imageID": f"fedtwin-agent://{image}",
+            "containerID": f"fedtwin-agent://{self.uid}/{name}",
+            "started": "running" in state,
+        }
 
     def conditions(self, ready: bool, initialized: bool = True, reason: str = "") -> list[dict[str, Any]]:
         t = now()
@@ -491,30 +598,76 @@ class PodRun(threading.Thread):
         ]
 
     def base_status(self) -> dict[str, Any]:
-        return {"hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}], "podIP": "127.0.0.1",
-                "podIPs": [{"ip": "127.0.0.1"}], "startTime": self.start_time}
+        return {
+            "hostIP": "127.0.0.1",
+            "hostIPs": [{"ip": "127.0.0.1"}],
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "startTime": self.start_time,
+        }
 
     def waiting_status(self, argo: ArgoPod | None, reason: str, message: str) -> dict[str, Any]:
         inits, mains = self.container_names(argo)
-        return {**self.base_status(), "phase": "Pending", "conditions": self.conditions(False, reason="ContainersNotReady"),
-                "initContainerStatuses": [self.container_status(n, {"terminated": {
-                    "exitCode": 0, "reason": "Completed", "startedAt": self.start_time, "finishedAt": now()}})
-                    for n in inits],
-                "containerStatuses": [self.container_status(n, {"waiting": {"reason": reason, "message": message}})
-                                      for n in mains]}
+        return {
+            **self.base_status(),
+            "phase": "Pending",
+            "conditions": self.conditions(False, reason="ContainersNotReady"),
+            "initContainerStatuses": [
+                self.container_status(
+                    n,
+                    {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": self.start_time,
+                            "finishedAt": now(),
+                        }
+                    },
+                )
+                for n in inits
+            ],
+            "containerStatuses": [
+                self.container_status(n, {"waiting": {"reason": reason, "message": message}}) for n in mains
+            ],
+        }
 
     def running_status(self, argo: ArgoPod | None, plan: Plan) -> dict[str, Any]:
         inits, mains = self.container_names(argo)
         plan.started_at = now()
-        return {**self.base_status(), "phase": "Running", "conditions": self.conditions(True),
-                "initContainerStatuses": [self.container_status(n, {"terminated": {
-                    "exitCode": 0, "reason": "Completed", "startedAt": self.start_time, "finishedAt": plan.started_at,
-                    "containerID": f"fedtwin-agent://{self.uid}/{n}"}}) for n in inits],
-                "containerStatuses": [self.container_status(n, {"running": {"startedAt": plan.started_at}}, True)
-                                      for n in mains]}
+        return {
+            **self.base_status(),
+            "phase": "Running",
+            "conditions": self.conditions(True),
+            "initContainerStatuses": [
+                self.container_status(
+                    n,
+                    {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": self.start_time,
+                            "finishedAt": plan.started_at,
+                            "containerID": f"fedtwin-agent://{self.uid}/{n}",
+                        }
+                    },
+                )
+                for n in inits
+            ],
+            "containerStatuses": [
+                self.container_status(n, {"running": {"startedAt": plan.started_at}}, True) for n in mains
+            ],
+        }
 
-    def final_status(self, argo: ArgoPod | None, plan: Plan, exit_code: int, reason: str, how: str,
-                     wait_code: int, wait_message: str) -> dict[str, Any]:
+    def final_status(
+        self,
+        argo: ArgoPod | None,
+        plan: Plan,
+        exit_code: int,
+        reason: str,
+        how: str,
+        wait_code: int,
+        wait_message: str,
+    ) -> dict[str, Any]:
         inits, mains = self.container_names(argo)
         finished = now()
         statuses = []
@@ -525,21 +678,38 @@ class PodRun(threading.Thread):
                 code, message = wait_code, wait_message
             else:
                 code, message = 0, ""
-            terminated = {"exitCode": code, "reason": reason if name == plan.container_name else
-                          ("Completed" if code == 0 else "Error"),
-                          "startedAt": plan.started_at, "finishedAt": finished,
-                          "containerID": f"fedtwin-agent://{self.uid}/{name}"}
+            terminated = {
+                "exitCode": code,
+                "reason": reason if name == plan.container_name else ("Completed" if code == 0 else "Error"),
+                "startedAt": plan.started_at,
+                "finishedAt": finished,
+                "containerID": f"fedtwin-agent://{self.uid}/{name}",
+            }
             if message:
                 terminated["message"] = message
             statuses.append(self.container_status(name, {"terminated": terminated}))
         failed = how != "exited" or exit_code != 0 or wait_code != 0
-        status = {**self.base_status(), "phase": "Failed" if failed else "Succeeded",
-                  "conditions": self.conditions(False, reason="PodCompleted" if not failed else "PodFailed"),
-                  "initContainerStatuses": [self.container_status(n, {"terminated": {
-                      "exitCode": 0, "reason": "Completed", "startedAt": self.start_time,
-                      "finishedAt": plan.started_at, "containerID": f"fedtwin-agent://{self.uid}/{n}"}})
-                      for n in inits],
-                  "containerStatuses": statuses}
+        status = {
+            **self.base_status(),
+            "phase": "Failed" if failed else "Succeeded",
+            "conditions": self.conditions(False, reason="PodCompleted" if not failed else "PodFailed"),
+            "initContainerStatuses": [
+                self.container_status(
+                    n,
+                    {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": self.start_time,
+                            "finishedAt": plan.started_at,
+                            "containerID": f"fedtwin-agent://{self.uid}/{n}",
+                        }
+                    },
+                )
+                for n in inits
+            ],
+            "containerStatuses": statuses,
+        }
         if how == "deadline":
             status["reason"] = "DeadlineExceeded"
             status["message"] = DEADLINE_MESSAGE
@@ -555,21 +725,59 @@ class PodRun(threading.Thread):
             # As argoexec's init would: exit 64 with its error as the termination message.
             argo.initialize_result()
             argo.finalize_result()
-            self.patch_status({**self.base_status(), "phase": "Failed", "conditions": self.conditions(False),
-                               "initContainerStatuses": [self.container_status(n, {"terminated": {
-                                   "exitCode": 64, "reason": "Error", "message": message,
-                                   "startedAt": t, "finishedAt": t}}) for n in inits],
-                               "containerStatuses": [self.container_status(n, {"waiting": {
-                                   "reason": "PodInitializing"}}) for n in mains]})
+            self.patch_status(
+                {
+                    **self.base_status(),
+                    "phase": "Failed",
+                    "conditions": self.conditions(False),
+                    "initContainerStatuses": [
+                        self.container_status(
+                            n,
+                            {
+                                "terminated": {
+                                    "exitCode": 64,
+                                    "reason": "Error",
+                                    "message": message,
+                                    "startedAt": t,
+                                    "finishedAt": t,
+                                }
+                            },
+                        )
+                        for n in inits
+                    ],
+                    "containerStatuses": [
+                        self.container_status(n, {"waiting": {"reason": "PodInitializing"}}) for n in mains
+                    ],
+                }
+            )
         else:
-            self.patch_status({**self.base_status(), "phase": "Failed", "reason": "NodeAgentUnsupported",
-                               "message": message, "conditions": self.conditions(False),
-                               "containerStatuses": [self.container_status(n, {"terminated": {
-                                   "exitCode": 128, "reason": "StartError", "message": message,
-                                   "startedAt": t, "finishedAt": t}}) for n in mains]})
+            self.patch_status(
+                {
+                    **self.base_status(),
+                    "phase": "Failed",
+                    "reason": "NodeAgentUnsupported",
+                    "message": message,
+                    "conditions": self.conditions(False),
+                    "containerStatuses": [
+                        self.container_status(
+                            n,
+                            {
+                                "terminated": {
+                                    "exitCode": 128,
+                                    "reason": "StartError",
+                                    "message": message,
+                                    "startedAt": t,
+                                    "finishedAt": t,
+                                }
+                            },
+                        )
+                        for n in mains
+                    ],
+                }
+            )
 
     def run_main(self, plan: Plan, start: float, deadline: Any, argo: ArgoPod | None) -> tuple[int, str, str]:
-        """Run main to its end. Returns (exit code, terminated reason, how: exited|deadline|killed|deleted)."""
+        """Run main to its end: (exit code, terminated reason, how: exited|deadline|killed|deleted)."""
         fault = None
         if self.agent.fault_hook is not None:
             fault = self.agent.fault_hook(self.pod, plan.command)
@@ -580,8 +788,11 @@ class PodRun(threading.Thread):
             self.record.fault = fault.rule or fault.action
             self.log(f"fault injected: {fault}")
             if fault.action == "exit":
-                command = ["/bin/sh", "-c", f"echo 'node agent: injected fault, exit {fault.exit_code}' >&2; "
-                           f"exit {fault.exit_code}"]
+                command = [
+                    "/bin/sh",
+                    "-c",
+                    f"echo 'node agent: injected fault, exit {fault.exit_code}' >&2; exit {fault.exit_code}",
+                ]
         self.record.command = command
         if plan.missing_command:
             plan.write_log(f"{plan.missing_command}\n")
@@ -652,7 +863,13 @@ class ArgoPod:
         init = next((c for c in pod["spec"].get("initContainers", []) if c["name"] == "init"), None)
         wait = next((c for c in pod["spec"]["containers"] if c["name"] == "wait"), None)
         # The executor's variables (ARGO_WORKFLOW_UID, ARGO_DEADLINE, ...) as the wait container has them.
-        env = {e["name"]: e.get("value", "") for c in (main, wait) if c for e in (c.get("env") or []) if "value" in e}
+        env = {
+            e["name"]: e.get("value", "")
+            for c in (main, wait)
+            if c
+            for e in (c.get("env") or [])
+            if "value" in e
+        }
         template_json = ""
         for e in (init or {}).get("env", []) or []:
             if e["name"] == "ARGO_TEMPLATE":
@@ -662,9 +879,13 @@ class ArgoPod:
             cm = run.node.get(resource_path("ConfigMap", run.pod_name, run.namespace))
             template_json = cm["data"]["ARGO_TEMPLATE"]
         workflow = (pod["metadata"].get("labels") or {}).get("workflows.argoproj.io/workflow", "")
-        owner_uid = next((o["uid"] for o in pod["metadata"].get("ownerReferences") or []
-                          if o.get("kind") == "Workflow"), "")
-        return cls(run, json.loads(template_json), node_id, workflow, env.get("ARGO_WORKFLOW_UID", owner_uid), env)
+        owner_uid = next(
+            (o["uid"] for o in pod["metadata"].get("ownerReferences") or [] if o.get("kind") == "Workflow"),
+            "",
+        )
+        return cls(
+            run, json.loads(template_json), node_id, workflow, env.get("ARGO_WORKFLOW_UID", owner_uid), env
+        )
 
     def deadline(self) -> float | None:
         value = self.env.get("ARGO_DEADLINE", "")
@@ -677,14 +898,29 @@ class ArgoPod:
 
     def initialize_result(self) -> None:
         """The wait container's InitializeOutput: an empty result, not yet complete."""
-        body = {"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTaskResult",
-                "metadata": {"name": self.node_id,
-                             "labels": {"workflows.argoproj.io/workflow": self.workflow,
-                                        "workflows.argoproj.io/report-outputs-completed": "false"},
-                             "ownerReferences": [{"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-                                                  "name": self.workflow, "uid": self.workflow_uid}]}}
+        body = {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "WorkflowTaskResult",
+            "metadata": {
+                "name": self.node_id,
+                "labels": {
+                    "workflows.argoproj.io/workflow": self.workflow,
+                    "workflows.argoproj.io/report-outputs-completed": "false",
+                },
+                "ownerReferences": [
+                    {
+                        "apiVersion": "argoproj.io/v1alpha1",
+                        "kind": "Workflow",
+                        "name": self.workflow,
+                        "uid": self.workflow_uid,
+                    }
+                ],
+            },
+        }
         try:
-            self.run.sa_client().create(resource_path("WorkflowTaskResult", namespace=self.run.namespace), body)
+            self.run.sa_client().create(
+                resource_path("WorkflowTaskResult", namespace=self.run.namespace), body
+            )
         except KubeError as exc:
             # argoexec retries only transient errors; a Forbidden is logged and the wait container
             # carries on, to fail at the end with this error (exit 64).
@@ -693,8 +929,10 @@ class ArgoPod:
 
     def finalize_result(self) -> None:
         try:
-            self.run.sa_client().merge_patch(self.result_path(), {"metadata": {"labels": {
-                "workflows.argoproj.io/report-outputs-completed": "true"}}})
+            self.run.sa_client().merge_patch(
+                self.result_path(),
+                {"metadata": {"labels": {"workflows.argoproj.io/report-outputs-completed": "true"}}},
+            )
         except KubeError as exc:
             self.errors.append(str(exc))
 
@@ -705,7 +943,7 @@ class ArgoPod:
         outputs = json.loads(json.dumps(self.template.get("outputs") or {}))
         errors: list[str] = []
         for param in outputs.get("parameters", []) or []:
-            source = (param.get("valueFrom") or {})
+            source = param.get("valueFrom") or {}
             if not source.get("path"):
                 continue
             data = plan.read_output(source["path"])
@@ -731,7 +969,7 @@ class ArgoPod:
             out = plan.stdout_path.read_bytes() if plan.stdout_path.is_file() else b""
             text = out.decode(errors="replace").removesuffix("\n")
             outputs["result"] = text[-MAX_RESULT:]
-        if ((self.template.get("archiveLocation") or {}).get("archiveLogs")):
+        if (self.template.get("archiveLocation") or {}).get("archiveLogs"):
             try:
                 saved.append(plan.save_logs(self))
             except Exception as exc:
@@ -789,8 +1027,10 @@ class Plan:
         if argo is not None:
             mains = [c for c in containers if c["name"] not in ("wait",)]
             if len(mains) != 1 or mains[0]["name"] != "main":
-                raise PodUnsupported(f"containers {[c['name'] for c in mains]} besides wait: sidecars and "
-                                     "containerSet templates are not emulated by the node agent (tests/cluster)")
+                raise PodUnsupported(
+                    f"containers {[c['name'] for c in mains]} besides wait: sidecars and "
+                    "containerSet templates are not emulated by the node agent (tests/cluster)"
+                )
         elif len(containers) != 1:
             raise PodUnsupported("the node agent (tests/cluster) runs pods with one container (or Argo pods)")
         container = containers[-1] if argo is None else next(c for c in containers if c["name"] == "main")
@@ -808,15 +1048,19 @@ class Plan:
         if argo is not None:
             if "--" not in command:
                 raise PodUnsupported(f"main command {command} has no `--` after argoexec emissary")
-            command = command[command.index("--") + 1:]
-            args_file = next((e for e in self.container.get("env", []) or []
-                              if e["name"] == "ARGO_CONTAINER_ARGS_FILE"), None)
+            command = command[command.index("--") + 1 :]
+            args_file = next(
+                (e for e in self.container.get("env", []) or [] if e["name"] == "ARGO_CONTAINER_ARGS_FILE"),
+                None,
+            )
             if args_file is not None:
                 cm = self.run.node.get(resource_path("ConfigMap", self.run.pod_name, self.run.namespace))
                 args = args + json.loads(cm["data"][Path(args_file.get("value", "")).name])
         full = command + args
         if not full:
-            raise PodUnsupported("the container has no command: the node agent cannot read an image's entrypoint")
+            raise PodUnsupported(
+                "the container has no command: the node agent cannot read an image's entrypoint"
+            )
         self.command = full
 
     def field_value(self, path: str) -> str:
@@ -826,10 +1070,14 @@ class Plan:
         if match:
             return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
         values = {
-            "metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta["uid"],
-            "spec.nodeName": self.run.agent.node_name, "spec.serviceAccountName": pod["spec"].get(
-                "serviceAccountName", "default"),
-            "status.hostIP": "127.0.0.1", "status.hostIPs": "127.0.0.1", "status.podIP": "127.0.0.1",
+            "metadata.name": meta["name"],
+            "metadata.namespace": meta["namespace"],
+            "metadata.uid": meta["uid"],
+            "spec.nodeName": self.run.agent.node_name,
+            "spec.serviceAccountName": pod["spec"].get("serviceAccountName", "default"),
+            "status.hostIP": "127.0.0.1",
+            "status.hostIPs": "127.0.0.1",
+            "status.podIP": "127.0.0.1",
             "status.podIPs": "127.0.0.1",
         }
         if path not in values:
@@ -851,7 +1099,7 @@ class Plan:
         if obj is None:
             if optional:
                 return None
-            raise PodSetupError(f"{kind.lower()} \"{name}\" not found")
+            raise PodSetupError(f'{kind.lower()} "{name}" not found')
         if key is None:
             return ""
         data = obj.get("data") or {}
@@ -876,7 +1124,7 @@ class Plan:
                 if obj is None:
                     if ref.get("optional"):
                         continue
-                    raise PodSetupError(f"{kind.lower()} \"{ref['name']}\" not found")
+                    raise PodSetupError(f'{kind.lower()} "{ref["name"]}" not found')
                 for key, value in (obj.get("data") or {}).items():
                     env[prefix + key] = base64.b64decode(value).decode() if kind == "Secret" else value
         for var in self.container.get("env", []) or []:
@@ -895,7 +1143,9 @@ class Plan:
             elif "resourceFieldRef" in source:
                 value = self.resource_value(source["resourceFieldRef"])
             else:
-                raise PodUnsupported(f"env {name}: valueFrom {sorted(source)} is not emulated by the node agent")
+                raise PodUnsupported(
+                    f"env {name}: valueFrom {sorted(source)} is not emulated by the node agent"
+                )
             if value is not None:
                 env[name] = value
         env.setdefault("PATH", f"{self.run.agent.venv_bin}:{SYSTEM_PATH}")
@@ -908,11 +1158,12 @@ class Plan:
             found = shutil.which(name, path=env["PATH"])
             if found is None:
                 if argo is not None:  # argoexec emissary: "failed to find name in PATH", exit 64
-                    self.missing_command = (f"failed to find name in PATH: exec: \"{name}\": "
-                                            "executable file not found in $PATH")
+                    self.missing_command = (
+                        f'failed to find name in PATH: exec: "{name}": executable file not found in $PATH'
+                    )
                     self.not_found_exit = 64
                 else:
-                    self.missing_command = f"exec: \"{name}\": executable file not found in $PATH"
+                    self.missing_command = f'exec: "{name}": executable file not found in $PATH'
                     self.not_found_exit = 128
 
     def resolve_security(self) -> None:
@@ -925,8 +1176,10 @@ class Plan:
         self.uid = int(pick("runAsUser") or 0)
         self.gid = int(pick("runAsGroup") or 0)
         if pick("runAsNonRoot") and self.uid == 0:
-            raise PodSetupError("container has runAsNonRoot and image will run as root (the node agent runs "
-                                "images as root unless runAsUser is set)")
+            raise PodSetupError(
+                "container has runAsNonRoot and image will run as root (the node agent runs "
+                "images as root unless runAsUser is set)"
+            )
         self.no_new_privs = sc.get("allowPrivilegeEscalation") is False
         self.drop_caps = "ALL" in ((sc.get("capabilities") or {}).get("drop") or [])
 
@@ -935,19 +1188,28 @@ class Plan:
         target.mkdir(parents=True, exist_ok=True)
         target.chmod(0o755)
 
-        def write_items(kind: str, ref: dict[str, Any], items: list[dict[str, Any]] | None, mode: int) -> None:
+        def write_items(
+            kind: str, ref: dict[str, Any], items: list[dict[str, Any]] | None, mode: int
+        ) -> None:
             name = ref.get("name") or ref.get("secretName") or ""
             obj = self.run.node.get_optional(resource_path(kind, name, self.run.namespace))
             if obj is None:
                 if ref.get("optional"):
                     return
-                raise PodSetupError(f"MountVolume.SetUp failed for volume \"{volume['name']}\": "
-                                    f"{kind.lower()} \"{name}\" not found")
-            data = {k: (base64.b64decode(v) if kind == "Secret" else v.encode()) for k, v in
-                    (obj.get("data") or {}).items()}
+                raise PodSetupError(
+                    f'MountVolume.SetUp failed for volume "{volume["name"]}": '
+                    f'{kind.lower()} "{name}" not found'
+                )
+            data = {
+                k: (base64.b64decode(v) if kind == "Secret" else v.encode())
+                for k, v in (obj.get("data") or {}).items()
+            }
             data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-            selected = [(i["key"], i.get("path", i["key"]), i.get("mode", mode)) for i in items] if items else \
-                [(k, k, mode) for k in data]
+            selected = (
+                [(i["key"], i.get("path", i["key"]), i.get("mode", mode)) for i in items]
+                if items
+                else [(k, k, mode) for k in data]
+            )
             for key, rel, file_mode in selected:
                 if key not in data:
                     if ref.get("optional"):
@@ -985,8 +1247,12 @@ class Plan:
                     token_spec = source["serviceAccountToken"]
                     account = self.run.pod["spec"].get("serviceAccountName") or "default"
                     token = self.run.agent.plane.service_account_token(
-                        self.run.namespace, account, seconds=max(int(token_spec.get("expirationSeconds", 3607)), 600),
-                        bound_pod=self.run.pod, client=self.run.node)
+                        self.run.namespace,
+                        account,
+                        seconds=max(int(token_spec.get("expirationSeconds", 3607)), 600),
+                        bound_pod=self.run.pod,
+                        client=self.run.node,
+                    )
                     path = target / token_spec["path"]
                     path.write_text(token)
                     path.chmod(mode)
@@ -1013,9 +1279,11 @@ class Plan:
                     kind = next(iter(kinds & {"configMap", "secret", "downwardAPI", "projected"}))
                     self.materialize({"name": mount["name"], "source": {kind: volume[kind]}}, host, argo)
             else:
-                raise PodUnsupported(f"volume {mount['name']} ({', '.join(sorted(kinds))}) is not emulated by "
-                                     "the node agent (tests/cluster): only emptyDir, configMap, secret, "
-                                     "downwardAPI and projected volumes")
+                raise PodUnsupported(
+                    f"volume {mount['name']} ({', '.join(sorted(kinds))}) is not emulated by "
+                    "the node agent (tests/cluster): only emptyDir, configMap, secret, "
+                    "downwardAPI and projected volumes"
+                )
             source = host
             if mount.get("subPath"):
                 source = host / mount["subPath"]
@@ -1058,10 +1326,27 @@ class Plan:
                     raise PodUnsupported(f"failed to load artifact '{art['name']}': {exc}") from exc
                 unpack(data, destination)
             else:
-                kind = sorted(set(art) - {"name", "path", "mode", "optional", "archive", "from", "globalName",
-                                          "subPath", "recurseMode", "deleted", "fromExpression", "artifactGC"})
-                raise PodUnsupported(f"input artifact {art['name']} of kind {kind} is not emulated by the "
-                                     "node agent (only raw and s3)")
+                kind = sorted(
+                    set(art)
+                    - {
+                        "name",
+                        "path",
+                        "mode",
+                        "optional",
+                        "archive",
+                        "from",
+                        "globalName",
+                        "subPath",
+                        "recurseMode",
+                        "deleted",
+                        "fromExpression",
+                        "artifactGC",
+                    }
+                )
+                raise PodUnsupported(
+                    f"input artifact {art['name']} of kind {kind} is not emulated by the "
+                    "node agent (only raw and s3)"
+                )
 
     # -- paths -----------------------------------------------------------------------------------------
     def host_path(self, container_path: str) -> Path | None:
@@ -1070,7 +1355,9 @@ class Plan:
         best: tuple[str, Path] | None = None
         for mount_path, host, _ in self.mounts:
             mp = os.path.normpath(mount_path)
-            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) > len(best[0])):
+            if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (
+                best is None or len(mp) > len(best[0])
+            ):
                 best = (mp, host)
         if best is not None:
             rel = os.path.relpath(path, best[0])
@@ -1081,8 +1368,11 @@ class Plan:
 
     def read_output(self, container_path: str) -> bytes | None:
         host = self.host_path(container_path)
-        candidates = [host] if host is not None else [self.run.dir / "upper" / container_path.lstrip("/"),
-                                                      Path(container_path)]
+        candidates = (
+            [host]
+            if host is not None
+            else [self.run.dir / "upper" / container_path.lstrip("/"), Path(container_path)]
+        )
         for candidate in candidates:
             if candidate is not None and candidate.is_file():
                 return candidate.read_bytes()
@@ -1090,8 +1380,11 @@ class Plan:
 
     def output_source(self, container_path: str) -> Path | None:
         host = self.host_path(container_path)
-        for candidate in ([host] if host is not None else
-                          [self.run.dir / "upper" / container_path.lstrip("/"), Path(container_path)]):
+        for candidate in (
+            [host]
+            if host is not None
+            else [self.run.dir / "upper" / container_path.lstrip("/"), Path(container_path)]
+        ):
             if candidate is not None and candidate.exists():
                 return candidate
         return None
@@ -1102,7 +1395,11 @@ class Plan:
         message = ""
         if source is not None and source.is_file():
             message = source.read_text(errors="replace")[-4096:]
-        if not message and exit_code != 0 and self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+        if (
+            not message
+            and exit_code != 0
+            and self.container.get("terminationMessagePolicy") == "FallbackToLogsOnError"
+        ):
             lines = self.log_tail(80).splitlines()
             message = "\n".join(lines)[-2048:]
         if not message and self.missing_command:
@@ -1123,7 +1420,8 @@ class Plan:
         lines = [
             "set -eu",
             f"mkdir -p {q(str(pod / 'upper'))} {q(str(pod / 'work'))} {root}",
-            f"mount -t overlay overlay -o lowerdir=/,upperdir={q(str(pod / 'upper'))},workdir={q(str(pod / 'work'))} {root}",
+            f"mount -t overlay overlay -o lowerdir=/,upperdir={q(str(pod / 'upper'))},"
+            f"workdir={q(str(pod / 'work'))} {root}",
             f"mount --rbind /proc {root}/proc",
             f"mount --rbind /sys {root}/sys",
             f"mount -t tmpfs -o mode=755,nosuid tmpfs {root}/dev",
@@ -1140,14 +1438,16 @@ class Plan:
         ]
         # The venv's interpreter may live under a directory only root may enter (e.g. /root/.pyenv);
         # let the pod's user through in the pod's own copy of the filesystem, as an image would.
-        for directory in untraversable_dirs([Path(sys.executable).resolve(), self.run.agent.venv_bin.resolve()]):
+        for directory in untraversable_dirs(
+            [Path(sys.executable).resolve(), self.run.agent.venv_bin.resolve()]
+        ):
             lines.append(f"chmod o+x {root}{q(str(directory))}")
         for mount_path, host, read_only in sorted(self.mounts, key=lambda m: len(m[0])):
             target = f"{root}{q(os.path.normpath(mount_path))}"
             if host.is_dir():
                 lines.append(f"mkdir -p {target}")
             else:
-                lines.append(f"mkdir -p \"$(dirname {target})\" && : > {target}")
+                lines.append(f'mkdir -p "$(dirname {target})" && : > {target}')
             lines.append(f"mount --bind {q(str(host))} {target}")
             if read_only:
                 lines.append(f"mount -o remount,bind,ro {target}")
@@ -1159,17 +1459,37 @@ class Plan:
         if self.drop_caps:
             setpriv += ["--inh-caps=-all", "--bounding-set=-all"]
         lines.append(f": > {q(str(self.exec_marker))}")
-        lines.append(f"exec chroot {root} {' '.join(setpriv)} -- /bin/sh -c 'cd \"$0\" && exec \"$@\"' "
-                     f"{q(self.workdir)} \"$@\"")
+        lines.append(
+            f'exec chroot {root} {" ".join(setpriv)} -- /bin/sh -c \'cd "$0" && exec "$@"\' '
+            f'{q(self.workdir)} "$@"'
+        )
         return "\n".join(lines)
 
     def spawn(self, command: list[str]) -> subprocess.Popen[bytes]:
         self.termination_log.write_text("")
         self.termination_log.chmod(0o666)
-        argv = ["unshare", "--mount", "--propagation", "private", "--", "/bin/sh", "-c", self.sandbox_script(),
-                "fedtwin-pod-sandbox", *command]
-        proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, cwd="/", preexec_fn=die_with_parent)
+        argv = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "/bin/sh",
+            "-c",
+            self.sandbox_script(),
+            "fedtwin-pod-sandbox",
+            *command,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            cwd="/",
+            preexec_fn=die_with_parent,
+        )
         self.log_path.write_bytes(b"")
         self.stdout_path.write_bytes(b"")
         assert proc.stdout is not None and proc.stderr is not None
@@ -1180,7 +1500,10 @@ class Plan:
         return proc
 
     def _pump(self, stream: io.BufferedReader | Any, also: Path | None) -> None:
-        with self.log_path.open("ab") as combined, (also.open("ab") if also else contextlib.nullcontext()) as extra:
+        with (
+            self.log_path.open("ab") as combined,
+            also.open("ab") if also else contextlib.nullcontext() as extra,
+        ):
             for chunk in iter(lambda: stream.read1(65536), b""):
                 with self._log_lock:
                     combined.write(chunk)
@@ -1237,7 +1560,10 @@ class S3Repo:
     @classmethod
     def for_artifact(cls, argo: ArgoPod, art: dict[str, Any]) -> S3Repo:
         archive = argo.template.get("archiveLocation") or {}
-        location = {**(archive.get("s3") or {}), **{k: v for k, v in (art.get("s3") or {}).items() if k != "key"}}
+        location = {
+            **(archive.get("s3") or {}),
+            **{k: v for k, v in (art.get("s3") or {}).items() if k != "key"},
+        }
         if not location:
             kinds = sorted(k for k in archive if k not in ("archiveLogs",))
             raise PodUnsupported(f"artifact repository {kinds or 'none'} is not emulated (only s3)")
@@ -1260,10 +1586,13 @@ class S3Repo:
         scheme = "http" if self.location.get("insecure") else "https"
         url = endpoint if "://" in endpoint else f"{scheme}://{endpoint}"
         return boto3.session.Session().client(
-            "s3", endpoint_url=url, region_name=self.location.get("region") or "us-east-1",
+            "s3",
+            endpoint_url=url,
+            region_name=self.location.get("region") or "us-east-1",
             aws_access_key_id=self.secret(self.location.get("accessKeySecret")),
             aws_secret_access_key=self.secret(self.location.get("secretKeySecret")),
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}))
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3, "mode": "standard"}),
+        )
 
     def put(self, key: str, data: bytes) -> None:
         self.client().put_object(Bucket=self.location["bucket"], Key=key, Body=data)
@@ -1279,6 +1608,7 @@ class S3Repo:
 # -- small helpers ----------------------------------------------------------------------------------------
 def expand(value: str, env: dict[str, str]) -> str:
     """The kubelet's `$(VAR)` expansion: defined variables are replaced, `$$` escapes, others stay."""
+
     def replace(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -1301,7 +1631,9 @@ def untraversable_dirs(paths: list[Path]) -> list[Path]:
 def tgz_bytes(source: Path, tar_opts: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     level = tar_opts.get("compressionLevel")
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=9 if level is None else max(0, int(level))) as tar:
+    with tarfile.open(
+        fileobj=buffer, mode="w:gz", compresslevel=9 if level is None else max(0, int(level))
+    ) as tar:
         tar.add(source, arcname=source.name)
     return buffer.getvalue()
 
@@ -1321,7 +1653,10 @@ def unpack(data: bytes, destination: Path) -> None:
     """As the executor loads an artifact: a .tgz is extracted to the path, anything else written there."""
     destination.parent.mkdir(parents=True, exist_ok=True)
     if data[:2] == b"\x1f\x8b":
-        with contextlib.suppress(tarfile.TarError), tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        with (
+            contextlib.suppress(tarfile.TarError),
+            tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar,
+        ):
             members = tar.getmembers()
             if len(members) == 1 and members[0].isfile():
                 extracted = tar.extractfile(members[0])

@@ -81,18 +81,25 @@ KUBE = Component(
     versions=f"k8s{KUBERNETES_VERSION}-etcd{ETCD_VERSION}",
     packages={"kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver", "etcd": "go.etcd.io/etcd/server/v3"},
     # Without the version stamp the API server reports v0.0.0 and Helm's kubeVersion checks fail.
-    ldflags=(f"-s -w -X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}"
-             " -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
-             " -X k8s.io/component-base/version.gitTreeState=clean"),
+    ldflags=(
+        f"-s -w -X k8s.io/component-base/version.gitVersion={KUBERNETES_VERSION}"
+        " -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=34"
+        " -X k8s.io/component-base/version.gitTreeState=clean"
+    ),
 )
 ARGO = Component(
     name="argo",
     module_dir=HERE / "go" / "argo",
     versions=ARGO_VERSION,
-    packages={"workflow-controller": f"{ARGO_MODULE}/cmd/workflow-controller", "argo": f"{ARGO_MODULE}/cmd/argo"},
-    ldflags=(f"-s -w -X {ARGO_MODULE}.version={ARGO_VERSION} -X {ARGO_MODULE}.gitTag={ARGO_VERSION}"
-             f" -X {ARGO_MODULE}.gitCommit={ARGO_COMMIT} -X {ARGO_MODULE}.gitTreeState=clean"
-             f" -X {ARGO_MODULE}.buildDate={ARGO_BUILD_DATE}"),
+    packages={
+        "workflow-controller": f"{ARGO_MODULE}/cmd/workflow-controller",
+        "argo": f"{ARGO_MODULE}/cmd/argo",
+    },
+    ldflags=(
+        f"-s -w -X {ARGO_MODULE}.version={ARGO_VERSION} -X {ARGO_MODULE}.gitTag={ARGO_VERSION}"
+        f" -X {ARGO_MODULE}.gitCommit={ARGO_COMMIT} -X {ARGO_MODULE}.gitTreeState=clean"
+        f" -X {ARGO_MODULE}.buildDate={ARGO_BUILD_DATE}"
+    ),
 )
 COMPONENTS = (KUBE, ARGO)
 
@@ -134,35 +141,43 @@ def log(message: str) -> None:
 def go_binary() -> str:
     go = shutil.which("go")
     if go is None:
-        raise BuildError(f"go not found on PATH: tests/cluster builds kube-apiserver, etcd and Argo from source; "
-                         f"install Go {'.'.join(map(str, GO_MIN))} or newer and put it on PATH")
+        raise BuildError(
+            f"go not found on PATH: tests/cluster builds kube-apiserver, etcd and Argo from source; "
+            f"install Go {'.'.join(map(str, GO_MIN))} or newer and put it on PATH"
+        )
     return go
 
 
 def go_version(go: str) -> str:
     try:
-        out = subprocess.run([go, "env", "GOVERSION"], capture_output=True, text=True, check=True,
-                             env=go_env(), timeout=60).stdout.strip()
+        out = subprocess.run(
+            [go, "env", "GOVERSION"], capture_output=True, text=True, check=True, env=go_env(), timeout=60
+        ).stdout.strip()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise BuildError(f"`{go} env GOVERSION` failed ({exc}); check the Go installation") from exc
     match = re.match(r"go(\d+)\.(\d+)(?:\.(\d+))?", out)
     if match is None:
-        raise BuildError(f"cannot parse the Go version {out!r} of {go}; install Go "
-                         f"{'.'.join(map(str, GO_MIN))} or newer")
+        raise BuildError(
+            f"cannot parse the Go version {out!r} of {go}; install Go {'.'.join(map(str, GO_MIN))} or newer"
+        )
     found = tuple(int(x or 0) for x in match.groups())
     if found < GO_MIN:
-        raise BuildError(f"{go} is {out}; the Argo v4.0.7 module needs Go {'.'.join(map(str, GO_MIN))} or newer")
+        raise BuildError(
+            f"{go} is {out}; the Argo v4.0.7 module needs Go {'.'.join(map(str, GO_MIN))} or newer"
+        )
     return out
 
 
 def go_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update({
-        "CGO_ENABLED": "0",
-        "GOFLAGS": "-mod=readonly -buildvcs=false",  # go.sum must already hold every hash
-        "GOTOOLCHAIN": "local",  # never fetch another toolchain behind our back
-        "GOWORK": "off",
-    })
+    env.update(
+        {
+            "CGO_ENABLED": "0",
+            "GOFLAGS": "-mod=readonly -buildvcs=false",  # go.sum must already hold every hash
+            "GOTOOLCHAIN": "local",  # never fetch another toolchain behind our back
+            "GOWORK": "off",
+        }
+    )
     return env
 
 
@@ -177,19 +192,28 @@ def run_go(go: str, args: list[str], cwd: Path, what: str, log_path: Path) -> No
 
 
 def argo_source(go: str, build_dir: Path, log_path: Path) -> Path:
-    """The verified v4.0.7 module source, writable, with a placeholder UI page, at build_dir/argo-workflows."""
-    proc = subprocess.run([go, "mod", "download", "-json", f"{ARGO_MODULE}@{ARGO_VERSION}"],
-                          capture_output=True, text=True, env=go_env(), cwd=build_dir)
+    """The verified v4.0.7 module source, writable, with a placeholder UI page, in build_dir."""
+    proc = subprocess.run(
+        [go, "mod", "download", "-json", f"{ARGO_MODULE}@{ARGO_VERSION}"],
+        capture_output=True,
+        text=True,
+        env=go_env(),
+        cwd=build_dir,
+    )
     try:
         info = json.loads(proc.stdout)
     except json.JSONDecodeError:
         info = {"Error": (proc.stderr or proc.stdout).strip()}
     if proc.returncode != 0 or info.get("Error"):
-        raise BuildError(f"cannot download {ARGO_MODULE}@{ARGO_VERSION}: {info.get('Error', proc.stderr.strip())}; "
-                         "check GOPROXY and the network")
+        raise BuildError(
+            f"cannot download {ARGO_MODULE}@{ARGO_VERSION}: {info.get('Error', proc.stderr.strip())}; "
+            "check GOPROXY and the network"
+        )
     if info.get("Sum") != ARGO_MODULE_SUM:
-        raise BuildError(f"{ARGO_MODULE}@{ARGO_VERSION} has hash {info.get('Sum')}, expected {ARGO_MODULE_SUM}; "
-                         "the module cache may be corrupt (`go clean -modcache`)")
+        raise BuildError(
+            f"{ARGO_MODULE}@{ARGO_VERSION} has hash {info.get('Sum')}, expected {ARGO_MODULE_SUM}; "
+            "the module cache may be corrupt (`go clean -modcache`)"
+        )
     src = build_dir / "argo-workflows"
     shutil.copytree(info["Dir"], src, symlinks=True)
     for path in [src, *src.rglob("*")]:
@@ -199,7 +223,8 @@ def argo_source(go: str, build_dir: Path, log_path: Path) -> Path:
     app.mkdir(parents=True, exist_ok=True)
     (app / "index.html").write_text(
         "<!doctype html><title>Argo Workflows API</title>"
-        "<p>This argo server was built without the UI (tests/cluster/README.md); its API is served.</p>\n")
+        "<p>This argo server was built without the UI (tests/cluster/README.md); its API is served.</p>\n"
+    )
     return src
 
 
@@ -236,8 +261,21 @@ def build_component(component: Component, go: str, version: str, force: bool = F
                 else:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(source, dest)
-        run_go(go, ["build", "-trimpath", "-ldflags", component.ldflags, "-o", str(bin_dir) + "/",
-                    *component.packages.values()], build_dir, f"go build of {component.name}", log_path)
+        run_go(
+            go,
+            [
+                "build",
+                "-trimpath",
+                "-ldflags",
+                component.ldflags,
+                "-o",
+                str(bin_dir) + "/",
+                *component.packages.values(),
+            ],
+            build_dir,
+            f"go build of {component.name}",
+            log_path,
+        )
         for name, package in component.packages.items():
             built = bin_dir / go_output_name(package)
             if built.name != name and built.is_file():
@@ -245,11 +283,20 @@ def build_component(component: Component, go: str, version: str, force: bool = F
             if not (bin_dir / name).is_file():
                 raise BuildError(f"go build of {component.name} did not produce {name}; full log: {log_path}")
         seconds = time.monotonic() - started
-        (work / "manifest.json").write_text(json.dumps({
-            "component": component.name, "versions": component.versions, "go": version,
-            "packages": component.packages, "build_seconds": round(seconds, 1),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }, indent=2) + "\n")
+        (work / "manifest.json").write_text(
+            json.dumps(
+                {
+                    "component": component.name,
+                    "versions": component.versions,
+                    "go": version,
+                    "packages": component.packages,
+                    "build_seconds": round(seconds, 1),
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         shutil.rmtree(build_dir)
         if target.exists():
             shutil.rmtree(target)
@@ -266,9 +313,13 @@ def ensure(force: bool = False) -> Binaries:
     version = go_version(go)
     kube = build_component(KUBE, go, version, force)
     argo = build_component(ARGO, go, version, force)
-    return Binaries(kube_apiserver=kube / "bin" / "kube-apiserver", etcd=kube / "bin" / "etcd",
-                    workflow_controller=argo / "bin" / "workflow-controller", argo=argo / "bin" / "argo",
-                    argo_manifests=argo / "manifests")
+    return Binaries(
+        kube_apiserver=kube / "bin" / "kube-apiserver",
+        etcd=kube / "bin" / "etcd",
+        workflow_controller=argo / "bin" / "workflow-controller",
+        argo=argo / "bin" / "argo",
+        argo_manifests=argo / "manifests",
+    )
 
 
 def cached() -> Binaries | None:
@@ -278,13 +329,20 @@ def cached() -> Binaries | None:
         version = go_version(go)
         kube, argo = (cache_root() / c.key(version) for c in COMPONENTS)
         if (kube / "manifest.json").is_file() and (argo / "manifest.json").is_file():
-            return Binaries(kube / "bin" / "kube-apiserver", kube / "bin" / "etcd",
-                            argo / "bin" / "workflow-controller", argo / "bin" / "argo", argo / "manifests")
+            return Binaries(
+                kube / "bin" / "kube-apiserver",
+                kube / "bin" / "etcd",
+                argo / "bin" / "workflow-controller",
+                argo / "bin" / "argo",
+                argo / "manifests",
+            )
     return None
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.cluster.build", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.cluster.build", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even when the cache has the binaries")
     args = parser.parse_args(argv)
     started = time.monotonic()

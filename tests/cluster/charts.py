@@ -52,8 +52,13 @@ class Release:
         return self.cluster.wait(name, timeout)
 
     def summary(self) -> str:
-        return json.dumps({"s3": self.s3.endpoint, "mlflow": self.mlflow.uri,
-                           "releases": [PLATFORM_RELEASE, FEDTWIN_RELEASE]})
+        return json.dumps(
+            {
+                "s3": self.s3.endpoint,
+                "mlflow": self.mlflow.uri,
+                "releases": [PLATFORM_RELEASE, FEDTWIN_RELEASE],
+            }
+        )
 
 
 def chart_values(chart: Path) -> dict[str, Any]:
@@ -63,17 +68,25 @@ def chart_values(chart: Path) -> dict[str, Any]:
 def identity_names(platform_defaults: dict[str, Any]) -> list[str]:
     """The platform chart's S3 identities (twin, aggregator, and whichever others this version has)."""
     identities = platform_defaults.get("s3", {}).get("identities", {})
-    return [name for name, value in identities.items() if isinstance(value, dict) and "existingSecret" in value]
+    return [
+        name for name, value in identities.items() if isinstance(value, dict) and "existingSecret" in value
+    ]
 
 
 def create_s3_secrets(cluster: Cluster, s3: S3Server, names: list[str]) -> None:
     for name in names:
-        cluster.plane.admin.apply({
-            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": {"name": SECRET_PREFIX + name, "namespace": cluster.namespace},
-            "data": {"accessKey": base64.b64encode(s3.access_key.encode()).decode(),
-                     "secretKey": base64.b64encode(s3.secret_key.encode()).decode()},
-        })
+        cluster.plane.admin.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {"name": SECRET_PREFIX + name, "namespace": cluster.namespace},
+                "data": {
+                    "accessKey": base64.b64encode(s3.access_key.encode()).decode(),
+                    "secretKey": base64.b64encode(s3.secret_key.encode()).decode(),
+                },
+            }
+        )
 
 
 def platform_values(s3: S3Server, identities: list[str]) -> dict[str, Any]:
@@ -84,19 +97,29 @@ def platform_values(s3: S3Server, identities: list[str]) -> dict[str, Any]:
             "bucket": s3.bucket,
             "region": s3.region,
             "external": {"endpoint": s3.endpoint, "adminSecret": ""},
-            "identities": {"create": False, **{name: {"existingSecret": SECRET_PREFIX + name} for name in identities}},
+            "identities": {
+                "create": False,
+                **{name: {"existingSecret": SECRET_PREFIX + name} for name in identities},
+            },
         },
     }
 
 
-def fedtwin_values(cluster: Cluster, s3: S3Server, mlflow: MlflowServer, defaults: dict[str, Any],
-                   identities: list[str]) -> dict[str, Any]:
+def fedtwin_values(
+    cluster: Cluster, s3: S3Server, mlflow: MlflowServer, defaults: dict[str, Any], identities: list[str]
+) -> dict[str, Any]:
     s3_port = urllib.parse.urlparse(s3.endpoint).port
     mlflow_port = urllib.parse.urlparse(mlflow.uri).port
     values: dict[str, Any] = {
         "image": {"repository": "fedtwin", "tag": "cluster-e2e"},
-        "s3": {"platformMinio": False, "endpoint": s3.endpoint, "bucket": s3.bucket, "region": s3.region,
-               "twinSecret": SECRET_PREFIX + "twin", "aggregatorSecret": SECRET_PREFIX + "aggregator"},
+        "s3": {
+            "platformMinio": False,
+            "endpoint": s3.endpoint,
+            "bucket": s3.bucket,
+            "region": s3.region,
+            "twinSecret": SECRET_PREFIX + "twin",
+            "aggregatorSecret": SECRET_PREFIX + "aggregator",
+        },
         "tracking": {"enabled": True, "uri": mlflow.uri},
         "networkPolicy": {
             # What `kubectl get endpoints kubernetes` would list; this API server has no endpoint
@@ -121,12 +144,24 @@ def install_charts(cluster: Cluster, s3: S3Server, mlflow: MlflowServer) -> Rele
     platform = platform_values(s3, identities)
     fedtwin = fedtwin_values(cluster, s3, mlflow, chart_values(FEDTWIN_CHART), identities)
     outputs: dict[str, str] = {}
-    for release, chart, values in ((PLATFORM_RELEASE, PLATFORM_CHART, platform),
-                                   (FEDTWIN_RELEASE, FEDTWIN_CHART, fedtwin)):
+    for release, chart, values in (
+        (PLATFORM_RELEASE, PLATFORM_CHART, platform),
+        (FEDTWIN_RELEASE, FEDTWIN_CHART, fedtwin),
+    ):
         path = values_dir / f"{release}.yaml"
         path.write_text(yaml.safe_dump(values, sort_keys=False))
-        proc = cluster.helm("upgrade", "--install", release, str(chart), "-n", cluster.namespace, "-f", str(path),
-                            "--timeout", "120s")
+        proc = cluster.helm(
+            "upgrade",
+            "--install",
+            release,
+            str(chart),
+            "-n",
+            cluster.namespace,
+            "-f",
+            str(path),
+            "--timeout",
+            "120s",
+        )
         outputs[release] = proc.stdout + proc.stderr
     return Release(cluster, s3, mlflow, platform, fedtwin, outputs)
 

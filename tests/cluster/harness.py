@@ -1,12 +1,12 @@
 """A running local cluster for tests and humans: control plane + node agent + CLI helpers.
 
-    cluster = Cluster.start(workdir)                 # etcd, kube-apiserver, Argo, node agent
-    name = cluster.submit_manifest(workflow_dict)    # or cluster.submit("fedtwin-federated", {"rounds": "4"})
-    wf = cluster.wait(name, timeout=300)             # the final Workflow object
-    cluster.node(wf, "train(0:twin-000)")            # a status node by display name
-    cluster.pod_logs(name)                           # {pod name: its main log}
-    cluster.set_faults([...])                        # fault rules for the agent (agent.py)
-    cluster.stop()
+cluster = Cluster.start(workdir)                 # etcd, kube-apiserver, Argo, node agent
+name = cluster.submit_manifest(workflow_dict)    # or cluster.submit("fedtwin-federated", {"rounds": "4"})
+wf = cluster.wait(name, timeout=300)             # the final Workflow object
+cluster.node(wf, "train(0:twin-000)")            # a status node by display name
+cluster.pod_logs(name)                           # {pod name: its main log}
+cluster.set_faults([...])                        # fault rules for the agent (agent.py)
+cluster.stop()
 """
 
 from __future__ import annotations
@@ -51,8 +51,12 @@ class Cluster:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     @classmethod
-    def start(cls, workdir: Path | None = None, binaries: build.Binaries | None = None,
-              fault_hook: FaultHook | None = None) -> Cluster:
+    def start(
+        cls,
+        workdir: Path | None = None,
+        binaries: build.Binaries | None = None,
+        fault_hook: FaultHook | None = None,
+    ) -> Cluster:
         owns = workdir is None
         workdir = workdir or Path(tempfile.mkdtemp(prefix="fedtwin-cluster-"))
         plane = controlplane.start(workdir / "control-plane", binaries)
@@ -80,9 +84,23 @@ class Cluster:
         port = free_ports(1)[0]
         token = self.plane.service_account_token(controlplane.ARGO_NAMESPACE, "argo-server")
         creds = Credentials(self.plane.server, self.plane.ca_file, token=token, user="argo-server")
-        kubeconfig = creds.kubeconfig(self.workdir / "argo-server.kubeconfig", namespace=controlplane.ARGO_NAMESPACE)
-        argv = [str(self.plane.binaries.argo), "server", "--kubeconfig", str(kubeconfig), "--auth-mode", "server",
-                "--secure=false", "--port", str(port), "--browser=false", "--loglevel", "info"]
+        kubeconfig = creds.kubeconfig(
+            self.workdir / "argo-server.kubeconfig", namespace=controlplane.ARGO_NAMESPACE
+        )
+        argv = [
+            str(self.plane.binaries.argo),
+            "server",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--auth-mode",
+            "server",
+            "--secure=false",
+            "--port",
+            str(port),
+            "--browser=false",
+            "--loglevel",
+            "info",
+        ]
         process = Process("argo-server", self.workdir, argv, env=controlplane.clean_env())
         self.extra_processes.append(process)
         url = f"http://127.0.0.1:{port}"
@@ -99,20 +117,27 @@ class Cluster:
         env["KUBECONFIG"] = str(self.plane.kubeconfig)
         env["PATH"] = f"{TOOLS_BIN}:{self.plane.binaries.argo.parent}:{env.get('PATH', '')}"
         # Helm keeps its caches and repository config out of the user's home.
-        for name, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")):
+        for name, sub in (
+            ("HELM_CACHE_HOME", "cache"),
+            ("HELM_CONFIG_HOME", "config"),
+            ("HELM_DATA_HOME", "data"),
+        ):
             env[name] = str(self.workdir / "helm" / sub)
         return env
 
-    def run(self, argv: list[str], check: bool = True, timeout: float = 300,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: list[str], check: bool = True, timeout: float = 300, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         tool = argv[0]
         if tool in ("helm", "kubectl") and not (TOOLS_BIN / tool).exists():
             raise CommandError(f"{tool} not found in {TOOLS_BIN}: run `make tools` (pinned helm and kubectl)")
-        proc = subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout, input=stdin,
-                              cwd=ROOT)
+        proc = subprocess.run(
+            argv, env=self.env(), capture_output=True, text=True, timeout=timeout, input=stdin, cwd=ROOT
+        )
         if check and proc.returncode != 0:
-            raise CommandError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stdout[-2000:]}\n"
-                               f"{proc.stderr[-4000:]}")
+            raise CommandError(
+                f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -125,8 +150,15 @@ class Cluster:
         return self.run([str(self.plane.binaries.argo), *args], check=check)
 
     # -- workflows --------------------------------------------------------------------------------------
-    def submit_manifest(self, workflow: dict[str, Any], *extra: str) -> str:
-        """`argo submit` a Workflow manifest; returns the workflow's name."""
+    def submit_manifest(self, workflow: dict[str, Any], *extra: str, restricted: bool = True) -> str:
+        """`argo submit` a Workflow manifest; returns the workflow's name.
+
+        `restricted`: a workflow that sets no security context of its own (the conformance cases,
+        the smoke tests) gets one PodSecurity `restricted` admits, at the workflow level (the pod's
+        securityContext and a podSpecPatch for main), so it may run in `fedtwin`; fedtwin's own
+        templates carry theirs and are submitted with `submit`, untouched."""
+        if restricted:
+            workflow = with_restricted_defaults(workflow)
         # JSON, not YAML: Argo parses YAML 1.1, where a value such as `n` would turn into a bool.
         path = Path(tempfile.mkstemp(prefix="wf-", suffix=".json", dir=self.workdir)[1])
         path.write_text(json.dumps(workflow))
@@ -159,8 +191,10 @@ class Cluster:
             if self.agent.errors:
                 break
             time.sleep(0.5)
-        raise TimeoutError(f"workflow {name} not finished after {timeout:.0f} s:\n{self.describe(wf)}\n"
-                           f"agent errors: {self.agent.errors}\n{self.diagnostics()}")
+        raise TimeoutError(
+            f"workflow {name} not finished after {timeout:.0f} s:\n{self.describe(wf)}\n"
+            f"agent errors: {self.agent.errors}\n{self.diagnostics()}"
+        )
 
     @staticmethod
     def nodes(wf: dict[str, Any]) -> list[dict[str, Any]]:
@@ -170,28 +204,39 @@ class Cluster:
         """The one status node with this display name (e.g. `init`, `train(0:twin-000)`)."""
         found = [n for n in self.nodes(wf) if n.get("displayName") == display_name]
         if len(found) != 1:
-            raise KeyError(f"{len(found)} nodes named {display_name!r} in {wf['metadata']['name']}:\n{self.describe(wf)}")
+            raise KeyError(
+                f"{len(found)} nodes named {display_name!r} in {wf['metadata']['name']}:\n{self.describe(wf)}"
+            )
         return found[0]
 
     @staticmethod
     def relative_nodes(wf: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Nodes by name without the workflow-name prefix (`.A`, `[0].a`, `` for the root)."""
         name = wf["metadata"]["name"]
-        return {n["name"][len(name):] if n["name"].startswith(name) else n["name"]: n for n in Cluster.nodes(wf)}
+        return {
+            n["name"][len(name) :] if n["name"].startswith(name) else n["name"]: n for n in Cluster.nodes(wf)
+        }
 
     @staticmethod
     def outputs(node: dict[str, Any]) -> dict[str, str]:
-        return {p["name"]: p.get("value", "") for p in (node.get("outputs") or {}).get("parameters", []) or []}
+        return {
+            p["name"]: p.get("value", "") for p in (node.get("outputs") or {}).get("parameters", []) or []
+        }
 
     def pods(self, workflow: str) -> list[dict[str, Any]]:
-        listing = self.plane.admin.get(resource_path("Pod", namespace=self.namespace),
-                                       labelSelector=f"workflows.argoproj.io/workflow={workflow}")
+        listing = self.plane.admin.get(
+            resource_path("Pod", namespace=self.namespace),
+            labelSelector=f"workflows.argoproj.io/workflow={workflow}",
+        )
         return list(listing.get("items", []))
 
     def pod_logs(self, workflow: str) -> dict[str, str]:
         """Each pod's main-container output (stdout and stderr), from the agent's log files."""
-        return {r.name: self.agent.pod_log(r.namespace, r.name) for r in self.agent.all_records()
-                if r.labels.get("workflows.argoproj.io/workflow") == workflow}
+        return {
+            r.name: self.agent.pod_log(r.namespace, r.name)
+            for r in self.agent.all_records()
+            if r.labels.get("workflows.argoproj.io/workflow") == workflow
+        }
 
     def set_faults(self, rules: list[dict[str, Any]]) -> None:
         """Fault rules for pods started from now on (format: tests/cluster/agent.py)."""
@@ -208,13 +253,46 @@ class Cluster:
         status = wf.get("status", {})
         lines = [f"workflow {wf['metadata']['name']}: {status.get('phase')} {status.get('message', '')}"]
         for name, node in sorted(self.relative_nodes(wf).items()):
-            lines.append(f"  {name or '(root)'} [{node.get('type')}] {node.get('phase')} {node.get('message', '')}")
+            lines.append(
+                f"  {name or '(root)'} [{node.get('type')}] {node.get('phase')} {node.get('message', '')}"
+            )
         return "\n".join(lines)
 
     def diagnostics(self, lines: int = 25) -> str:
         agent_log = self.agent.log_path.read_text(errors="replace").splitlines()[-lines:]
-        return (f"--- node agent ---\n" + "\n".join(agent_log) + "\n" + self.plane.process_logs())
+        return "--- node agent ---\n" + "\n".join(agent_log) + "\n" + self.plane.process_logs()
 
 
 def venv_bin() -> Path:
     return Path(sys.executable).parent
+
+
+def with_restricted_defaults(workflow: dict[str, Any]) -> dict[str, Any]:
+    workflow = json.loads(json.dumps(workflow))
+    spec = workflow.setdefault("spec", {})
+    spec.setdefault(
+        "securityContext",
+        {
+            "runAsNonRoot": True,
+            "runAsUser": controlplane.MAIN_UID,
+            "runAsGroup": controlplane.MAIN_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    )
+    spec.setdefault(
+        "podSpecPatch",
+        json.dumps(
+            {
+                "containers": [
+                    {
+                        "name": "main",
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }
+                ]
+            }
+        ),
+    )
+    return workflow

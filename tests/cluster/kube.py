@@ -61,20 +61,31 @@ class Credentials:
             user["client-certificate"] = str(self.cert_file)
             user["client-key"] = str(self.key_file)
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fedtwin-local",
-            "clusters": [{"name": "fedtwin-local",
-                          "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fedtwin-local",
+            "clusters": [
+                {
+                    "name": "fedtwin-local",
+                    "cluster": {"server": self.server, "certificate-authority": str(self.ca_file)},
+                }
+            ],
             "users": [{"name": self.user, "user": user}],
-            "contexts": [{"name": "fedtwin-local",
-                          "context": {"cluster": "fedtwin-local", "user": self.user, "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": "fedtwin-local",
+                    "context": {"cluster": "fedtwin-local", "user": self.user, "namespace": namespace},
+                }
+            ],
         }
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         path.chmod(0o600)
         return path
 
 
-def resource_path(kind: str, name: str | None = None, namespace: str | None = None,
-                  subresource: str | None = None) -> str:
+def resource_path(
+    kind: str, name: str | None = None, namespace: str | None = None, subresource: str | None = None
+) -> str:
     try:
         prefix, plural, namespaced = RESOURCES[kind]
     except KeyError:
@@ -111,14 +122,22 @@ class Kube:
     def close(self) -> None:
         self.session.close()
 
-    def request(self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None,
-                content_type: str = "application/json", ok_missing: bool = False) -> Any:
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        ok_missing: bool = False,
+    ) -> Any:
         headers = {"Content-Type": content_type, "Accept": "application/json"}
         data = None
         if body is not None:
             data = body if isinstance(body, (bytes, str)) else json.dumps(body)
-        response = self.session.request(method, self.creds.server + path, data=data, params=params,
-                                        headers=headers, timeout=self.timeout)
+        response = self.session.request(
+            method, self.creds.server + path, data=data, params=params, headers=headers, timeout=self.timeout
+        )
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code >= 400:
@@ -127,7 +146,9 @@ class Kube:
                 message, reason = status.get("message", response.text), status.get("reason", "")
             except ValueError:
                 message, reason = response.text.strip(), ""
-            raise KubeError(response.status_code, f"{method} {path}: {response.status_code} {message}", reason)
+            raise KubeError(
+                response.status_code, f"{method} {path}: {response.status_code} {message}", reason
+            )
         return response.json() if response.content else None
 
     def get(self, path: str, **params: Any) -> Any:
@@ -149,18 +170,32 @@ class Kube:
         """Server-side apply of one object (create or update; conflicts forced)."""
         meta = obj["metadata"]
         path = resource_path(obj["kind"], meta["name"], meta.get("namespace"))
-        return self.request("PATCH", path, obj, params={"fieldManager": manager, "force": "true"},
-                            content_type="application/apply-patch+yaml")
+        return self.request(
+            "PATCH",
+            path,
+            obj,
+            params={"fieldManager": manager, "force": "true"},
+            content_type="application/apply-patch+yaml",
+        )
 
-    def watch(self, path: str, resource_version: str, timeout_seconds: int = 60,
-              **params: Any) -> Iterator[dict[str, Any]]:
+    def watch(
+        self, path: str, resource_version: str, timeout_seconds: int = 60, **params: Any
+    ) -> Iterator[dict[str, Any]]:
         """Watch events from `resource_version` until the server ends the stream."""
-        query = {"watch": "1", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
-                 "timeoutSeconds": str(timeout_seconds), **params}
-        with self.session.get(self.creds.server + path, params=query, stream=True,
-                              timeout=(10, timeout_seconds + 30)) as response:
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+            **params,
+        }
+        with self.session.get(
+            self.creds.server + path, params=query, stream=True, timeout=(10, timeout_seconds + 30)
+        ) as response:
             if response.status_code >= 400:
-                raise KubeError(response.status_code, f"WATCH {path}: {response.status_code} {response.text[:300]}")
+                raise KubeError(
+                    response.status_code, f"WATCH {path}: {response.status_code} {response.text[:300]}"
+                )
             for line in response.iter_lines():
                 if line:
                     yield json.loads(line)
@@ -176,7 +211,9 @@ class Kube:
             except (KubeError, requests.RequestException) as exc:
                 last = exc
             time.sleep(interval)
-        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else ""))
+        raise TimeoutError(
+            f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else "")
+        )
 
 
 def load_yaml_documents(path: Path) -> list[dict[str, Any]]:

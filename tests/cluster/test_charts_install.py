@@ -23,19 +23,27 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 def test_api_server_enforces_crd_schema_and_pod_security(cluster: Cluster) -> None:
     admin = cluster.plane.admin
-    bad_template = {"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
-                    "metadata": {"name": "schema-check", "namespace": cluster.namespace},
-                    "spec": {"templates": "not-a-list"}}
+    bad_template = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "WorkflowTemplate",
+        "metadata": {"name": "schema-check", "namespace": cluster.namespace},
+        "spec": {"templates": "not-a-list"},
+    }
     with pytest.raises(KubeError) as schema_error:
         admin.create(resource_path("WorkflowTemplate", namespace=cluster.namespace), bad_template)
     assert schema_error.value.status == 422 and "spec.templates" in str(schema_error.value)
 
-    root_pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "root-check", "namespace": cluster.namespace},
-                "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["id"]}]}}
+    root_pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "root-check", "namespace": cluster.namespace},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "command": ["id"]}]},
+    }
     with pytest.raises(KubeError) as admission_error:
         admin.create(resource_path("Pod", namespace=cluster.namespace), root_pod)
     assert admission_error.value.status == 403 and 'violates PodSecurity "restricted:latest"' in str(
-        admission_error.value)
+        admission_error.value
+    )
 
 
 def test_both_charts_install(fedtwin_release: Release) -> None:
@@ -50,7 +58,10 @@ def test_both_charts_install(fedtwin_release: Release) -> None:
     kinds = {(doc["kind"], doc["metadata"]["name"]) for doc in yaml.safe_load_all(manifest) if doc}
     for kind, name in kinds:
         if kind in ("ServiceAccount", "Role", "RoleBinding", "ConfigMap", "WorkflowTemplate"):
-            assert cluster.plane.admin.get(resource_path(kind, name, cluster.namespace))["metadata"]["name"] == name
+            assert (
+                cluster.plane.admin.get(resource_path(kind, name, cluster.namespace))["metadata"]["name"]
+                == name
+            )
 
     # The service accounts the templates run pods as exist (the ServiceAccount admission plugin
     # would refuse the pods otherwise) and may write WorkflowTaskResults, as the executor must.
@@ -60,11 +71,19 @@ def test_both_charts_install(fedtwin_release: Release) -> None:
         for key in ("twin-service-account", "aggregator-service-account"):
             if params.get(key):
                 account = params[key]
-                assert cluster.plane.admin.get_optional(resource_path("ServiceAccount", account, cluster.namespace)), \
-                    f"{template}: {key}={account} does not exist"
-                review = cluster.kubectl("auth", "can-i", "create", "workflowtaskresults.argoproj.io",
-                                         "-n", cluster.namespace,
-                                         f"--as=system:serviceaccount:{cluster.namespace}:{account}", check=False)
+                assert cluster.plane.admin.get_optional(
+                    resource_path("ServiceAccount", account, cluster.namespace)
+                ), f"{template}: {key}={account} does not exist"
+                review = cluster.kubectl(
+                    "auth",
+                    "can-i",
+                    "create",
+                    "workflowtaskresults.argoproj.io",
+                    "-n",
+                    cluster.namespace,
+                    f"--as=system:serviceaccount:{cluster.namespace}:{account}",
+                    check=False,
+                )
                 assert review.stdout.strip() == "yes", f"{account} may not create WorkflowTaskResults"
 
 

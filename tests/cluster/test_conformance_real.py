@@ -39,7 +39,9 @@ def load_case(path: Path) -> dict[str, Any]:
     case = yaml.safe_load(path.read_text())
     missing = {"source", "workflow", "expect"} - set(case or {})
     if missing:
-        raise ValueError(f"{path.name}: missing top-level keys {sorted(missing)} (format: tests/conformance/README.md)")
+        raise ValueError(
+            f"{path.name}: missing top-level keys {sorted(missing)} (format: tests/conformance/README.md)"
+        )
     if "phase" not in case["expect"]:
         raise ValueError(f"{path.name}: expect.phase is required")
     return dict(case)
@@ -83,17 +85,25 @@ def test_case_matches_real_controller(path: Path, outcomes: dict[str, Outcome], 
     context = ""
     if outcome.workflow:
         logs = cluster.pod_logs(outcome.name)
-        context = cluster.describe(outcome.workflow) + "\n" + "\n".join(
-            f"  [{pod}] {log.strip()[-300:]}" for pod, log in sorted(logs.items()) if log.strip())
+        context = (
+            cluster.describe(outcome.workflow)
+            + "\n"
+            + "\n".join(f"  [{pod}] {log.strip()[-300:]}" for pod, log in sorted(logs.items()) if log.strip())
+        )
     assert not outcome.error, f"{path.name}: {outcome.error}\n{context}\n{cluster.diagnostics(10)}"
     expect = outcome.case["expect"]
     actual = {name: node["phase"] for name, node in Cluster.relative_nodes(outcome.workflow).items()}
-    mismatches = [f"workflow phase: expected {expect['phase']}, got {outcome.workflow['status']['phase']}"] \
-        if outcome.workflow["status"]["phase"] != expect["phase"] else []
+    mismatches = (
+        [f"workflow phase: expected {expect['phase']}, got {outcome.workflow['status']['phase']}"]
+        if outcome.workflow["status"]["phase"] != expect["phase"]
+        else []
+    )
     for node, phase in (expect.get("nodes") or {}).items():
         if actual.get(node) != phase:
             mismatches.append(f"node {node!r}: expected {phase}, got {actual.get(node, 'no such node')}")
-    assert not mismatches, f"{path.name} ({outcome.case['source']}):\n  " + "\n  ".join(mismatches) + f"\n{context}"
+    assert not mismatches, (
+        f"{path.name} ({outcome.case['source']}):\n  " + "\n  ".join(mismatches) + f"\n{context}"
+    )
 
 
 def test_cases_exist() -> None:

@@ -35,8 +35,14 @@ def s3_object(release: Release, key: str) -> bytes:
 
 def round_nodes(cluster: Cluster, wf: dict[str, Any], template: str = "aggregate") -> list[dict[str, Any]]:
     """Pod nodes of `template` that succeeded and played their round (a validation return), in round order."""
-    nodes = [n for n in cluster.nodes(wf) if n.get("templateName") == template and n["type"] == "Pod"
-             and n["phase"] == "Succeeded" and cluster.outputs(n).get("mean_return")]
+    nodes = [
+        n
+        for n in cluster.nodes(wf)
+        if n.get("templateName") == template
+        and n["type"] == "Pod"
+        and n["phase"] == "Succeeded"
+        and cluster.outputs(n).get("mean_return")
+    ]
     return sorted(nodes, key=lambda n: int(cluster.outputs(n).get("round", "0")))
 
 
@@ -44,9 +50,27 @@ def local_reference(tmp_path: Path, run_id: str, rounds: int, twins: int, seed: 
     """`fedtwin run` with the same config and seed, on a local store: its final weights."""
     store = tmp_path / "store"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDTWIN_", "MLFLOW_", "AWS_"))}
-    proc = subprocess.run([FEDTWIN, "run", "--run-id", run_id, "--rounds", str(rounds), "--twins", str(twins),
-                           "--seed", str(seed), "--store", str(store), "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            FEDTWIN,
+            "run",
+            "--run-id",
+            run_id,
+            "--rounds",
+            str(rounds),
+            "--twins",
+            str(twins),
+            "--seed",
+            str(seed),
+            "--store",
+            str(store),
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return (store / "runs" / run_id / "report" / "final.safetensors").read_bytes()
 
@@ -56,20 +80,27 @@ def clean_run(fedtwin_release: Release) -> dict[str, Any]:
     """Test 2's run: fedtwin-federated, 4 rounds, 3 twins (the other tests compare against it)."""
     cluster = fedtwin_release.cluster
     cluster.clear_faults()
-    name = fedtwin_release.submit("fedtwin-federated", {"rounds": 4, "twins": 3, "seed": 0, "run-id": "clean"})
+    name = fedtwin_release.submit(
+        "fedtwin-federated", {"rounds": 4, "twins": 3, "seed": 0, "run-id": "clean"}
+    )
     return fedtwin_release.wait(name, timeout=1200)
 
 
-def test_federated_run_matches_local_run(fedtwin_release: Release, clean_run: dict[str, Any],
-                                         tmp_path: Path) -> None:
+def test_federated_run_matches_local_run(
+    fedtwin_release: Release, clean_run: dict[str, Any], tmp_path: Path
+) -> None:
     """Test 2: Succeeded, a held-out return in the workflow outputs, the same final weights as
     `fedtwin run` with the same config and seed, bit for bit."""
     cluster = fedtwin_release.cluster
     assert clean_run["status"]["phase"] == "Succeeded", cluster.describe(clean_run)
     evaluate = cluster.outputs(cluster.node(clean_run, "evaluate"))
     assert float(evaluate["heldout_return"]) > 0, evaluate
-    outputs = {p["name"]: p.get("value") for p in clean_run["status"].get("outputs", {}).get("parameters", [])}
-    assert any("heldout" in name for name in outputs), f"no held-out return among the workflow outputs {outputs}"
+    outputs = {
+        p["name"]: p.get("value") for p in clean_run["status"].get("outputs", {}).get("parameters", [])
+    }
+    assert any("heldout" in name for name in outputs), (
+        f"no held-out return among the workflow outputs {outputs}"
+    )
     remote = s3_object(fedtwin_release, "runs/clean/report/final.safetensors")
     assert sha256(remote) == sha256(local_reference(tmp_path, "clean", rounds=4, twins=3))
 
@@ -77,40 +108,67 @@ def test_federated_run_matches_local_run(fedtwin_release: Release, clean_run: di
 def test_early_stop_is_success(fedtwin_release: Release) -> None:
     """Test 3: a run that stops early (validation return over a low target) ends Succeeded."""
     cluster = fedtwin_release.cluster
-    name = fedtwin_release.submit("fedtwin-federated", {"rounds": 4, "twins": 2, "target-return": 5,
-                                                        "run-id": "early"})
+    name = fedtwin_release.submit(
+        "fedtwin-federated", {"rounds": 4, "twins": 2, "target-return": 5, "run-id": "early"}
+    )
     wf = fedtwin_release.wait(name, timeout=900)
     assert wf["status"]["phase"] == "Succeeded", cluster.describe(wf)
     played = round_nodes(cluster, wf)
-    assert len(played) == 1 and cluster.outputs(played[0])["continue"].lower() == "false", cluster.describe(wf)
+    assert len(played) == 1 and cluster.outputs(played[0])["continue"].lower() == "false", cluster.describe(
+        wf
+    )
 
 
-def test_killed_twin_is_retried_and_run_matches(fedtwin_release: Release, clean_run: dict[str, Any],
-                                                no_faults: None) -> None:
+def test_killed_twin_is_retried_and_run_matches(
+    fedtwin_release: Release, clean_run: dict[str, Any], no_faults: None
+) -> None:
     """Test 4a: a twin pod the agent kills is retried, and the run still matches the clean run."""
     cluster = fedtwin_release.cluster
-    cluster.set_faults([{"match": {"template": "train", "command_contains": "--twin twin-001"},
-                         "action": "kill", "after_seconds": 2, "times": 1}])
-    name = fedtwin_release.submit("fedtwin-federated", {"rounds": 4, "twins": 3, "seed": 0, "run-id": "killed"})
+    cluster.set_faults(
+        [
+            {
+                "match": {"template": "train", "command_contains": "--twin twin-001"},
+                "action": "kill",
+                "after_seconds": 2,
+                "times": 1,
+            }
+        ]
+    )
+    name = fedtwin_release.submit(
+        "fedtwin-federated", {"rounds": 4, "twins": 3, "seed": 0, "run-id": "killed"}
+    )
     wf = fedtwin_release.wait(name, timeout=1200)
     assert wf["status"]["phase"] == "Succeeded", cluster.describe(wf)
     failed = [n for n in cluster.nodes(wf) if n["type"] == "Pod" and n["phase"] == "Failed"]
     assert len(failed) == 1 and "exit code 137" in failed[0]["message"], cluster.describe(wf)
-    assert s3_object(fedtwin_release, "runs/killed/report/final.safetensors") == \
-        s3_object(fedtwin_release, "runs/clean/report/final.safetensors")
+    assert s3_object(fedtwin_release, "runs/killed/report/final.safetensors") == s3_object(
+        fedtwin_release, "runs/clean/report/final.safetensors"
+    )
 
 
-def test_always_failing_twin_is_aggregated_around_or_fails_quorum(fedtwin_release: Release,
-                                                                   no_faults: None) -> None:
+def test_always_failing_twin_is_aggregated_around_or_fails_quorum(
+    fedtwin_release: Release, no_faults: None
+) -> None:
     """Test 4b: a twin that always fails is left out while the quorum holds; without quorum the
     run fails with the quorum message."""
     cluster = fedtwin_release.cluster
-    cluster.set_faults([{"match": {"template": "train", "command_contains": "--twin twin-002"},
-                         "action": "exit", "exit_code": 1}])
-    held = fedtwin_release.submit("fedtwin-federated", {"rounds": 1, "twins": 3, "min-twins": 2,
-                                                        "twin-retries": 0, "run-id": "quorum-held"})
-    lost = fedtwin_release.submit("fedtwin-federated", {"rounds": 1, "twins": 3, "min-twins": 3,
-                                                        "twin-retries": 0, "run-id": "quorum-lost"})
+    cluster.set_faults(
+        [
+            {
+                "match": {"template": "train", "command_contains": "--twin twin-002"},
+                "action": "exit",
+                "exit_code": 1,
+            }
+        ]
+    )
+    held = fedtwin_release.submit(
+        "fedtwin-federated",
+        {"rounds": 1, "twins": 3, "min-twins": 2, "twin-retries": 0, "run-id": "quorum-held"},
+    )
+    lost = fedtwin_release.submit(
+        "fedtwin-federated",
+        {"rounds": 1, "twins": 3, "min-twins": 3, "twin-retries": 0, "run-id": "quorum-lost"},
+    )
     wf = fedtwin_release.wait(held, timeout=900)
     assert wf["status"]["phase"] == "Succeeded", cluster.describe(wf)
     (aggregate,) = round_nodes(cluster, wf)
@@ -137,13 +195,20 @@ def test_multi_cluster_pair_completes(fedtwin_release: Release) -> None:
     """Test 5b: fedtwin-coordinator and two fedtwin-member workflows finish a 3-round run through S3."""
     cluster = fedtwin_release.cluster
     coordinator = fedtwin_release.submit("fedtwin-coordinator", {"run-id": "multi", "rounds": 3, "twins": 3})
-    members = [fedtwin_release.submit("fedtwin-member", {"run-id": "multi", "twins": twins})
-               for twins in ("twin-000,twin-001", "twin-002")]
+    members = [
+        fedtwin_release.submit("fedtwin-member", {"run-id": "multi", "twins": twins})
+        for twins in ("twin-000,twin-001", "twin-002")
+    ]
     for name in (coordinator, *members):
         wf = fedtwin_release.wait(name, timeout=1200)
         assert wf["status"]["phase"] == "Succeeded", cluster.describe(wf)
-    summaries = [key["Key"] for key in fedtwin_release.s3.client().list_objects_v2(
-        Bucket=fedtwin_release.s3.bucket, Prefix="runs/multi/rounds/")["Contents"] if key["Key"].endswith("summary.json")]
+    summaries = [
+        key["Key"]
+        for key in fedtwin_release.s3.client().list_objects_v2(
+            Bucket=fedtwin_release.s3.bucket, Prefix="runs/multi/rounds/"
+        )["Contents"]
+        if key["Key"].endswith("summary.json")
+    ]
     assert len(summaries) == 3, summaries
 
 

@@ -38,8 +38,9 @@ def test_too_old_go_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         build.ensure()
 
 
-def test_cache_is_keyed_by_version_and_found_without_building(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_is_keyed_by_version_and_found_without_building(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fake_go(tmp_path / "bin", "go1.26.8")
     monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
     monkeypatch.setenv("FEDTWIN_CLUSTER_CACHE", str(tmp_path / "cache"))
@@ -49,7 +50,9 @@ def test_cache_is_keyed_by_version_and_found_without_building(tmp_path: Path,
         (directory / "bin").mkdir(parents=True)
         (directory / "manifest.json").write_text("{}")
     found = build.cached()
-    assert found is not None and found.kube_apiserver.parent.parent.name.startswith("kube-k8sv1.34.4-etcdv3.6.5-")
+    assert found is not None and found.kube_apiserver.parent.parent.name.startswith(
+        "kube-k8sv1.34.4-etcdv3.6.5-"
+    )
     assert build.ensure().argo == found.argo  # a cache hit builds nothing (the fake go could not)
     assert build.KUBE.key("go1.26.8") != build.KUBE.key("go1.26.9")
 
@@ -62,14 +65,31 @@ def test_go_output_names() -> None:
 def test_fault_rules_match_and_count(tmp_path: Path) -> None:
     path = tmp_path / "faults.json"
     rules = FaultRules(path)
-    pod = {"metadata": {"labels": {"fedtwin.io/role": "twin"},
-                        "annotations": {"workflows.argoproj.io/node-name": "wf.train(1:twin-001)(0)"}}}
+    pod = {
+        "metadata": {
+            "labels": {"fedtwin.io/role": "twin"},
+            "annotations": {"workflows.argoproj.io/node-name": "wf.train(1:twin-001)(0)"},
+        }
+    }
     assert rules.match(pod, ["fedtwin", "step", "train"], {"name": "train"}) is None  # no file: no fault
-    path.write_text(json.dumps({"rules": [
-        {"match": {"labels": {"fedtwin.io/role": "twin"}, "command_contains": "twin-001"}, "action": "kill",
-         "times": 1},
-        {"match": {"template": "train", "node_name_contains": "twin-001"}, "action": "exit", "exit_code": 3},
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "rules": [
+                    {
+                        "match": {"labels": {"fedtwin.io/role": "twin"}, "command_contains": "twin-001"},
+                        "action": "kill",
+                        "times": 1,
+                    },
+                    {
+                        "match": {"template": "train", "node_name_contains": "twin-001"},
+                        "action": "exit",
+                        "exit_code": 3,
+                    },
+                ]
+            }
+        )
+    )
     first = rules.match(pod, ["fedtwin", "--twin", "twin-001"], {"name": "train"})
     second = rules.match(pod, ["fedtwin", "--twin", "twin-001"], {"name": "train"})
     assert first is not None and first.action == "kill"
@@ -101,3 +121,20 @@ def test_tgz_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "one-out.txt").read_text() == "hello"
     unpack(b"plain bytes", tmp_path / "plain")
     assert (tmp_path / "plain").read_bytes() == b"plain bytes"
+
+
+def test_setup_values_pin_the_built_argo_and_restricted_executor() -> None:
+    """scripts/argo-workflows-values.yaml runs the controller these tests build, and its executor
+    containers pass PodSecurity `restricted` (the harness configures the controller from it)."""
+    from tests.cluster.controlplane import controller_config, setup_values
+
+    values = setup_values()
+    assert values.get("images", {}).get("tag") == build.ARGO_VERSION, values.get("images")
+    executor = controller_config(1234, values)["executor"]["securityContext"]
+    assert (
+        executor["runAsNonRoot"] is True
+        and isinstance(executor["runAsUser"], int)
+        and executor["runAsUser"] > 0
+    )
+    assert executor["allowPrivilegeEscalation"] is False and executor["capabilities"]["drop"] == ["ALL"]
+    assert executor["seccompProfile"]["type"] == "RuntimeDefault"
