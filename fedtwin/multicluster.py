@@ -335,6 +335,10 @@ def _train_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, 
             log.warning("[ROUND %s] already aggregated; %s not trained (this member came late)",
                         round_index, ", ".join(ids))
         except Exception as exc:  # a twin that fails is left out of the round; the quorum decides
+            if runner.is_infrastructure_fault(exc):  # the store or the disk: exit 1, rerun the member
+                for other in jobs:
+                    other.cancel()
+                raise
             report.failed += ids
             log.warning("[ROUND %s] training %s failed: %s", round_index, ", ".join(ids), exc)
     report.trained.sort()

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,10 +22,21 @@ from tqdm import tqdm
 
 from fedtwin import steps
 from fedtwin.config import Config
+from fedtwin.errors import RunConflictError, StoreError
 from fedtwin.store import ArtifactStore, RunLayout, open_store
 from fedtwin.train import resolve_device
 
 log = logging.getLogger("fedtwin.runner")
+
+
+def is_infrastructure_fault(exc: BaseException) -> bool:
+    """A failure of the store, the disk, the memory or the worker pool, not of a twin's training.
+
+    It would fail every twin alike, so it must not be counted against the quorum (which fails the run
+    for good, exit 3): it ends the step with exit 1, retryable, and the run stays resumable. Anything
+    else a training job raises is that twin's own failure, and the round goes on without it.
+    """
+    return isinstance(exc, StoreError | RunConflictError | OSError | MemoryError | BrokenExecutor)
 
 
 def new_run_id() -> str:
@@ -167,8 +178,12 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
     for future in as_completed(futures):
         try:
             finished.update(future.result())
-        except Exception as exc:  # a twin that fails is left out of the round; quorum decides
-            log.warning("[ROUND %s] a training job failed: %s", round_index, exc)
+        except Exception as exc:
+            if is_infrastructure_fault(exc):
+                for other in futures:
+                    other.cancel()
+                raise
+            log.warning("[ROUND %s] a training job failed: %s", round_index, exc)  # the quorum decides
         bar.set_postfix(twins=f"{len(finished)}/{len(twin_ids)}")
     summary = steps.aggregate(store, ctx.layout.run_id, round_index)
     log.info("[ROUND %s/%s] participants=%s rejected=%s validation_return=%.1f", round_index + 1,

@@ -12,8 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedtwin.errors import ConfigError, StoreError
-from fedtwin.store import ArtifactStore, RunLayout
+from fedtwin.errors import ConfigError, FedtwinError, StoreError
+from fedtwin.store import ArtifactStore, RunLayout, os_error_line
 
 
 def now_iso() -> str:
@@ -52,16 +52,25 @@ def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = 
 
 
 def write_outputs(directory: str | Path | None, values: dict[str, Any]) -> None:
-    """One small file per value, for workflow engines (Argo output parameters read files)."""
+    """One small file per value, for workflow engines (Argo output parameters read files); bytes are
+    written as they are (an output artifact)."""
     if directory is None:
         return
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, value in values.items():
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, str):
-            text = value
-        else:
-            text = json.dumps(value)
-        (out / name).write_text(text)
+    target = out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, value in values.items():
+            target = out / name
+            if isinstance(value, bytes):
+                target.write_bytes(value)
+                continue
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = value
+            else:
+                text = json.dumps(value)
+            target.write_text(text)
+    except OSError as exc:
+        raise FedtwinError(os_error_line(exc, "write", str(target), "--outputs-dir")) from exc

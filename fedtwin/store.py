@@ -6,12 +6,14 @@ torn or tampered file is refused instead of silently trained on.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +121,23 @@ class ArtifactStore(ABC):
         return f"{self.url.rstrip('/')}/{key}"
 
 
+def os_error_line(exc: OSError, action: str, where: str, option: str = "--store") -> str:
+    """One line for a filesystem error: what failed, where, and what to do about it (`option` names
+    the flag that points the command at another place)."""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = f"{(exc.strerror or str(exc)).lower()}" + (f" ({name})" if name else "")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free space on that filesystem (or point {option} elsewhere), then rerun the command"
+    elif exc.errno == errno.EROFS:
+        fix = f"remount it read-write or point {option} at a writable directory, then rerun the command"
+    elif exc.errno in (errno.EACCES, errno.EPERM):
+        fix = (f"give this user (uid {os.getuid()}) write permission there (and check `lsattr` for the "
+               f"immutable flag), or point {option} elsewhere, then rerun the command")
+    else:
+        fix = "check that filesystem (dmesg, df, mount), then rerun the command"
+    return f"cannot {action} {where}: {reason}; {fix}"
+
+
 class LocalStore(ArtifactStore):
     """A directory; each object has a `<name>.sha256` sidecar recording its hash.
 
@@ -159,12 +178,27 @@ class LocalStore(ArtifactStore):
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @contextlib.contextmanager
+    def _os_errors(self, action: str, key: str) -> Iterator[None]:
+        """Disk full, read-only, permission denied...: one StoreError naming the object and the fix."""
+        try:
+            yield
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and action != "write":
+                raise  # a missing object is the caller's business (get_bytes names it)
+            raise StoreError(os_error_line(exc, action, self.describe(key))) from exc
+
     def _write(self, key: str, data: bytes, sha: str) -> None:
         path = self._path(key)
         pending = self._pending(path)
-        self._atomic_write(pending, data)
-        self._atomic_write(self._sidecar(path), sha.encode())
-        os.replace(pending, path)
+        with self._os_errors("write", key):
+            self._atomic_write(pending, data)
+            try:
+                self._atomic_write(self._sidecar(path), sha.encode())
+            except OSError:
+                pending.unlink(missing_ok=True)  # before the commit point: the old object stays whole
+                raise
+            os.replace(pending, path)
 
     def _roll_forward(self, path: Path, recorded: str) -> bool:
         """Finish a write interrupted between its commit point and its final rename."""
@@ -178,6 +212,10 @@ class LocalStore(ArtifactStore):
         return True
 
     def _read(self, key: str) -> tuple[bytes, str | None]:
+        with self._os_errors("read", key):
+            return self._read_verified(key)
+
+    def _read_verified(self, key: str) -> tuple[bytes, str | None]:
         path = self._path(key)
         sidecar = self._sidecar(path)
         recorded = sidecar.read_text().strip() if sidecar.exists() else None
@@ -193,9 +231,14 @@ class LocalStore(ArtifactStore):
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
-        return self._sidecar(path).is_file() and (path.is_file() or self._pending(path).is_file())
+        with self._os_errors("check", key):
+            return self._sidecar(path).is_file() and (path.is_file() or self._pending(path).is_file())
 
     def list(self, prefix: str) -> list[str]:
+        with self._os_errors("list", prefix):
+            return self._list(prefix)
+
+    def _list(self, prefix: str) -> list[str]:
         base = self._path(prefix) if prefix else self.root
         search = base if base.is_dir() else base.parent
         if not search.is_dir():

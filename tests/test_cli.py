@@ -14,6 +14,7 @@ import click
 import pytest
 
 from fedtwin.cli import cli
+from tests.faultfs import read_only_view, required, small_tmpfs
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
 
@@ -182,3 +183,54 @@ def test_a_failing_step_writes_its_one_line_error_to_the_termination_log(tmp_pat
     bad_flag = fedtwin("step", "aggregate", "--run", "nope", "--round", "x",
                        env=clean_env(FEDTWIN_TERMINATION_LOG=str(log)))
     assert bad_flag.returncode == 2 and log.read_text().startswith("Error: Invalid value for '--round'")
+
+
+# ------------------------------------------------ full disk, read-only, no permission (issue 17, 4)
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+def test_init_on_a_full_disk_exits_1_with_one_line(tmp_path):
+    config = write_tiny_config(tmp_path)
+    with required(small_tmpfs(tmp_path / "disk", "16k")) as disk:
+        result = fedtwin("step", "init", "--config", str(config), "--store", str(disk), "--run-id", "full")
+
+        assert result.returncode == 1
+        line = one_error_line(result)
+        assert f"cannot write {disk}/runs/full/" in line and "no space left on device (ENOSPC)" in line
+        assert not (disk / "runs" / "full" / "config.yaml").exists()  # not initialized: rerun init
+
+
+def test_step_outputs_on_a_read_only_filesystem_exit_1_naming_the_file(tmp_path):
+    config = write_tiny_config(tmp_path)
+    store = tmp_path / "store"
+    (tmp_path / "out").mkdir()
+    with required(read_only_view(tmp_path / "out", tmp_path / "ro")) as out:
+        result = fedtwin("step", "init", "--config", str(config), "--store", str(store), "--run-id", "r",
+                         "--outputs-dir", str(out / "init"))
+        assert result.returncode == 1
+        assert f"cannot write {out}/init" in one_error_line(result)
+        assert "read-only file system (EROFS)" in result.stderr
+
+        fleet = fedtwin("twins", "generate", "--count", "2", "-o", str(out / "fleet.yaml"))
+        assert fleet.returncode == 1
+        assert f"cannot write {out}/fleet.yaml: read-only file system" in one_error_line(fleet)
+
+
+def test_aggregate_into_a_read_only_store_exits_1_and_the_rerun_plays_the_round(tmp_path):
+    config = write_tiny_config(tmp_path, **{"federation.rounds": 1})
+    store = tmp_path / "store"
+    fedtwin("step", "init", "--config", str(config), "--store", str(store), "--run-id", "r", check=True)
+    fedtwin("step", "train", "--run", "r", "--round", "0", "--twin", "twin-000..twin-002", "--store",
+            str(store), check=True)
+    with required(read_only_view(store, tmp_path / "ro")) as view:
+        result = fedtwin("step", "aggregate", "--run", "r", "--round", "0", "--store", str(view))
+        assert result.returncode == 1
+        assert "read-only file system (EROFS)" in one_error_line(result)
+    state = json.loads((store / "runs" / "r" / "state.json").read_text())
+    assert state["status"] == "running" and state["next_round"] == 0
+
+    fedtwin("step", "aggregate", "--run", "r", "--round", "0", "--store", str(store), check=True)
+    assert json.loads((store / "runs" / "r" / "state.json").read_text())["next_round"] == 1

@@ -6,6 +6,7 @@ import pytest
 
 from fedtwin.errors import ConfigError, IntegrityError, StoreError
 from fedtwin.store import LocalStore, RunLayout, list_runs, open_store
+from tests.faultfs import immutable, read_only_view, required, small_tmpfs
 
 
 def test_round_trip_and_listing(tmp_path):
@@ -124,3 +125,43 @@ def test_first_write_interrupted_after_commit_is_rolled_forward(tmp_path):
 
     assert store.exists("k/obj.bin")
     assert store.get_bytes("k/obj.bin") == b"v1"
+
+
+# ------------------------------------------------------------ filesystem faults (issue 17, item 4)
+def test_a_full_disk_is_one_line_naming_the_object_and_the_fix_and_keeps_the_old_object(tmp_path):
+    with required(small_tmpfs(tmp_path / "disk", "64k")) as disk:
+        store = LocalStore(disk)
+        store.put_json("runs/a/state.json", {"round": 1})
+
+        with pytest.raises(StoreError) as err:
+            store.put_bytes("runs/a/state.json", b"x" * 200_000)
+
+        message = str(err.value)
+        assert message.startswith(f"cannot write {disk}/runs/a/state.json: no space left on device")
+        assert "free space" in message and "\n" not in message
+        assert store.get_json("runs/a/state.json") == {"round": 1}
+        assert sorted(p.name for p in (disk / "runs" / "a").iterdir()) == ["state.json", "state.json.sha256"]
+
+
+def test_a_read_only_store_reads_but_refuses_writes_in_one_line(tmp_path):
+    LocalStore(tmp_path / "src").put_json("runs/a/state.json", {"round": 1})
+    with required(read_only_view(tmp_path / "src", tmp_path / "ro")) as view:
+        store = LocalStore(view)
+        assert store.get_json("runs/a/state.json") == {"round": 1}
+        assert store.list("runs/") == ["runs/a/state.json"]
+
+        with pytest.raises(StoreError, match=r"cannot write .*/ro/runs/a/state.json: read-only file system "
+                                             r"\(EROFS\); .*writable"):
+            store.put_json("runs/a/state.json", {"round": 2})
+
+
+def test_a_directory_nobody_may_write_is_one_line_naming_it(tmp_path):
+    store = LocalStore(tmp_path)
+    store.put_json("runs/a/state.json", {"round": 1})
+    with required(immutable(tmp_path / "runs" / "a")):
+        with pytest.raises(StoreError, match=r"cannot write .*/runs/a/state.json: operation not permitted "
+                                             r"\(EPERM\); .*permission"):
+            store.put_json("runs/a/state.json", {"round": 2})
+        with pytest.raises(StoreError, match=r"cannot write .*/runs/a/new/x: operation not permitted"):
+            store.put_bytes("runs/a/new/x", b"x")
+    assert store.get_json("runs/a/state.json") == {"round": 1}

@@ -7,7 +7,6 @@ results as small files that Argo reads as output parameters.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -125,9 +124,8 @@ def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | 
     played = summary.get("played", True)
     next_round = round_index + 1 if played else summary["next_round"]
     if outputs_dir is not None:  # the newest global model, for an Argo output artifact
-        Path(outputs_dir).mkdir(parents=True, exist_ok=True)
         model = artifact_store.get_bytes(RunLayout(run_id).global_model(next_round))
-        (Path(outputs_dir) / "model.safetensors").write_bytes(model)
+        steps.write_outputs(outputs_dir, {"model.safetensors": model})
     steps.write_outputs(outputs_dir, {
         "round": str(round_index),
         "played": played,

@@ -25,7 +25,8 @@ def generate_cmd(count: int, seed: int, spread: float | None, preset: str, prefi
     Example: fedtwin twins generate --count 16 --seed 3 --preset hard -o fleet.yaml
     """
     from fedtwin.config import check_dns_label
-    from fedtwin.errors import ConfigError
+    from fedtwin.errors import ConfigError, FedtwinError
+    from fedtwin.store import os_error_line
     from fedtwin.twins import generate_twins, save_twins
 
     try:
@@ -33,5 +34,8 @@ def generate_cmd(count: int, seed: int, spread: float | None, preset: str, prefi
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     twins = generate_twins(count, seed, 0.15 if spread is None else spread, preset, prefix)
-    save_twins(twins, output)
+    try:
+        save_twins(twins, output)
+    except OSError as exc:
+        raise FedtwinError(os_error_line(exc, "write", output, "-o")) from exc
     click.echo(f"wrote {len(twins)} twins to {output}")

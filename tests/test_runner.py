@@ -1,0 +1,79 @@
+"""The local runner under faults: what is a twin's failure (the quorum decides) and what is the
+infrastructure's (exit 1, retryable, the run not marked failed); workers that die with their parent;
+one runner per run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedtwin import runner, steps
+from fedtwin.config import load_config
+from fedtwin.errors import QuorumError
+from fedtwin.store import LocalStore, RunLayout
+from tests.faultfs import grow, required, small_tmpfs
+from tests.helpers import fedtwin, write_tiny_config
+
+torch.set_num_threads(1)
+
+
+def final_sha(store: Path, run_id: str) -> str:
+    return hashlib.sha256((store / "runs" / run_id / "report" / "final.safetensors").read_bytes()).hexdigest()
+
+
+def state_of(store: Path, run_id: str) -> dict:
+    return json.loads((store / "runs" / run_id / "state.json").read_text())
+
+
+# ---------------------------------------------------------------- item 2: twin fault vs infrastructure
+def test_a_full_disk_during_training_is_exit_1_not_a_lost_quorum_and_the_rerun_finishes_the_run(tmp_path):
+    config = write_tiny_config(tmp_path)
+    clean = tmp_path / "clean"
+    fedtwin("run", "--config", str(config), "--store", str(clean), "--run-id", "r", "--no-progress",
+            "--json", check=True)
+    run = ["run", "--config", str(config), "--run-id", "r", "--no-progress"]
+    with required(small_tmpfs(tmp_path / "disk", "128k")) as disk:  # init fits, round 0's updates do not
+        result = fedtwin(*run, "--store", str(disk))
+
+        assert result.returncode == 1, result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert line.startswith(f"Error: cannot write {disk}/runs/r/rounds/0000/updates/")
+        assert "no space left on device (ENOSPC)" in line
+        assert state_of(disk, "r")["status"] == "running" and state_of(disk, "r")["next_round"] == 0
+
+        grow(disk, "16m")  # space freed
+        fedtwin(*run, "--store", str(disk), check=True)
+        assert final_sha(disk, "r") == final_sha(clean, "r")
+
+
+def crash_twins(monkeypatch: pytest.MonkeyPatch, bad: set[str]) -> None:
+    """Twins whose own training raises (a diverging simulator, a bug in their physics)."""
+    real = steps.train_twins
+
+    def train_twins(params, twins, *args, **kwargs):
+        if bad & {t.id for t in twins}:
+            raise RuntimeError(f"simulated crash of {sorted(bad & {t.id for t in twins})}")
+        return real(params, twins, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "train_twins", train_twins)
+
+
+def test_a_twin_whose_training_crashes_is_left_out_and_the_quorum_decides(tmp_path, monkeypatch):
+    path = write_tiny_config(tmp_path, **{"federation.rounds": 1})
+    config = load_config(path, {"run_id": "r", "store": str(tmp_path / "store")}, environ={})
+    crash_twins(monkeypatch, {"twin-001"})
+
+    result = runner.run(config, progress=False, report=False)
+
+    summary = LocalStore(config.store).get_json(RunLayout("r").summary(0))
+    assert summary["participants"] == ["twin-000", "twin-002"] and summary["missing"] == ["twin-001"]
+    assert result.rounds_played == 1
+
+    crash_twins(monkeypatch, {"twin-000", "twin-001"})
+    with pytest.raises(QuorumError, match="1 valid updates, below the quorum of 2"):
+        runner.run(config.model_copy(update={"run_id": "s"}), progress=False, report=False)
+    assert state_of(tmp_path / "store", "s")["status"] == "failed"
