@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
@@ -43,10 +44,28 @@ def new_run_id() -> str:
     return "run-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def _init_worker() -> None:
+def _init_worker(parent_pid: int | None = None) -> None:
     import torch
 
     torch.set_num_threads(1)
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
+
+
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Make this pool worker exit once its parent is gone.
+
+    A runner killed with SIGKILL cannot stop its pool, and a spawned worker holds both ends of the
+    pool's call queue, so it would wait on it forever (with torch loaded: about 0.5 GiB each). A
+    daemon thread notices the reparenting (getppid changes) and ends the process.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fedtwin-exit-with-parent", daemon=True).start()
 
 
 def _train_job(store: ArtifactStore, run_id: str, round_index: int, twin_ids: list[str], device: str,
@@ -78,7 +97,8 @@ def make_executor(workers: int) -> Iterator[Executor]:
         yield InlineExecutor()
         return
     # spawn: torch and fork do not mix safely; the pool lives for the whole run, so it starts once.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
+                             initargs=(os.getpid(),)) as pool:
         yield pool
 
 

@@ -4,6 +4,7 @@ one runner per run."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -77,3 +78,41 @@ def test_a_twin_whose_training_crashes_is_left_out_and_the_quorum_decides(tmp_pa
     with pytest.raises(QuorumError, match="1 valid updates, below the quorum of 2"):
         runner.run(config.model_copy(update={"run_id": "s"}), progress=False, report=False)
     assert state_of(tmp_path / "store", "s")["status"] == "failed"
+
+
+# ------------------------------------------------------------------- item 6: no orphaned workers
+def test_pool_workers_exit_when_the_runner_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.helpers import clean_env
+
+    config = write_tiny_config(tmp_path, **{"federation.rounds": 50, "execution.workers": 2})
+    workers: list[psutil.Process] = []
+    proc = subprocess.Popen([sys.executable, "-m", "fedtwin", "run", "--config", str(config), "--store",
+                             str(tmp_path / "store"), "--run-id", "k", "--no-progress"], env=clean_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        marker = tmp_path / "store" / "runs" / "k" / "rounds" / "0001" / "summary.json.sha256"
+        deadline = time.monotonic() + 180
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the run never reached round 1"
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "multiprocessing" in " ".join(p.cmdline()) and "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in workers]
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _, alive = psutil.wait_procs(workers, timeout=10)
+
+        assert alive == [], f"{len(alive)} pool worker(s) outlived their killed runner"
+    finally:
+        proc.kill()
+        for worker in workers:  # on failure: orphans belong to init now, not to this test
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.kill()
