@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster.controlplane import RESTRICTED_LABELS, ensure_namespace
 from tests.cluster.harness import ROOT, Cluster
 from tests.cluster.kube import resource_path
 from tests.servers import MlflowServer, S3Server
@@ -73,14 +74,14 @@ def identity_names(platform_defaults: dict[str, Any]) -> list[str]:
     ]
 
 
-def create_s3_secrets(cluster: Cluster, s3: S3Server, names: list[str]) -> None:
+def create_s3_secrets(cluster: Cluster, s3: S3Server, names: list[str], namespace: str | None = None) -> None:
     for name in names:
         cluster.plane.admin.apply(
             {
                 "apiVersion": "v1",
                 "kind": "Secret",
                 "type": "Opaque",
-                "metadata": {"name": SECRET_PREFIX + name, "namespace": cluster.namespace},
+                "metadata": {"name": SECRET_PREFIX + name, "namespace": namespace or cluster.namespace},
                 "data": {
                     "accessKey": base64.b64encode(s3.access_key.encode()).decode(),
                     "secretKey": base64.b64encode(s3.secret_key.encode()).decode(),
@@ -164,6 +165,29 @@ def install_charts(cluster: Cluster, s3: S3Server, mlflow: MlflowServer) -> Rele
         )
         outputs[release] = proc.stdout + proc.stderr
     return Release(cluster, s3, mlflow, platform, fedtwin, outputs)
+
+
+def install_second_namespace(release: Release, namespace: str) -> None:
+    """The fedtwin chart again, in another namespace labelled `restricted`: a stand-in for a second
+    member cluster (Argo's mutexes, e.g. fedtwin-member's one per run, are per namespace)."""
+    cluster = release.cluster
+    ensure_namespace(cluster.plane.admin, namespace, RESTRICTED_LABELS)
+    identities = identity_names(chart_values(PLATFORM_CHART))
+    create_s3_secrets(cluster, release.s3, identities, namespace)
+    path = cluster.workdir / "values" / f"{FEDTWIN_RELEASE}-{namespace}.yaml"
+    path.write_text(yaml.safe_dump(release.fedtwin_values, sort_keys=False))
+    cluster.helm(
+        "upgrade",
+        "--install",
+        FEDTWIN_RELEASE,
+        str(FEDTWIN_CHART),
+        "-n",
+        namespace,
+        "-f",
+        str(path),
+        "--timeout",
+        "120s",
+    )
 
 
 def installed_workflow_templates(cluster: Cluster) -> list[str]:

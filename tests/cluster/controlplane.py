@@ -84,6 +84,11 @@ RESTRICTED = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
+RESTRICTED_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+}
 SETUP_VALUES = Path(__file__).resolve().parents[2] / "scripts" / "argo-workflows-values.yaml"
 """The argo-helm values our cluster setup installs Argo with; the controller here is configured
 from the same file, so the tests run the configuration a kind cluster gets."""
@@ -399,15 +404,7 @@ def start(
             timings,
         )
         ensure_namespace(admin, "default")
-        ensure_namespace(
-            admin,
-            WORKFLOW_NAMESPACE,
-            {
-                "pod-security.kubernetes.io/enforce": "restricted",
-                "pod-security.kubernetes.io/enforce-version": "latest",
-                "pod-security.kubernetes.io/warn": "restricted",
-            },
-        )
+        ensure_namespace(admin, WORKFLOW_NAMESPACE, RESTRICTED_LABELS)
         lap("namespaces")
         if with_controller:
             metrics_port = free_ports(1)[0]

@@ -165,25 +165,35 @@ class Cluster:
         proc = self.argo("submit", "-n", self.namespace, str(path), "-o", "name", *extra)
         return proc.stdout.strip().splitlines()[-1]
 
-    def submit(self, template: str, params: dict[str, Any] | None = None, *extra: str) -> str:
+    def submit(
+        self, template: str, params: dict[str, Any] | None = None, *extra: str, namespace: str | None = None
+    ) -> str:
         """`argo submit --from workflowtemplate/<template> -p k=v ...`; returns the workflow's name."""
-        args = ["submit", "-n", self.namespace, "--from", f"workflowtemplate/{template}", "-o", "name"]
+        args = [
+            "submit",
+            "-n",
+            namespace or self.namespace,
+            "--from",
+            f"workflowtemplate/{template}",
+            "-o",
+            "name",
+        ]
         for key, value in (params or {}).items():
             args += ["-p", f"{key}={value}"]
         proc = self.argo(*args, *extra)
         return proc.stdout.strip().splitlines()[-1]
 
-    def workflow(self, name: str) -> dict[str, Any]:
-        return dict(self.plane.admin.get(resource_path("Workflow", name, self.namespace)))
+    def workflow(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        return dict(self.plane.admin.get(resource_path("Workflow", name, namespace or self.namespace)))
 
-    def wait(self, name: str, timeout: float = 300.0) -> dict[str, Any]:
+    def wait(self, name: str, timeout: float = 300.0, namespace: str | None = None) -> dict[str, Any]:
         """Poll until the workflow is in a final phase and marked completed; the final object.
 
         On timeout, raise with the workflow's nodes, the agent's errors and the logs' tails."""
         deadline = time.monotonic() + timeout
         wf: dict[str, Any] = {}
         while time.monotonic() < deadline:
-            wf = self.workflow(name)
+            wf = self.workflow(name, namespace)
             phase = wf.get("status", {}).get("phase")
             completed = (wf["metadata"].get("labels") or {}).get("workflows.argoproj.io/completed") == "true"
             if phase in FINAL_PHASES and completed:

@@ -16,12 +16,13 @@ from typing import Any
 import pytest
 import requests
 
-from tests.cluster.charts import Release
+from tests.cluster.charts import Release, install_second_namespace
 from tests.cluster.harness import Cluster
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 
 FEDTWIN = str(Path(sys.executable).parent / "fedtwin")
+SECOND_NAMESPACE = "fedtwin-member2"
 
 
 def sha256(data: bytes) -> str:
@@ -93,6 +94,8 @@ def test_federated_run_matches_local_run(
     `fedtwin run` with the same config and seed, bit for bit."""
     cluster = fedtwin_release.cluster
     assert clean_run["status"]["phase"] == "Succeeded", cluster.describe(clean_run)
+    remote = s3_object(fedtwin_release, "runs/clean/report/final.safetensors")
+    assert sha256(remote) == sha256(local_reference(tmp_path, "clean", rounds=4, twins=3))
     evaluate = cluster.outputs(cluster.node(clean_run, "evaluate"))
     assert float(evaluate["heldout_return"]) > 0, evaluate
     outputs = {
@@ -101,8 +104,6 @@ def test_federated_run_matches_local_run(
     assert any("heldout" in name for name in outputs), (
         f"no held-out return among the workflow outputs {outputs}"
     )
-    remote = s3_object(fedtwin_release, "runs/clean/report/final.safetensors")
-    assert sha256(remote) == sha256(local_reference(tmp_path, "clean", rounds=4, twins=3))
 
 
 def test_early_stop_is_success(fedtwin_release: Release) -> None:
@@ -180,11 +181,29 @@ def test_always_failing_twin_is_aggregated_around_or_fails_quorum(
     assert "quorum" in messages or "quorum" in logs, cluster.describe(wf)
 
 
-def test_evaluate_and_single(fedtwin_release: Release, clean_run: dict[str, Any]) -> None:
+def test_evaluate_and_single(fedtwin_release: Release, clean_run: dict[str, Any], tmp_path: Path) -> None:
     """Test 5a: fedtwin-evaluate (the clean run's final model, an S3 input artifact) and
     fedtwin-single run to Succeeded."""
     cluster = fedtwin_release.cluster
-    evaluate = fedtwin_release.submit("fedtwin-evaluate", {"run-id": "clean"})
+    fleet = tmp_path / "fleet.yaml"
+    proc = subprocess.run(
+        [FEDTWIN, "twins", "generate", "--count", "3", "--seed", "7", "-o", str(fleet)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cluster.plane.admin.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "eval-fleet", "namespace": cluster.namespace},
+            "data": {"fleet.yaml": fleet.read_text()},
+        }
+    )
+    evaluate = fedtwin_release.submit(
+        "fedtwin-evaluate", {"run-id": "clean", "twins-configmap": "eval-fleet"}
+    )
     single = fedtwin_release.submit("fedtwin-single", {"rounds": 2, "twins": 2, "run-id": "single"})
     for name in (evaluate, single):
         wf = fedtwin_release.wait(name, timeout=900)
@@ -192,15 +211,23 @@ def test_evaluate_and_single(fedtwin_release: Release, clean_run: dict[str, Any]
 
 
 def test_multi_cluster_pair_completes(fedtwin_release: Release) -> None:
-    """Test 5b: fedtwin-coordinator and two fedtwin-member workflows finish a 3-round run through S3."""
+    """Test 5b: fedtwin-coordinator and two fedtwin-member workflows finish a 3-round run through S3.
+
+    The second member runs in a second namespace with its own fedtwin release, standing in for a
+    second member cluster: fedtwin-member holds a per-run mutex, which Argo scopes to a namespace,
+    so two members of one run in one namespace would take turns (by design: one per cluster)."""
     cluster = fedtwin_release.cluster
+    install_second_namespace(fedtwin_release, SECOND_NAMESPACE)
     coordinator = fedtwin_release.submit("fedtwin-coordinator", {"run-id": "multi", "rounds": 3, "twins": 3})
     members = [
-        fedtwin_release.submit("fedtwin-member", {"run-id": "multi", "twins": twins})
-        for twins in ("twin-000,twin-001", "twin-002")
+        (
+            cluster.submit("fedtwin-member", {"run-id": "multi", "twins": twins}, namespace=namespace),
+            namespace,
+        )
+        for twins, namespace in (("twin-000,twin-001", cluster.namespace), ("twin-002", SECOND_NAMESPACE))
     ]
-    for name in (coordinator, *members):
-        wf = fedtwin_release.wait(name, timeout=1200)
+    for name, namespace in ((coordinator, cluster.namespace), *members):
+        wf = cluster.wait(name, timeout=1200, namespace=namespace)
         assert wf["status"]["phase"] == "Succeeded", cluster.describe(wf)
     summaries = [
         key["Key"]
