@@ -951,8 +951,10 @@ class ArgoPod:
                 if "default" in source:
                     param["value"] = source["default"]
                 else:
+                    # SaveParameters returns at the first missing file: later parameters stay
+                    # without a value, as the wait container reports them.
                     errors.append(f"open {source['path']}: no such file or directory")
-                    continue
+                    break
             else:
                 param["value"] = data.decode(errors="replace").removesuffix("\n")
         saved: list[dict[str, Any]] = []
