@@ -21,6 +21,10 @@ class IntegrityError(StoreError):
     """A stored object does not match its recorded sha256 (corrupt or tampered)."""
 
 
+class RunLockedError(FedtwinError):
+    """Another runner is running this run; exit code 1: rerunning once it has finished works."""
+
+
 class RunConflictError(FedtwinError):
     """A run id is reused with a different config, or a run is in a state that forbids the request."""
 

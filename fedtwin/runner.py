@@ -23,8 +23,8 @@ from tqdm import tqdm
 
 from fedtwin import steps
 from fedtwin.config import Config
-from fedtwin.errors import RunConflictError, StoreError
-from fedtwin.store import ArtifactStore, RunLayout, open_store
+from fedtwin.errors import RunConflictError, RunLockedError, StoreError
+from fedtwin.store import ArtifactStore, Lease, LockHeldError, RunLayout, open_store
 from fedtwin.train import resolve_device
 
 log = logging.getLogger("fedtwin.runner")
@@ -137,6 +137,35 @@ def run(config: Config, progress: bool = True, report: bool = True) -> RunResult
         config = config.model_copy(update={"run_id": new_run_id()})
     assert config.run_id is not None
     store = open_store(config.store, config.s3)
+    with hold_run(store, config.run_id) as lease:
+        return _run(store, config, lease, started, progress, report)
+
+
+@contextmanager
+def hold_run(store: ArtifactStore, run_id: str) -> Iterator[Lease]:
+    """The run's lock for this runner: a second `fedtwin run` of the same run id refuses at once
+    (RunLockedError, exit 1) instead of racing this one through the same rounds."""
+    try:
+        with store.lock(RunLayout(run_id).runner_lock) as lease:
+            yield lease
+    except LockHeldError as exc:
+        raise locked_error(run_id, exc) from exc
+
+
+def locked_error(run_id: str, exc: LockHeldError) -> RunLockedError:
+    holder = exc.holder
+    who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+    expires = holder.get("expires_at")
+    if isinstance(expires, int | float):
+        until = datetime.fromtimestamp(expires, UTC).isoformat(timespec="seconds")
+        who += f"; its lease expires at {until} if that process was killed"
+    return RunLockedError(f"run {run_id!r} is being run by another runner ({who}); wait for it to finish, "
+                          "or stop that process, then rerun")
+
+
+def _run(store: ArtifactStore, config: Config, lease: Lease, started: float, progress: bool,
+         report: bool) -> RunResult:
+    assert config.run_id is not None
     init = steps.init(store, config)
     ctx = steps.RunContext.load(store, config.run_id)
     state = ctx.state()
@@ -153,6 +182,7 @@ def run(config: Config, progress: bool = True, report: bool = True) -> RunResult
         with make_executor(workers) as executor:
             round_index = init.next_round
             while not state.get("training_complete") and round_index < rounds:
+                lease.check()  # an S3 lease that could not be renewed was taken over: stop here
                 summary = _play_round(store, ctx, round_index, executor, workers, engine, device, bar)
                 bar.update(1)
                 bar.set_postfix(val_return=f"{summary['validation_return']:.1f}",

@@ -12,7 +12,14 @@ named profile; they are never part of the config, because the config is stored w
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,7 +40,9 @@ from botocore.exceptions import (
 )
 
 from fedtwin.errors import ConfigError, StoreError
-from fedtwin.store import ArtifactStore
+from fedtwin.store import LEASE_SECONDS, ArtifactStore, Lease, LockHeldError, holder_info
+
+log = logging.getLogger("fedtwin.s3store")
 
 if TYPE_CHECKING:
     from fedtwin.config import S3Config
@@ -290,3 +299,121 @@ class S3Store(ArtifactStore):
 
     def describe(self, key: str) -> str:
         return f"{self.url}/{key}"
+
+    @contextmanager
+    def lock(self, key: str, ttl: float = LEASE_SECONDS) -> Iterator[Lease]:
+        """A lease object written with a conditional put (If-None-Match, or If-Match to take over an
+        expired one), renewed every ttl/3 by a thread and deleted on release. A holder killed without
+        releasing blocks others until its `expires_at` (its own clock: keep the hosts' clocks in sync)."""
+        lease = S3Lease(self, key, ttl)
+        lease.acquire()
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+
+def _lapsed(holder: dict[str, Any]) -> bool:
+    """An expired lease, or one whose holder was a process on this host that no longer runs (a runner
+    killed here is resumed at once instead of after its lease's expiry)."""
+    expires = holder.get("expires_at")
+    if not isinstance(expires, int | float) or expires < time.time():
+        return True
+    pid = holder.get("pid")
+    if holder.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+class S3Lease(Lease):
+    """One holder's lease object: JSON naming the holder and when the lease expires."""
+
+    def __init__(self, store: S3Store, key: str, ttl: float) -> None:
+        self.store, self.key, self.ttl = store, key, ttl
+        self.nonce = uuid.uuid4().hex
+        self.etag: str | None = None
+        self.lost: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({**holder_info(self.ttl), "nonce": self.nonce}).encode()
+
+    def _put(self, **condition: str) -> bool:
+        """One conditional put; False when the condition failed (someone else holds or changed it)."""
+        store = self.store
+        with store._errors("lock", self.key):
+            try:
+                response = store.client.put_object(Bucket=store.bucket, Key=store._key(self.key),
+                                                   Body=self._body(), **condition)
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412",
+                                                                  "ConditionalRequestConflict"):
+                    return False
+                raise
+        self.etag = response["ETag"]
+        return True
+
+    def _current(self) -> tuple[dict[str, Any], str | None]:
+        store = self.store
+        with store._errors("read", self.key):
+            try:
+                response = store.client.get_object(Bucket=store.bucket, Key=store._key(self.key))
+            except ClientError as exc:
+                if str(exc.response.get("Error", {}).get("Code")) in MISSING_KEY_CODES:
+                    return {}, None
+                raise
+            body = response["Body"].read()
+        try:
+            holder = json.loads(body)
+        except ValueError:
+            holder = {}
+        return (holder if isinstance(holder, dict) else {}), response.get("ETag")
+
+    def acquire(self) -> None:
+        store = self.store
+        store._check_bucket()
+        if not self._put(IfNoneMatch="*"):
+            holder, etag = self._current()
+            if etag is None or not _lapsed(holder) or not self._put(IfMatch=etag):
+                raise LockHeldError(self.key, holder)
+        holder, _ = self._current()  # a server that ignored the condition: the last writer wins
+        if holder.get("nonce") != self.nonce:
+            raise LockHeldError(self.key, holder)
+        self._thread = threading.Thread(target=self._renew, name="fedtwin-lease", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if self.etag is None or not self._put(IfMatch=self.etag):
+                    self.lost = self._current()[0]
+                    log.error("lost the lease %s to %s", self.store.describe(self.key), self.lost)
+                    return
+            except StoreError as exc:  # keep trying until the lease would expire
+                log.warning("could not renew the lease %s: %s", self.store.describe(self.key), exc)
+
+    def check(self) -> None:
+        if self.lost is not None:
+            raise LockHeldError(self.key, self.lost)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.lost is None and self.etag is not None:
+            store = self.store
+            key = store._key(self.key)
+            with contextlib.suppress(ClientError, BotoCoreError):  # else it expires by itself
+                try:
+                    store.client.delete_object(Bucket=store.bucket, Key=key, IfMatch=self.etag)
+                except ClientError as exc:  # a server without conditional deletes: ours, so delete it
+                    if exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "InvalidArgument"):
+                        raise
+                    store.client.delete_object(Bucket=store.bucket, Key=key)

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import glob
 import hashlib
 import json
 import os
+import secrets
+import socket
 import tempfile
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -32,6 +38,35 @@ def sha256_hex(data: bytes) -> str:
 
 
 T = TypeVar("T")
+
+
+LEASE_SECONDS = 60.0
+"""How long an S3 lease outlives a holder that stopped renewing it (a killed runner)."""
+
+
+class LockHeldError(StoreError):
+    """Another process holds the lock; `holder` says who (pid, host, since; on S3 expires_at)."""
+
+    def __init__(self, key: str, holder: dict[str, Any]) -> None:
+        super().__init__(f"{key} is held by {holder}")
+        self.holder = holder
+
+
+class Lease:
+    """A held lock. `check` raises LockHeldError once the lock was lost (an S3 lease that could not be
+    renewed and was taken over); a local lock cannot be lost while its process lives."""
+
+    def check(self) -> None:
+        """Nothing to check for a lock the kernel holds."""
+
+
+def holder_info(ttl: float | None = None) -> dict[str, Any]:
+    """Who holds a lock, for the message a refused process prints."""
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
+                            "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    if ttl is not None:
+        info["expires_at"] = time.time() + ttl
+    return info
 
 
 class ArtifactStore(ABC):
@@ -120,6 +155,11 @@ class ArtifactStore(ABC):
     def describe(self, key: str) -> str:
         return f"{self.url.rstrip('/')}/{key}"
 
+    @abstractmethod
+    def lock(self, key: str, ttl: float = LEASE_SECONDS) -> contextlib.AbstractContextManager[Lease]:
+        """Hold the lock named `key` while the context lasts; LockHeldError at once if another process
+        holds it (never waits). Not a store object: it is not listed and carries no checksum."""
+
 
 def os_error_line(exc: OSError, action: str, where: str, option: str = "--store") -> str:
     """One line for a filesystem error: what failed, where, and what to do about it (`option` names
@@ -142,9 +182,13 @@ class LocalStore(ArtifactStore):
     """A directory; each object has a `<name>.sha256` sidecar recording its hash.
 
     A write is journaled so that a crash at any instant leaves either the old or the new object:
-    (1) the new bytes go to `.<name>.pending` (fsynced, renamed into place), (2) the sidecar is
-    atomically replaced with the new hash (the commit point), (3) the pending file is renamed over
-    the object. A reader that finds the sidecar ahead of the object rolls step 3 forward.
+    (1) the new bytes go to `.<name>.<writer>.pending` (fsynced; a name of its own per writer, so
+    two writers of one key never share a file), (2) the sidecar is atomically replaced with the new
+    hash (the commit point), (3) the pending file is renamed over the object. A reader that finds
+    the sidecar ahead of the object rolls step 3 forward. Steps 2 and 3 run under an exclusive
+    `flock` of the object's directory and readers hold it shared while they read sidecar and
+    object, so concurrent writers of one key leave one of their objects whole and readers never
+    see a sidecar and an object from different writes.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -162,10 +206,19 @@ class LocalStore(ArtifactStore):
 
     @staticmethod
     def _pending(path: Path) -> Path:
-        return path.with_name(f".{path.name}.pending")
+        """A new pending file name for one write of `path`."""
+        return path.with_name(f".{path.name}.{secrets.token_hex(8)}.pending")
 
     @staticmethod
-    def _atomic_write(path: Path, data: bytes) -> None:
+    def _pendings(path: Path) -> list[Path]:
+        """Pending files of `path` left by writers (and the single name older versions used)."""
+        pattern = f".{glob.escape(path.name)}.{'[0-9a-f]' * 16}.pending"
+        legacy = path.with_name(f".{path.name}.pending")
+        return sorted(path.parent.glob(pattern)) + ([legacy] if legacy.is_file() else [])
+
+    @staticmethod
+    def _durable_temp(path: Path, data: bytes) -> str:
+        """`data` fsynced in a temporary file next to `path`; the caller renames it into place."""
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
@@ -173,10 +226,34 @@ class LocalStore(ArtifactStore):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return tmp
+
+    @classmethod
+    def _atomic_write(cls, path: Path, data: bytes) -> None:
+        tmp = cls._durable_temp(path, data)
+        try:
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
+        """`flock` of a directory: writers commit exclusively, readers read sidecar and object shared."""
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except FileNotFoundError:  # nothing stored there yet: nothing to read or to race with
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     @contextlib.contextmanager
     def _os_errors(self, action: str, key: str) -> Iterator[None]:
@@ -194,45 +271,95 @@ class LocalStore(ArtifactStore):
         with self._os_errors("write", key):
             self._atomic_write(pending, data)
             try:
-                self._atomic_write(self._sidecar(path), sha.encode())
+                sidecar_tmp = self._durable_temp(self._sidecar(path), sha.encode())
             except OSError:
                 pending.unlink(missing_ok=True)  # before the commit point: the old object stays whole
                 raise
-            os.replace(pending, path)
+            with self._directory_lock(path.parent, exclusive=True):
+                os.replace(sidecar_tmp, self._sidecar(path))  # the commit point
+                os.replace(pending, path)
 
     def _roll_forward(self, path: Path, recorded: str) -> bool:
-        """Finish a write interrupted between its commit point and its final rename."""
-        pending = self._pending(path)
-        try:
-            if sha256_hex(pending.read_bytes()) != recorded:
-                return False
-            os.replace(pending, path)
-        except FileNotFoundError:
-            return False
-        return True
+        """Finish a write interrupted between its commit point and its final rename (call it holding
+        the directory's exclusive lock)."""
+        for pending in self._pendings(path):
+            try:
+                if sha256_hex(pending.read_bytes()) == recorded:
+                    os.replace(pending, path)
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
 
     def _read(self, key: str) -> tuple[bytes, str | None]:
         with self._os_errors("read", key):
-            return self._read_verified(key)
+            path = self._path(key)
+            with self._directory_lock(path.parent, exclusive=False):
+                recorded, data = self._read_pair(path)
+            if recorded is not None and (data is None or sha256_hex(data) != recorded):
+                with self._directory_lock(path.parent, exclusive=True):  # a crashed write: finish it
+                    recorded, data = self._read_pair(path)
+                    if recorded is not None and (data is None or sha256_hex(data) != recorded) \
+                            and self._roll_forward(path, recorded):
+                        data = path.read_bytes()
+            if data is None:
+                raise FileNotFoundError(key)
+            return data, recorded
 
-    def _read_verified(self, key: str) -> tuple[bytes, str | None]:
-        path = self._path(key)
-        sidecar = self._sidecar(path)
-        recorded = sidecar.read_text().strip() if sidecar.exists() else None
+    def _read_pair(self, path: Path) -> tuple[str | None, bytes | None]:
+        """The recorded sha256 and the object's bytes, each None when absent."""
         try:
-            data = path.read_bytes()
+            recorded: str | None = self._sidecar(path).read_text().strip()
         except FileNotFoundError:
-            if recorded is None or not self._roll_forward(path, recorded):
-                raise
-            return path.read_bytes(), recorded
-        if recorded is not None and sha256_hex(data) != recorded and self._roll_forward(path, recorded):
-            data = path.read_bytes()
-        return data, recorded
+            recorded = None
+        try:
+            return recorded, path.read_bytes()
+        except FileNotFoundError:
+            return recorded, None
+
+    @contextlib.contextmanager
+    def lock(self, key: str, ttl: float = LEASE_SECONDS) -> Iterator[Lease]:
+        """An OS file lock (`flock`): the kernel drops it when the holder dies, even by SIGKILL, so `ttl`
+        is not needed. The file names its holder and is removed on release."""
+        path = self._path(key)
+        with self._os_errors("lock", key):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self._take_file_lock(key, path)
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder_info()).encode())
+        try:
+            yield Lease()
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still locked: a process waiting on the old inode retries
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()  # only if the lock was all there was (a run refused at init)
+
+    @staticmethod
+    def _take_file_lock(key: str, path: Path) -> int:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    holder = json.loads(os.read(fd, 4096) or b"{}")
+                except ValueError:
+                    holder = {}
+                os.close(fd)
+                raise LockHeldError(key, holder if isinstance(holder, dict) else {}) from None
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # its holder removed it as we opened it: take the new file
 
     def exists(self, key: str) -> bool:
         path = self._path(key)
         with self._os_errors("check", key):
-            return self._sidecar(path).is_file() and (path.is_file() or self._pending(path).is_file())
+            return self._sidecar(path).is_file() and (path.is_file() or bool(self._pendings(path)))
 
     def list(self, prefix: str) -> list[str]:
         with self._os_errors("list", prefix):
@@ -290,6 +417,11 @@ class RunLayout:
     @property
     def state(self) -> str:
         return self.prefix + "state.json"
+
+    @property
+    def runner_lock(self) -> str:
+        """Held by the one `fedtwin run` driving the run (not a store object)."""
+        return self.prefix + "runner.lock"
 
     def round_dir(self, round_index: int) -> str:
         return f"{self.prefix}rounds/{round_index:04d}/"

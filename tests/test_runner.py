@@ -116,3 +116,39 @@ def test_pool_workers_exit_when_the_runner_is_killed(tmp_path):
         for worker in workers:  # on failure: orphans belong to init now, not to this test
             with contextlib.suppress(psutil.NoSuchProcess):
                 worker.kill()
+
+
+# --------------------------------------------------------------- item 7: one runner per run id
+def test_two_runners_on_one_run_id_one_refuses_and_the_other_finishes_the_clean_model(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import clean_env
+
+    config = write_tiny_config(tmp_path, **{"federation.rounds": 4})
+    args = [sys.executable, "-m", "fedtwin", "run", "--config", str(config), "--run-id", "r", "--no-progress"]
+    fedtwin(*args[3:], "--store", str(tmp_path / "clean"), check=True)
+    store = tmp_path / "store"
+    runners = [subprocess.Popen([*args, "--store", str(store)], env=clean_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = [r.wait(timeout=600) for r in runners]
+    errors = [r.stderr.read() for r in runners]
+
+    assert sorted(codes) == [0, 1], errors
+    loser, winner = (0, 1) if codes[0] == 1 else (1, 0)
+    [line] = errors[loser].strip().splitlines()
+    assert line.startswith(f"Error: run 'r' is being run by another runner (pid {runners[winner].pid} on ")
+    assert line.endswith("; wait for it to finish, or stop that process, then rerun")
+    assert final_sha(store, "r") == final_sha(tmp_path / "clean", "r")
+    assert fedtwin(*args[3:], "--store", str(store)).returncode == 0  # free again once the first is done
+
+
+def test_a_runner_refuses_a_run_another_process_holds_and_writes_nothing(tmp_path):
+    config = write_tiny_config(tmp_path)
+    store = LocalStore(tmp_path / "store")
+    with store.lock(RunLayout("r").runner_lock):  # this test process is "the other runner"
+        result = fedtwin("run", "--config", str(config), "--run-id", "r", "--no-progress", "--store",
+                         str(tmp_path / "store"))
+        assert result.returncode == 1
+        assert f"is being run by another runner (pid {__import__('os').getpid()} on " in result.stderr
+        assert store.list("runs/") == []

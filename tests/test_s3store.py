@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import pickle
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -357,3 +360,47 @@ def test_a_failed_job_among_concurrent_ones_is_raised_after_the_others_finish(s3
         store.run_concurrently([functools.partial(job, i) for i in range(10)])
 
     assert store.list("jobs/") == [f"jobs/{i:02d}" for i in range(10) if i != 3]
+
+
+# -------------------------------------------------------------- the runner's lease (issue 17, item 7)
+@pytest.mark.integration
+def test_a_lease_admits_one_holder_until_it_is_released_or_expires(s3_server):
+    from fedtwin.store import LockHeldError
+
+    store = make_store(s3_server)
+    other = make_store(s3_server, prefix=store.prefix)  # a second runner: its own client
+    with store.lock("runs/r/runner.lock", ttl=30):
+        with pytest.raises(LockHeldError) as err, other.lock("runs/r/runner.lock", ttl=30):
+            pass
+        holder = err.value.holder
+        assert holder["pid"] == __import__("os").getpid() and holder["expires_at"] > time.time() + 20
+    assert not store.exists("runs/r/runner.lock")  # released: deleted
+    with other.lock("runs/r/runner.lock", ttl=30):  # and free again
+        pass
+    # A holder that died without releasing: its lease is taken over once it expires.
+    store.client.put_object(Bucket=store.bucket, Key=store._key("runs/r/runner.lock"),
+                            Body=b'{"pid": 1, "host": "gone", "since": "x", "expires_at": 0}')
+    with other.lock("runs/r/runner.lock", ttl=30):
+        pass
+    # A holder on this host whose process is gone (a runner killed here): taken over before it expires.
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    body = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "x",
+            "expires_at": time.time() + 60}
+    store.client.put_object(Bucket=store.bucket, Key=store._key("runs/r/runner.lock"),
+                            Body=json.dumps(body).encode())
+    with other.lock("runs/r/runner.lock", ttl=30):
+        pass
+
+
+@pytest.mark.integration
+def test_a_lease_is_renewed_while_its_holder_runs(s3_server):
+    from fedtwin.store import LockHeldError
+
+    store = make_store(s3_server)
+    other = make_store(s3_server, prefix=store.prefix)
+    with store.lock("runs/r/runner.lock", ttl=1.5) as lease:
+        time.sleep(3.5)  # more than twice the ttl: only renewals keep it
+        with pytest.raises(LockHeldError), other.lock("runs/r/runner.lock", ttl=1.5):
+            pass
+        lease.check()  # still ours

@@ -165,3 +165,56 @@ def test_a_directory_nobody_may_write_is_one_line_naming_it(tmp_path):
         with pytest.raises(StoreError, match=r"cannot write .*/runs/a/new/x: operation not permitted"):
             store.put_bytes("runs/a/new/x", b"x")
     assert store.get_json("runs/a/state.json") == {"round": 1}
+
+
+# ---------------------------------------------------------- concurrent writers (issue 17, item 7)
+def _write_many(root: str, key: str, tag: str, count: int) -> None:
+    store = LocalStore(root)
+    for i in range(count):
+        store.put_bytes(key, f"{tag}{i:04d}".encode() * 2000)
+
+
+def test_two_writers_and_a_reader_on_one_key_never_fail_or_tear(tmp_path):
+    import multiprocessing
+
+    store = LocalStore(tmp_path)
+    key = "runs/a/rounds/0000/summary.json"
+    store.put_bytes(key, b"start")
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(str(tmp_path), key, tag, 300)) for tag in "ab"]
+    for writer in writers:
+        writer.start()
+    reads = 0
+    while any(w.is_alive() for w in writers):
+        data = store.get_bytes(key)  # raises on a torn read
+        assert data == b"start" or (len(data) == 10_000 and data == data[:5] * 2000)
+        reads += 1
+    for writer in writers:
+        writer.join()
+
+    assert [w.exitcode for w in writers] == [0, 0] and reads > 0
+    assert store.get_bytes(key) in (b"a0299" * 2000, b"b0299" * 2000)
+    assert [p.name for p in (tmp_path / "runs/a/rounds/0000").iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_run_lock_admits_one_holder_and_is_free_again_after_release_or_death(tmp_path):
+    import subprocess
+    import sys
+
+    from fedtwin.store import LockHeldError
+
+    store = LocalStore(tmp_path)
+    with store.lock("runs/r/runner.lock"):
+        with pytest.raises(LockHeldError) as err, LocalStore(tmp_path).lock("runs/r/runner.lock"):
+            pass
+        assert err.value.holder["pid"] == __import__("os").getpid()
+        assert store.list("runs/") == []  # not a store object
+    with store.lock("runs/r/runner.lock"):
+        pass
+    # a holder killed with SIGKILL: the kernel drops its flock at once
+    code = ("import os, signal, sys; from fedtwin.store import LocalStore; "
+            "cm = LocalStore(sys.argv[1]).lock('runs/r/runner.lock'); cm.__enter__(); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == -9
+    with store.lock("runs/r/runner.lock"):
+        pass
