@@ -1286,15 +1286,16 @@ class Plan:
                     "the node agent (tests/cluster): only emptyDir, configMap, secret, "
                     "downwardAPI and projected volumes"
                 )
-            source = host
-            if mount.get("subPath"):
-                source = host / mount["subPath"]
-                if not source.exists():
-                    source.mkdir(parents=True)
-                    source.chmod(0o1777)
+            # A subPath may name a file the init container writes (Argo's input artifacts are
+            # mounted so): it is resolved after init, as the kubelet resolves it at container start.
+            source = host / mount["subPath"] if mount.get("subPath") else host
             self.mounts.append((mount["mountPath"], source, bool(mount.get("readOnly"))))
         if argo is not None:
             self.stage_inputs(argo)
+        for _, source, _ in self.mounts:
+            if not source.exists():  # the kubelet creates a missing subPath as a directory
+                source.mkdir(parents=True)
+                source.chmod(0o1777)
 
     def stage_inputs(self, argo: ArgoPod) -> None:
         """The init container's work: script source and input artifacts."""
@@ -1445,7 +1446,7 @@ class Plan:
         ):
             lines.append(f"chmod o+x {root}{q(str(directory))}")
         for mount_path, host, read_only in sorted(self.mounts, key=lambda m: len(m[0])):
-            target = f"{root}{q(os.path.normpath(mount_path))}"
+            target = f"{root}{q(in_root(mount_path))}"
             if host.is_dir():
                 lines.append(f"mkdir -p {target}")
             else:
@@ -1618,6 +1619,16 @@ def expand(value: str, env: dict[str, str]) -> str:
         return env.get(name, match.group(0))
 
     return re.sub(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)", replace, value)
+
+
+def in_root(path: str) -> str:
+    """`path` with the symlinks the pod's root has resolved: that root is an overlay of this
+    machine's `/`, so e.g. /var/run/argo is /run/argo there. Without this, `mkdir -p <root>/var/run/x`
+    would follow the absolute link /var/run -> /run out of the pod's root onto the host."""
+    norm = os.path.normpath(path)
+    if norm in ("/tmp", "/dev") or norm.startswith(("/tmp/", "/dev/")):
+        return norm  # the pod's own /tmp and /dev, not the host's
+    return os.path.realpath(norm)
 
 
 def untraversable_dirs(paths: list[Path]) -> list[Path]:

@@ -7,7 +7,6 @@ SeaweedFS and MLflow. Each test states the issue's claim it checks.
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.cluster.agent import SYSTEM_PATH
 from tests.cluster.charts import Release, install_second_namespace
 from tests.cluster.harness import Cluster
 
@@ -48,9 +48,13 @@ def round_nodes(cluster: Cluster, wf: dict[str, Any], template: str = "aggregate
 
 
 def local_reference(tmp_path: Path, run_id: str, rounds: int, twins: int, seed: int = 0) -> bytes:
-    """`fedtwin run` with the same config and seed, on a local store: its final weights."""
+    """`fedtwin run` with the same config and seed, on a local store: its final weights.
+
+    It runs with the environment a pod gets (its spec's variables, PATH and HOME), not this
+    process's: this machine's environment sets OPENBLAS_CORETYPE, which selects other BLAS kernels
+    and so other float bits (and, RL being chaotic, a different run), as an image's ENV would."""
     store = tmp_path / "store"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDTWIN_", "MLFLOW_", "AWS_"))}
+    env = {"PATH": f"{Path(sys.executable).parent}:{SYSTEM_PATH}", "HOME": str(tmp_path)}
     proc = subprocess.run(
         [
             FEDTWIN,

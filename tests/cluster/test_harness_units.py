@@ -138,3 +138,15 @@ def test_setup_values_pin_the_built_argo_and_restricted_executor() -> None:
     )
     assert executor["allowPrivilegeEscalation"] is False and executor["capabilities"]["drop"] == ["ALL"]
     assert executor["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_mount_targets_stay_inside_the_pod_root() -> None:
+    """/var/run is a link to /run on this machine: a volume at /var/run/argo must be mounted at
+    <root>/run/argo, never followed out of the pod's root."""
+    from tests.cluster.agent import in_root
+
+    if os.path.islink("/var/run"):
+        assert in_root("/var/run/argo") == os.path.join(os.path.realpath("/var/run"), "argo")
+    assert in_root("/tmp/fedtwin/model.safetensors") == "/tmp/fedtwin/model.safetensors"
+    assert in_root("/dev/termination-log") == "/dev/termination-log"
+    assert in_root("/etc/fedtwin/../fedtwin/fleet") == "/etc/fedtwin/fleet"

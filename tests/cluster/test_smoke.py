@@ -8,6 +8,8 @@ PodSecurity `restricted` with the controller's security context.
 from __future__ import annotations
 
 import base64
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -251,6 +253,9 @@ def test_env_from_secret_configmap_volume_and_fieldref(cluster: Cluster) -> None
     name = cluster.submit_manifest(manifest)
     wf = cluster.wait(name, timeout=120)
     assert wf["status"]["phase"] == "Succeeded", cluster.describe(wf)
+    # The pod's mounts lived in its own root: nothing appeared on this machine.
+    assert not Path("/etc/smoke").exists()
+    assert not Path(os.path.realpath("/var/run"), "argo").exists()
     root = cluster.node(wf, name)
     pod_name = cluster.pods(name)[0]["metadata"]["name"]
     assert cluster.outputs(root) == {
