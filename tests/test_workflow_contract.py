@@ -179,7 +179,10 @@ def test_clean_run_plays_every_round_in_order(runs: Mapping[str, Any]) -> None:
     run, store = runs["clean"]
     assert run.phase == SUCCEEDED, run.explain()
     run_id = "fedtwin-federated-cleanx"  # run-id "" = the workflow name
-    assert run.global_outputs == {"run-id": run_id, "first-round": "0", "last-round": "2"}
+    heldout = run.get(".evaluate").outputs["heldout_return"]
+    assert run.global_outputs == {"run-id": run_id, "first-round": "0", "last-round": "2",
+                                  "heldout-return": heldout,
+                                  "generalization-gap": run.get(".evaluate").outputs["generalization_gap"]}
     assert run.mutexes == [f"fedtwin-run-{run_id}"]
     assert_pods_ran_the_cli(run)
     for r in range(3):

@@ -516,6 +516,8 @@ def test_federated_flow_is_a_sequential_loop_not_recursion() -> None:
     exported = {t: {p["globalName"] for p in tmpls[t]["outputs"]["parameters"] if "globalName" in p}
                 for t in ("init", "aggregate")}
     assert exported == {"init": {"run-id", "first-round", "last-round"}, "aggregate": {"last-round"}}
+    evaluate_globals = {p.get("globalName") for p in tmpls["evaluate"]["outputs"]["parameters"]}
+    assert evaluate_globals == {"heldout-return", "generalization-gap"}  # the run's result on the workflow
     main = {t["name"]: t for t in tmpls["main"]["dag"]["tasks"]}
     order = ["init", "rounds", "evaluate", "report"]
     assert [main[n].get("depends") for n in order] == [None, *order[:-1]]

@@ -146,7 +146,9 @@ evaluate = fedtwin_step(
     ["step", "evaluate", "--run", inp("run-id"), "--store", STORE, "--outputs-dir", OUTPUTS_DIR],
     inputs=RUN_INPUT,
     env=AGGREGATOR_ENV,
-    outputs=[outputs_param("heldout_return"), outputs_param("generalization_gap")],
+    # Workflow outputs too: `argo get` and the UI show a finished run's result on the workflow itself.
+    outputs=[outputs_param("heldout_return", global_name="heldout-return"),
+             outputs_param("generalization_gap", global_name="generalization-gap")],
 )
 
 report, finish = report_and_finish(TRACKING_ENV)
