@@ -12,12 +12,27 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from fedtwin.errors import ConfigError
+from fedtwin.limits import (
+    MAX_EVAL_TWINS,
+    MAX_HIDDEN_LAYERS,
+    MAX_HIDDEN_WIDTH,
+    MAX_ROLLOUT,
+    MAX_TRAINING_TWINS,
+)
 from fedtwin.strategies import STRATEGIES, make_strategy
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -35,13 +50,25 @@ def check_dns_label(value: str, what: str) -> str:
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors: a typo must fail before round 1, not be ignored."""
+    """Unknown keys are errors: a typo must fail before round 1, not be ignored. Numbers must be finite
+    (an infinite learning rate or a NaN target can only break a run) and never booleans (YAML's
+    `true` is not a seed)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = {annotation, *get_args(annotation)}
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"must be a number, not a boolean ({str(value).lower()})")
+        return value
 
 
 class FleetConfig(StrictModel):
-    count: int = Field(8, ge=1, le=100_000)
+    count: int = Field(8, ge=1, le=MAX_TRAINING_TWINS)
     """Number of training twins generated when no `file` is given."""
     seed: int = 7
     """Fleet seed: with a twin id it fixes that twin's physics."""
@@ -51,16 +78,17 @@ class FleetConfig(StrictModel):
     """`hard` also varies friction, sensor/actuator noise and action delay."""
     file: str | None = None
     """Fleet YAML (`twins:` list, optional `validation:`/`heldout:`); overrides generation."""
-    validation_count: int = Field(4, ge=1)
+    validation_count: int = Field(4, ge=1, le=MAX_EVAL_TWINS)
     """Validation twins: monitor rounds and stop early."""
-    heldout_count: int = Field(8, ge=1)
+    heldout_count: int = Field(8, ge=1, le=MAX_EVAL_TWINS)
     """Held-out twins: used only for the final report."""
 
 
 class TrainConfig(StrictModel):
     algo: Literal["ppo", "reinforce"] = "ppo"
     """Local trainer: PPO (default) or REINFORCE (the reference systems' algorithm)."""
-    hidden: list[int] | None = None
+    hidden: list[Annotated[int, Field(ge=1, le=MAX_HIDDEN_WIDTH)]] | None = Field(
+        None, min_length=1, max_length=MAX_HIDDEN_LAYERS)
     """Hidden layer sizes; default 64,64 for PPO and 32,16 for REINFORCE."""
     num_envs: int = Field(4, ge=1)
     """Sub-environments per twin."""
@@ -86,6 +114,9 @@ class TrainConfig(StrictModel):
     @model_validator(mode="after")
     def _check_minibatches(self) -> TrainConfig:
         batch = self.num_envs * self.num_steps
+        if batch > MAX_ROLLOUT:
+            raise ValueError(f"num_envs*num_steps ({batch}) is more than the {MAX_ROLLOUT} transitions one "
+                             "rollout may keep in memory; lower num_envs or num_steps")
         if self.algo == "ppo" and batch % self.minibatches:
             raise ValueError(
                 f"num_envs*num_steps ({batch}) must be divisible by minibatches ({self.minibatches})"
@@ -354,9 +385,26 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-"""libyaml's safe loader where PyYAML has it: a 1024-twin fleet file parses in a tenth of the time,
-and every step of a run parses the run's config and fleet."""
+YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
+"""The floats YAML 1.2 has and PyYAML's YAML 1.1 rules read as strings: an exponent without a dot or
+without a sign (`1e-3`, `2.5E4`)."""
+
+
+class SafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader where PyYAML has it (a 1024-twin fleet file parses in a tenth of the time,
+    and every step of a run parses the run's config and fleet), reading `1e-3` as a number."""
+
+
+class SafeDumper(yaml.SafeDumper):
+    """Quotes the strings SafeLoader would read as numbers (a twin id `1e3`), so files round-trip."""
+
+
+for _yaml_class in (SafeLoader, SafeDumper):
+    _yaml_class.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+.0123456789"))
+
+
+def dump_yaml(data: Any, sort_keys: bool = False) -> str:
+    return yaml.dump(data, Dumper=SafeDumper, sort_keys=sort_keys)
 
 
 def parse_yaml(text: str, what: str, source: str | Path) -> Any:
@@ -372,9 +420,13 @@ def parse_yaml(text: str, what: str, source: str | Path) -> Any:
 def read_yaml(path: str | Path, what: str) -> Any:
     """Read a YAML file or raise one ConfigError naming the file and the problem."""
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}; check the path") from exc
+    except UnicodeDecodeError as exc:
+        byte = exc.object[exc.start]
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start} is {byte:#04x}); pass a YAML "
+                          "file") from exc
     return parse_yaml(text, what, path)
 
 
@@ -382,7 +434,7 @@ def parse_env_value(raw: str) -> Any:
     """A YAML scalar, except YAML 1.1's on/off/yes/no stay words (`FEDTWIN_PRIVACY__MODE=off`)."""
     if not raw:
         return None
-    value = yaml.safe_load(raw)
+    value = yaml.load(raw, Loader=SafeLoader)
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         return raw.strip()
     return value
@@ -458,7 +510,7 @@ def load_config(
 
 
 def config_to_yaml(config: Config) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return dump_yaml(config.model_dump(mode="json"))
 
 
 def set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:

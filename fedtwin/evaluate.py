@@ -9,9 +9,34 @@ from typing import Any
 import numpy as np
 
 from fedtwin.envs import TwinCartPoleVectorEnv
-from fedtwin.policy import PolicySpec, greedy_actions
+from fedtwin.errors import ConfigError
+from fedtwin.policy import LayoutError, PolicySpec, greedy_actions, params_from_bytes
 from fedtwin.seeding import derive_seed
 from fedtwin.twins import TwinSpec
+
+CARTPOLE = PolicySpec("reinforce", (1,))
+"""The observation and action sizes of every twin (4 numbers in, push left or right out)."""
+
+
+def load_model(data: bytes, source: str) -> tuple[np.ndarray, PolicySpec]:
+    """A model file a user hands in, checked before anything is built from it: a safetensors file,
+    its tensors exactly the layout it declares (bounded, see `fedtwin.limits`), sized for cart-pole
+    twins, and finite. Anything else is bad input (ConfigError, exit 2), one line naming the file."""
+    try:
+        params, spec = params_from_bytes(data, None)
+    except LayoutError as exc:
+        raise ConfigError(f"model {source}: {exc}; pass a model fedtwin wrote (e.g. a run's "
+                          "report/final.safetensors)") from exc
+    if spec.obs_dim != CARTPOLE.obs_dim:
+        raise ConfigError(f"model {source} takes {spec.obs_dim} observations, but cart-pole twins give "
+                          f"{CARTPOLE.obs_dim}; pass a model trained on cart-pole twins")
+    if spec.act_dim != CARTPOLE.act_dim:
+        raise ConfigError(f"model {source} chooses among {spec.act_dim} actions, but cart-pole twins take "
+                          f"{CARTPOLE.act_dim}; pass a model trained on cart-pole twins")
+    if not np.all(np.isfinite(params)):
+        raise ConfigError(f"model {source} holds non-finite weights (NaN or Inf); its training diverged, "
+                          "pass another model")
+    return params, spec
 
 
 @dataclass

@@ -22,6 +22,7 @@ from safetensors.numpy import save as st_save
 from torch import nn
 
 from fedtwin.errors import FedtwinError
+from fedtwin.limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
 
 if TYPE_CHECKING:
     from fedtwin.config import TrainConfig
@@ -53,6 +54,13 @@ class PolicySpec:
                 f"policy sizes must be positive with act_dim >= 2 "
                 f"(hidden={list(self.hidden)}, obs_dim={self.obs_dim}, act_dim={self.act_dim})"
             )
+        # A model file declares its own network: bounded before any memory follows the numbers.
+        if len(self.hidden) > MAX_HIDDEN_LAYERS or max(self.hidden) > MAX_HIDDEN_WIDTH:
+            raise LayoutError(f"hidden layer sizes must be 1 to {MAX_HIDDEN_WIDTH}, at most "
+                              f"{MAX_HIDDEN_LAYERS} layers (got {list(self.hidden)[:MAX_HIDDEN_LAYERS + 1]})")
+        if max(self.obs_dim, self.act_dim) > MAX_HIDDEN_WIDTH:
+            raise LayoutError(f"obs_dim and act_dim must be at most {MAX_HIDDEN_WIDTH} "
+                              f"(got {self.obs_dim}, {self.act_dim})")
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "hidden": list(self.hidden)}, sort_keys=True)
@@ -61,7 +69,10 @@ class PolicySpec:
     def from_json(cls, text: str) -> PolicySpec:
         try:
             data = json.loads(text)
-            return cls(data["kind"], tuple(data["hidden"]), int(data["obs_dim"]), int(data["act_dim"]))
+            hidden = data["hidden"]
+            if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS + 1:
+                raise ValueError(f"hidden must be a list of at most {MAX_HIDDEN_LAYERS} sizes")
+            return cls(data["kind"], tuple(hidden), int(data["obs_dim"]), int(data["act_dim"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise LayoutError(f"policy metadata {text!r} is not a valid policy spec ({exc})") from exc
 
@@ -189,9 +200,17 @@ class ParamLayout:
 
 @lru_cache(maxsize=32)
 def layout_for(spec: PolicySpec) -> ParamLayout:
-    """The layout is the module's own `named_parameters` order (built uninitialized: cheap)."""
-    params = list(PolicyNet(spec).named_parameters())
-    return ParamLayout(tuple(n for n, _ in params), tuple(tuple(p.shape) for _, p in params))
+    """`PolicyNet(spec).named_parameters()`'s names and shapes, computed without building the network,
+    so a model file is checked against its declared layout before any memory is spent on it."""
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    heads = [("actor", spec.act_dim)] + ([("critic", 1)] if spec.kind == "actor_critic" else [])
+    for head, out in heads:
+        sizes = (spec.obs_dim, *spec.hidden, out)
+        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
+            names += [f"{head}.{2 * i}.weight", f"{head}.{2 * i}.bias"]  # Linear, Tanh, Linear, ...
+            shapes += [(n_out, n_in), (n_out,)]
+    return ParamLayout(tuple(names), tuple(shapes))
 
 
 def init_params(spec: PolicySpec, seed: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from fedtwin.seeding import derive_seed
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.strategies import make_strategy
 from fedtwin.train import train_twins
-from fedtwin.twins import Fleet, TwinSpec, dump_fleet, load_fleet, make_fleet, parse_fleet
+from fedtwin.twins import Fleet, TwinSpec, fleet_to_json, load_fleet, make_fleet, parse_fleet
 from fedtwin.updates import UpdateRecord, finite_metrics, load_and_validate, read_record, write_updates
 
 log = logging.getLogger("fedtwin.steps")
@@ -45,8 +45,7 @@ class RunContext:
         layout = require_run(store, run_id)
         text = store.get_text(layout.config)
         config = build_config(parse_yaml(text, "run config", store.describe(layout.config)), layout.config)
-        fleet = parse_fleet(store.get_text(layout.twins), store.describe(layout.twins))
-        return cls(store, layout, config, fleet, policy_spec(config.train))
+        return cls(store, layout, config, _stored_fleet(store, layout), policy_spec(config.train))
 
     def twins(self, selection: list[str]) -> list[TwinSpec]:
         """Training twins by id or `FIRST..LAST` range (an Argo shard's name)."""
@@ -69,6 +68,20 @@ class RunContext:
         data = self.store.get_bytes(self.layout.global_model(round_index))
         params, _ = params_from_bytes(data, self.spec)
         return params, data
+
+
+_FLEET_CACHE: dict[str, Fleet] = {}
+"""The last fleet this process parsed, by the sha256 of its text: a pool worker runs many jobs of one
+run, and the largest fleet's copy takes about a second to parse."""
+
+
+def _stored_fleet(store: ArtifactStore, layout: RunLayout) -> Fleet:
+    text = store.get_text(layout.twins)
+    key = sha256_hex(text.encode())
+    if key not in _FLEET_CACHE:
+        _FLEET_CACHE.clear()
+        _FLEET_CACHE[key] = parse_fleet(text, store.describe(layout.twins))
+    return _FLEET_CACHE[key]
 
 
 # ----------------------------------------------------------------------------------------- init
@@ -149,7 +162,7 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
     privacy.check_run(config, len(fleet.train))
     spec = policy_spec(config.train)
     # Written in dependency order; config.yaml last, because its presence means "initialized".
-    store.put_text(layout.twins, dump_fleet(fleet))
+    store.put_text(layout.twins, fleet_to_json(fleet))
     params = init_params(spec, derive_seed(config.seed, "init"))
     store.put_bytes(layout.global_model(0), params_to_bytes(params, spec))
     store.put_json(

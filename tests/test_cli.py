@@ -234,3 +234,84 @@ def test_aggregate_into_a_read_only_store_exits_1_and_the_rerun_plays_the_round(
 
     fedtwin("step", "aggregate", "--run", "r", "--round", "0", "--store", str(store), check=True)
     assert json.loads((store / "runs" / "r" / "state.json").read_text())["next_round"] == 1
+
+
+# ------------------------------------------------------ evaluate --model: bad files (issue 17, 3 and 8)
+def model_file(path: Path, spec_json: str, tensors: dict) -> Path:
+    from safetensors.numpy import save
+
+    path.write_bytes(save(tensors, metadata={"policy": spec_json}))
+    return path
+
+
+def bad_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (model file, what the one-line error must say)."""
+    import numpy as np
+
+    from fedtwin.policy import PolicySpec, init_params, params_to_bytes
+
+    models: dict[str, tuple[Path, str]] = {}
+    huge = '{"act_dim": 2, "hidden": [1000000000, 1000000000], "kind": "actor_critic", "obs_dim": 4}'
+    models["huge network"] = (model_file(tmp_path / "huge.safetensors", huge, {}),
+                              "hidden layer sizes must be 1 to 1024, at most 4 layers")
+    small = PolicySpec("actor_critic", (8,))
+    wrong_shape = {n: np.zeros((3,), np.float32) for n in ("actor.0.weight",)}
+    models["shapes"] = (model_file(tmp_path / "shapes.safetensors", small.to_json(), wrong_shape),
+                        "actor.0.weight has shape [3], expected [8, 4]")
+    five = PolicySpec("actor_critic", (8,), obs_dim=5)
+    (tmp_path / "obs.safetensors").write_bytes(params_to_bytes(init_params(five, 0), five))
+    models["observations"] = (tmp_path / "obs.safetensors",
+                              "takes 5 observations, but cart-pole twins give 4")
+    three = PolicySpec("reinforce", (8,), act_dim=3)
+    (tmp_path / "act.safetensors").write_bytes(params_to_bytes(init_params(three, 0), three))
+    models["actions"] = (tmp_path / "act.safetensors", "chooses among 3 actions, but cart-pole twins take 2")
+    params = init_params(small, 0)
+    params[3] = np.nan
+    (tmp_path / "nan.safetensors").write_bytes(params_to_bytes(params, small))
+    models["non-finite"] = (tmp_path / "nan.safetensors", "holds non-finite weights (NaN or Inf)")
+    (tmp_path / "fleet.safetensors").write_text("twins:\n  - id: a\n")
+    models["not a model"] = (tmp_path / "fleet.safetensors", "not a safetensors model file")
+    return models
+
+
+def test_evaluate_refuses_a_bad_model_file_with_exit_2_before_building_anything(tmp_path):
+    twins = tmp_path / "fleet.yaml"
+    twins.write_text("twins:\n  - id: a\n")
+    for name, (model, needle) in bad_models(tmp_path).items():
+        result = fedtwin("evaluate", "--model", str(model), "--twins", str(twins), "--episodes", "1")
+        assert result.returncode == 2, (name, result.stderr[-2000:])
+        line = one_error_line(result)
+        assert needle in line and str(model) in line, (name, line)
+
+
+# ---------------------------------------------------- bounds where memory follows input (issue 17, 3)
+@pytest.mark.parametrize(("flags", "yaml_text", "needle"), [
+    ((), "fleet:\n  validation_count: 100000000\n", "'fleet.validation_count': Input should be less than or "
+                                                    "equal to 10000"),
+    ((), "fleet:\n  heldout_count: 100000000\n", "'fleet.heldout_count': Input should be less than or equal "
+                                                 "to 10000"),
+    ((), "train:\n  hidden: [1000000, 1000000]\n", "'train.hidden.0': Input should be less than or equal to "
+                                                   "1024"),
+    ((), "train:\n  num_envs: 100000\n  num_steps: 100000\n  minibatches: 1\n",
+     "more than the 1048576 transitions one rollout may keep in memory"),
+    (("--twins", "1000000"), "{}\n", "'fleet.count': Input should be less than or equal to 100000"),
+])
+def test_sizes_past_the_documented_limits_exit_2_and_write_nothing(tmp_path, flags, yaml_text, needle):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    result = fedtwin("run", "--config", str(config), "--store", str(tmp_path / "store"), "--run-id", "x",
+                     *flags)
+    assert result.returncode == 2
+    assert needle in one_error_line(result)
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_huge_action_delay_or_twin_count_is_refused_with_exit_2(tmp_path):
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text("twins:\n  - id: pole-07\n    action_delay: 1000000000\n")
+    result = fedtwin("run", "--fleet-file", str(fleet), "--store", str(tmp_path / "store"), "--run-id", "x")
+    assert result.returncode == 2
+    assert "action_delay must be at most 500 steps" in one_error_line(result)
+    generated = fedtwin("twins", "generate", "--count", "100000000", "-o", str(tmp_path / "big.yaml"))
+    assert generated.returncode == 2 and "100000000 is not in the range 1<=x<=100000" in generated.stderr
+    assert not (tmp_path / "big.yaml").exists()

@@ -79,3 +79,41 @@ def test_env_words_stay_strings_for_string_fields():
     config = load_config(environ={"FEDTWIN_PRIVACY__MODE": "off", "FEDTWIN_TRACKING__ENABLED": "true"})
     assert config.privacy.mode == "off"
     assert config.tracking.enabled is True
+
+
+# --------------------------------------------------- refused at validation (issue 17, items 3 and 8)
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("train:\n  hidden: []\n", "'train.hidden': List should have at least 1 item"),
+        ("train:\n  learning_rate: .inf\n", "'train.learning_rate': Input should be a finite number"),
+        ("train:\n  learning_rate: .nan\n", "'train.learning_rate': Input should be a finite number"),
+        ("federation:\n  target_return: .nan\n",
+         "'federation.target_return': Input should be a finite number"),
+        ("federation:\n  target_return: -.inf\n",
+         "'federation.target_return': Input should be a finite number"),
+        ("seed: true\n", "'seed': must be a number, not a boolean"),
+        ("federation:\n  rounds: false\n", "'federation.rounds': must be a number, not a boolean"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_at_validation(tmp_path, text, needle):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path, environ={})
+    assert needle in str(err.value)
+
+
+def test_a_binary_config_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(ConfigError, match=r"config file .*c\.yaml is not UTF-8 text .*; pass a YAML file"):
+        load_config(path, environ={})
+
+
+def test_yaml_1_2_floats_in_a_config_file_and_the_environment_are_numbers(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 1e-3\nfederation:\n  target_return: 4.5E+2\n")
+    config = load_config(path, environ={"FEDTWIN_PRIVACY__DELTA": "1e-7"})
+    assert config.train.learning_rate == 0.001 and config.federation.target_return == 450.0
+    assert config.privacy.delta == 1e-7

@@ -54,9 +54,12 @@ def test_param_counts_by_hand() -> None:
     assert layout_for(PPO).names[6:] == tuple(n.replace("actor", "critic") for n in layout_for(REF).names)
 
 
-def test_layout_matches_module_order() -> None:
-    module = build_policy(PPO, seed=0)
-    layout = layout_for(PPO)
+@pytest.mark.parametrize("spec", [PPO, REF, PolicySpec("actor_critic", (5, 7, 3), obs_dim=6, act_dim=3)],
+                         ids=["ppo", "reinforce", "three-layers"])
+def test_layout_matches_module_order(spec: PolicySpec) -> None:
+    """The layout is computed without building the network; it must be the module's own."""
+    module = build_policy(spec, seed=0)
+    layout = layout_for(spec)
     assert [(n, tuple(p.shape)) for n, p in module.named_parameters()] == list(
         zip(layout.names, layout.shapes, strict=True)
     )

@@ -209,3 +209,19 @@ def test_a_run_too_large_for_one_workflow_object_is_refused_with_a_parallelism_t
     with pytest.raises(ConfigError, match=message):
         fan_out.shard_size(1000, rounds=200)
     assert steps.FanOut(0, 27, 12_000).shard_size(1000, rounds=200) == 38  # 27 pods: 11613 nodes
+
+
+def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny, monkeypatch):
+    """A pool worker runs one job per twin: the largest fleet's copy takes about a second to parse."""
+    config = tiny()
+    store = LocalStore(config.store)
+    steps.init(store, config)
+    steps._FLEET_CACHE.clear()
+    parsed = []
+    real = steps.parse_fleet
+    monkeypatch.setattr(steps, "parse_fleet", lambda text, source: parsed.append(source) or real(text, source))
+
+    first = steps.RunContext.load(store, "demo").fleet
+    assert steps.RunContext.load(store, "demo").fleet is first and len(parsed) == 1
+    store.put_text(RunLayout("demo").twins, store.get_text(RunLayout("demo").twins) + "\n")
+    assert steps.RunContext.load(store, "demo").fleet == first and len(parsed) == 2

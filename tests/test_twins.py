@@ -18,6 +18,7 @@ from fedtwin.twins import (
     Fleet,
     TwinSpec,
     dump_fleet,
+    fleet_from_data,
     generate_twin,
     generate_twins,
     load_fleet,
@@ -372,3 +373,47 @@ def test_shards_have_short_names_that_select_their_twins() -> None:
 def test_a_bad_selection_is_one_clear_error(selection: list[str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         make_fleet(7, 0, 0.15, "default", 1, 1).select(selection)
+
+
+# ------------------------------------------------------------------------------- issue 17, item 8
+def test_yaml_1_2_floats_in_a_fleet_file_are_numbers(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text("twins:\n  - id: pole-07\n    friction_cart: 1e-3\n    masscart: 1E0\n  - id: '1e3'\n")
+    fleet = load_fleet(path)
+    assert fleet.train[0].friction_cart == 0.001 and fleet.train[0].masscart == 1.0
+    again = tmp_path / "again.yaml"
+    save_fleet(fleet, again)
+    assert load_fleet(again) == fleet  # an id that reads as a number is quoted when written back
+    path.write_text("twins:\n  - id: 1e3\n")
+    with pytest.raises(ConfigError, match=r"twin id must be a string, got 1000\.0"):
+        load_fleet(path)
+
+
+def test_a_binary_fleet_file_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_bytes(b"\x00\x01\xff\xfe twins")
+    with pytest.raises(ConfigError, match=r"fleet file .*fleet\.yaml is not UTF-8 text"):
+        load_fleet(path)
+
+
+def test_a_fleet_file_with_more_twins_than_a_run_takes_is_refused_before_they_are_built() -> None:
+    with pytest.raises(ConfigError, match=r"'twins' lists 100,001 twins, more than the 100,000 a run takes"):
+        fleet_from_data({"twins": [{"id": "x"}] * 100_001}, "f.yaml")
+    with pytest.raises(ConfigError, match=r"'heldout' lists 10,001 twins, more than the 10,000"):
+        fleet_from_data({"twins": [{"id": "x"}], "heldout": [{"id": "y"}] * 10_001}, "f.yaml")
+
+
+def test_a_runs_stored_fleet_is_json_that_reads_back_exactly_as_yaml_too() -> None:
+    import json
+
+    import yaml
+
+    from fedtwin.config import SafeLoader
+    from fedtwin.twins import fleet_to_json
+
+    fleet = make_fleet(20, 3, 0.3, "hard", 2, 2)
+    text = fleet_to_json(fleet)
+
+    assert parse_fleet(text, "twins.yaml") == fleet
+    assert yaml.load(text, Loader=SafeLoader) == json.loads(text)  # valid YAML, same values
+    assert len(text.splitlines()) == 20 + 2 + 2 + 8  # one line per twin: readable

@@ -113,14 +113,13 @@ def evaluate_cmd(model: str, twins_file: str, episodes: int, seed: int, as_json:
 
     Example: fedtwin evaluate --model fedtwin-runs/runs/demo/report/final.safetensors --twins fleet.yaml
     """
-    from fedtwin.evaluate import evaluate_policy
-    from fedtwin.policy import params_from_bytes
+    from fedtwin.evaluate import evaluate_policy, load_model
     from fedtwin.twins import load_twins
 
     twins = load_twins(twins_file)
     if not twins:
         raise ConfigError(f"{twins_file} lists no twins; add entries under `twins:`")
-    params, spec = params_from_bytes(Path(model).read_bytes(), None)
+    params, spec = load_model(Path(model).read_bytes(), model)
     result = evaluate_policy(params, spec, twins, episodes, seed)
     if as_json:
         click.echo(json.dumps({"mean_return": result.mean_return, "per_twin": result.per_twin_mean}))

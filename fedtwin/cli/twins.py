@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from fedtwin.limits import MAX_TRAINING_TWINS
+
 
 @click.group("twins")
 def twins_group() -> None:
@@ -11,7 +13,8 @@ def twins_group() -> None:
 
 
 @twins_group.command("generate")
-@click.option("--count", type=click.IntRange(min=1), required=True, help="Number of twins.")
+@click.option("--count", type=click.IntRange(min=1, max=MAX_TRAINING_TWINS), required=True,
+              help="Number of twins.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fleet seed.")
 @click.option("--spread", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Relative spread of each physical parameter [default: 0.15].")
