@@ -111,6 +111,19 @@ class Cluster:
         process.wait_until(ready, 60, "/api/v1/version answers")
         return url
 
+    def argo_api(self, url: str, path: str, patience: float = 30.0) -> requests.Response:
+        """GET from `argo server`, retrying its 503s (its HTTP gateway answers before its gRPC
+        side is up); the last answer, with the server's log in the test's message if it fails."""
+        deadline = time.monotonic() + patience
+        while True:
+            response = requests.get(f"{url}{path}", timeout=30)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                return response
+            time.sleep(0.5)
+
+    def argo_server_log(self) -> str:
+        return "\n".join(p.log_tail(40) for p in self.extra_processes if p.name == "argo-server")
+
     # -- CLIs ------------------------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "ARGO_", "HELM_"))}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from tests.cluster.agent import SYSTEM_PATH
 from tests.cluster.charts import Release, install_second_namespace
@@ -249,8 +248,8 @@ def test_argo_server_serves_round_outputs(fedtwin_release: Release, clean_run: d
     cluster = fedtwin_release.cluster
     url = cluster.start_argo_server()
     name = clean_run["metadata"]["name"]
-    response = requests.get(f"{url}/api/v1/workflows/{cluster.namespace}/{name}", timeout=30)
-    assert response.status_code == 200, response.text[:500]
+    response = cluster.argo_api(url, f"/api/v1/workflows/{cluster.namespace}/{name}")
+    assert response.status_code == 200, f"{response.text[:500]}\n{cluster.argo_server_log()}"
     served = response.json()
     rounds = round_nodes(cluster, served)
     assert len(rounds) == 4, cluster.describe(served)
