@@ -16,16 +16,24 @@ import numpy as np
 
 from fedtwin import privacy, tracking
 from fedtwin.config import Config, build_config, config_to_yaml, fingerprint, parse_yaml
-from fedtwin.errors import ConfigError, QuorumError, RunConflictError, StoreError
+from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
 from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
 from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
 from fedtwin.seeding import derive_seed
-from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
-from fedtwin.strategies import make_strategy
+from fedtwin.store import ArtifactStore, RunLayout, repair_advice, sha256_hex
+from fedtwin.strategies import Strategy, make_strategy
 from fedtwin.train import train_twins
 from fedtwin.twins import Fleet, TwinSpec, fleet_to_json, load_fleet, make_fleet, parse_fleet
-from fedtwin.updates import UpdateRecord, finite_metrics, load_and_validate, read_record, write_updates
+from fedtwin.updates import (
+    AcceptedUpdate,
+    UpdateRecord,
+    finite_metrics,
+    load_and_validate,
+    read_record,
+    update_twin_ids,
+    write_updates,
+)
 
 log = logging.getLogger("fedtwin.steps")
 
@@ -160,26 +168,43 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
     except ValueError as exc:
         raise ConfigError(f"invalid config: {exc}") from exc
     privacy.check_run(config, len(fleet.train))
-    spec = policy_spec(config.train)
+    kept = _kept_state(store, layout, config)
     # Written in dependency order; config.yaml last, because its presence means "initialized".
     store.put_text(layout.twins, fleet_to_json(fleet))
-    params = init_params(spec, derive_seed(config.seed, "init"))
-    store.put_bytes(layout.global_model(0), params_to_bytes(params, spec))
-    store.put_json(
-        layout.state,
-        {
-            "run_id": config.run_id,
-            "status": "running",
-            "next_round": 0,
-            "training_complete": False,
-            "reason": None,
-            "fingerprint": fingerprint(config),
-            "created_at": now_iso(),
-            "updated_at": now_iso(),
-        },
-    )
+    store.put_bytes(layout.global_model(0), initial_model(config))
+    if kept is None:
+        store.put_json(layout.state, new_state(config, 0, False))
     store.put_text(layout.config, config_to_yaml(config))
     return InitResult(config.run_id, [t.id for t in fleet.train], 0, False, size)
+
+
+def initial_model(config: Config) -> bytes:
+    """The global model entering round 0: a pure function of the config."""
+    spec = policy_spec(config.train)
+    return params_to_bytes(init_params(spec, derive_seed(config.seed, "init")), spec)
+
+
+def new_state(config: Config, next_round: int, complete: bool, status: str = "running") -> dict[str, Any]:
+    return {"run_id": config.run_id, "status": status, "next_round": next_round,
+            "training_complete": complete, "reason": None, "fingerprint": fingerprint(config),
+            "created_at": now_iso(), "updated_at": now_iso()}
+
+
+def _kept_state(store: ArtifactStore, layout: RunLayout, config: Config) -> dict[str, Any] | None:
+    """The state.json of a run whose config.yaml was deleted to be written again (its repair advice):
+    kept, so the run goes on where it was, if it belongs to this config."""
+    if not store.exists(layout.state):
+        return None
+    try:
+        state = store.get_json(layout.state)
+    except IntegrityError:
+        return None  # damaged as well: a fresh one, and the rounds are walked again from the summaries
+    if state.get("fingerprint") != fingerprint(config):
+        raise RunConflictError(
+            f"run {config.run_id!r} has a state.json from another config (its fingerprint differs); pass the "
+            "run's original config, or use a new --run-id"
+        )
+    return state
 
 
 DEFAULT_PARALLELISM = 100
@@ -357,26 +382,12 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
         ctx.write_state(status="failed", reason=message)
         raise QuorumError(message)
 
-    strategy = make_strategy(config.federation.strategy, config.federation.strategy_params())
-    server_state = load_server_state(ctx, round_index - 1)
-    if strategy.state_keys and round_index > 0 and not server_state:
-        raise StoreError(
-            f"{strategy.name} needs its server state from round {round_index - 1} "
-            f"({store.describe(layout.server_state(round_index - 1))}), which is missing; "
-            f"delete round {round_index - 1}'s summary.json and rerun its aggregate step to rebuild it"
-        )
-    updates = np.stack([a.params for a in accepted])
-    weights = np.array([a.record.num_samples for a in accepted], dtype=np.float64)
-    agg_updates, agg_weights, dp_summary, stop_reason = updates, weights, None, None
-    if config.privacy.mode == "central":  # DP-FedAvg: the strategy sees only the noised average
-        previous = store.get_json(layout.summary(round_index - 1)) if round_index > 0 else None
-        average, dp_summary, stop_reason = privacy.central_round(config, previous, round_index, global_params,
-                                                                 updates, len(ctx.fleet.train))
-        agg_updates, agg_weights = average[None, :], np.ones(1)
-    new_params, server_state = strategy.aggregate(global_params, agg_updates, agg_weights, server_state)
+    combined = combine(ctx, round_index, global_params, accepted)
+    strategy, new_params, weights = combined.strategy, combined.params, combined.weights
+    dp_summary, stop_reason = combined.dp_summary, combined.stop_reason
     store.put_bytes(layout.global_model(round_index + 1), params_to_bytes(new_params, ctx.spec))
-    if server_state:
-        save_server_state(ctx, round_index, server_state)
+    if combined.server_state:
+        save_server_state(ctx, round_index, combined.server_state)
 
     validation = evaluate_policy(
         new_params, ctx.spec, ctx.fleet.validation, config.federation.eval_episodes,
@@ -417,6 +428,43 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     return {**summary, "last_round": last_round(config, state)}
 
 
+@dataclass
+class Combined:
+    """A round's aggregation: the next global model and what the summary records about it."""
+
+    strategy: Strategy
+    params: np.ndarray
+    server_state: dict[str, np.ndarray]
+    weights: np.ndarray
+    dp_summary: dict[str, Any] | None
+    stop_reason: str | None
+
+
+def combine(ctx: RunContext, round_index: int, global_params: np.ndarray,
+            accepted: list[AcceptedUpdate]) -> Combined:
+    """The strategy (after central DP's noising, if on) applied to the round's accepted updates. A pure
+    function of the stored run, so `repair` rebuilds a lost global model or server state bit for bit."""
+    config, store, layout = ctx.config, ctx.store, ctx.layout
+    strategy = make_strategy(config.federation.strategy, config.federation.strategy_params())
+    server_state = load_server_state(ctx, round_index - 1)
+    if strategy.state_keys and round_index > 0 and not server_state:
+        raise StoreError(
+            f"{strategy.name} needs its server state from round {round_index - 1} "
+            f"({store.describe(layout.server_state(round_index - 1))}), which is missing; "
+            f"{repair_advice(store.url, layout.server_state(round_index - 1), missing=True)}"
+        )
+    updates = np.stack([a.params for a in accepted])
+    weights = np.array([a.record.num_samples for a in accepted], dtype=np.float64)
+    agg_updates, agg_weights, dp_summary, stop_reason = updates, weights, None, None
+    if config.privacy.mode == "central":  # DP-FedAvg: the strategy sees only the noised average
+        previous = store.get_json(layout.summary(round_index - 1)) if round_index > 0 else None
+        average, dp_summary, stop_reason = privacy.central_round(config, previous, round_index, global_params,
+                                                                 updates, len(ctx.fleet.train))
+        agg_updates, agg_weights = average[None, :], np.ones(1)
+    new_params, server_state = strategy.aggregate(global_params, agg_updates, agg_weights, server_state)
+    return Combined(strategy, new_params, server_state, weights, dp_summary, stop_reason)
+
+
 def last_round(config: Config, state: dict[str, Any]) -> int:
     """The last round that may still start: the final round, or the last one played once training
     stopped (a workflow loop plays a round only up to this; see workflows/federated.py)."""
@@ -438,6 +486,128 @@ def save_server_state(ctx: RunContext, round_index: int, state: dict[str, np.nda
     from safetensors.numpy import save
 
     ctx.store.put_bytes(ctx.layout.server_state(round_index), save(state))
+
+
+# --------------------------------------------------------------------------------------- repair
+def repair(store: ArtifactStore, run_id: str) -> list[str]:
+    """Rebuild what a run can rebuild from its config and stored rounds, and say what was done.
+
+    The fleet (from the config), the round-0 model (from the seed), every later global model and
+    server state of an aggregated round (the round's participants aggregated again: deterministic,
+    and checked against the base model the next round's updates name) and state.json (from the
+    summaries: the next round is the first without one). What is intact is left alone; what cannot be
+    rebuilt (config.yaml, a participant's lost update) is one StoreError naming it.
+    """
+    layout = require_run(store, run_id)
+    text = store.get_text(layout.config)
+    config = build_config(parse_yaml(text, "run config", store.describe(layout.config)), layout.config)
+    done: list[str] = []
+    if not _intact(store, layout.twins):
+        store.put_text(layout.twins, fleet_to_json(build_fleet(config)))
+        done.append("twins.yaml: rebuilt from the run's config")
+    ctx = RunContext.load(store, run_id)
+    if not _intact(store, layout.global_model(0)):
+        data = initial_model(config)
+        store.put_bytes(layout.global_model(0), data)
+        done.append(f"{_short(layout, layout.global_model(0))}: rebuilt from the seed "
+                    f"{_pinned(ctx, 0, data)}")
+    round_index = 0
+    while _intact(store, layout.summary(round_index)):
+        done += _repair_round(ctx, round_index)
+        round_index += 1
+    done += _repair_state(ctx, round_index)
+    return done
+
+
+def _intact(store: ArtifactStore, key: str) -> bool:
+    if not store.exists(key):
+        return False
+    try:
+        store.get_json(key) if key.endswith(".json") else store.get_bytes(key)
+    except IntegrityError:
+        return False
+    return True
+
+
+def _short(layout: RunLayout, key: str) -> str:
+    return key[len(layout.prefix):]
+
+
+def _pinned(ctx: RunContext, round_index: int, data: bytes) -> str:
+    """Checks a rebuilt global model against the base model the round's stored updates trained from."""
+    bases = set()
+    for twin_id in update_twin_ids(ctx.store, ctx.layout, round_index):
+        try:
+            bases.add(read_record(ctx.store, ctx.layout.update_meta(round_index, twin_id)).base_sha256)
+        except StoreError:
+            continue
+    if not bases:
+        return f"(not verified: no update of round {round_index} names its base model yet)"
+    if sha256_hex(data) not in bases:
+        key = ctx.layout.global_model(round_index)
+        raise StoreError(
+            f"the rebuilt {ctx.store.describe(key)} is not the model round {round_index}'s updates were "
+            f"trained from (sha256 {sha256_hex(data)[:12]}…, they name {sorted(bases)[0][:12]}…); restore "
+            "the stored files from a backup"
+        )
+    return f"(verified against the base model of round {round_index}'s updates)"
+
+
+def _repair_round(ctx: RunContext, round_index: int) -> list[str]:
+    """The next global model and the server state of an aggregated round, if lost or damaged."""
+    store, layout, config = ctx.store, ctx.layout, ctx.config
+    strategy = make_strategy(config.federation.strategy, config.federation.strategy_params())
+    lost_model = not _intact(store, layout.global_model(round_index + 1))
+    lost_state = bool(strategy.state_keys) and not _intact(store, layout.server_state(round_index))
+    if not (lost_model or lost_state):
+        return []
+    summary = store.get_json(layout.summary(round_index))
+    participants = set(summary["participants"])
+    global_params, base = ctx.global_model(round_index)
+    train_cfg = config.train
+    max_samples = train_cfg.updates * train_cfg.num_steps * train_cfg.num_envs
+    accepted, _ = load_and_validate(store, layout, round_index, participants, ctx.spec, sha256_hex(base),
+                                    None, None, max_samples)
+    lost = sorted(participants - {a.record.twin_id for a in accepted})
+    if lost:
+        raise StoreError(
+            f"cannot rebuild round {round_index}'s aggregation: the updates of {', '.join(lost)} "
+            f"({store.describe(layout.updates_dir(round_index))}) are missing or damaged; restore them "
+            "from a backup"
+        )
+    combined = combine(ctx, round_index, global_params, accepted)
+    done = []
+    if lost_model:
+        data = params_to_bytes(combined.params, ctx.spec)
+        note = _pinned(ctx, round_index + 1, data)
+        store.put_bytes(layout.global_model(round_index + 1), data)
+        done.append(f"{_short(layout, layout.global_model(round_index + 1))}: rebuilt from round "
+                    f"{round_index}'s updates {note}")
+    if lost_state:
+        save_server_state(ctx, round_index, combined.server_state)
+        done.append(f"{_short(layout, layout.server_state(round_index))}: rebuilt from round {round_index}'s "
+                    "updates")
+    return done
+
+
+def _repair_state(ctx: RunContext, next_round: int) -> list[str]:
+    """state.json from the summaries: its next round is the first round without one."""
+    store, layout, config = ctx.store, ctx.layout, ctx.config
+    last = store.get_json(layout.summary(next_round - 1)) if next_round > 0 else None
+    complete = next_round >= config.federation.rounds or (last is not None and not last["continue"])
+    extra = {"stop_reason": last["stop_reason"]} if last and last.get("stop_reason") else {}
+    if _intact(store, layout.state):
+        state = ctx.state()
+        if state.get("next_round") == next_round and bool(state.get("training_complete")) == complete:
+            return []
+        before = state.get("next_round")
+        save_state(store, layout.run_id, state, next_round=next_round, training_complete=complete, **extra)
+        return [f"state.json: next round {before} -> {next_round} (the rounds with a summary)"]
+    key = layout.report("evaluation.json")
+    evaluated = _intact(store, key) and store.get_json(key).get("model_round") == next_round
+    status = "done" if complete and evaluated else "running"
+    store.put_json(layout.state, {**new_state(config, next_round, complete, status), **extra})
+    return [f"state.json: rebuilt (next round {next_round}, {status})"]
 
 
 # ------------------------------------------------------------------------------------- evaluate
@@ -488,6 +658,7 @@ __all__ = [
     "evaluate",
     "finish",
     "init",
+    "repair",
     "train",
     "write_outputs",
 ]

@@ -13,6 +13,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import secrets
 import socket
 import tempfile
@@ -125,12 +126,14 @@ class ArtifactStore(ABC):
         try:
             data, recorded = self._read(key)
         except FileNotFoundError as exc:
-            raise StoreError(f"{self.describe(key)} does not exist") from exc
+            advice = repair_advice(self.url, key, missing=True)
+            raise StoreError(f"{self.describe(key)} does not exist"
+                             + (f"; {advice}" if advice else "")) from exc
         actual = sha256_hex(data)
         if recorded is None or recorded != actual:
             raise IntegrityError(
                 f"{self.describe(key)} is corrupt: sha256 {actual[:12]}… does not match the recorded "
-                f"{(recorded or 'none')[:12]}…; delete it and rerun the step that writes it"
+                f"{(recorded or 'none')[:12]}…; {repair_advice(self.url, key)}"
             )
         return data
 
@@ -142,9 +145,11 @@ class ArtifactStore(ABC):
         try:
             return json.loads(data)
         except json.JSONDecodeError as exc:
-            raise IntegrityError(f"{self.describe(key)} is not valid JSON: {exc.msg}") from exc
+            raise IntegrityError(f"{self.describe(key)} is not valid JSON: {exc.msg}; "
+                                 f"{repair_advice(self.url, key)}") from exc
         except (RecursionError, UnicodeDecodeError) as exc:  # hostile nesting, or not text at all
-            raise IntegrityError(f"{self.describe(key)} is not valid JSON: {type(exc).__name__}") from exc
+            raise IntegrityError(f"{self.describe(key)} is not valid JSON: {type(exc).__name__}; "
+                                 f"{repair_advice(self.url, key)}") from exc
 
     def put_text(self, key: str, text: str, *, overwrite: bool = True) -> str:
         return self.put_bytes(key, text.encode(), overwrite=overwrite)
@@ -450,4 +455,40 @@ class RunLayout:
 
 
 def list_runs(store: ArtifactStore) -> list[str]:
-    return sorted({key.split("/")[1] for key in store.list("runs/") if key.endswith("/state.json")})
+    """Runs by their config.yaml (what makes a run initialized), so a lost state.json hides none."""
+    return sorted({key.split("/")[1] for key in store.list("runs/")
+                   if key.count("/") == 2 and key.endswith("/config.yaml")})
+
+
+_ROUND_OBJECT = re.compile(r"rounds/(\d{4})/(global|server_state)\.safetensors")
+_SUMMARY = re.compile(r"rounds/(\d{4})/summary\.json")
+_UPDATE = re.compile(r"rounds/(\d{4})/updates/([^/]+)\.(?:json|safetensors)")
+
+
+def repair_advice(store_url: str, key: str, missing: bool = False) -> str:
+    """What to do about one damaged object of a run, as commands that work (tests/test_repair.py follows
+    each one). `missing`: the object is gone rather than corrupt; only what a repair rebuilds is named."""
+    parts = key.split("/", 2)
+    generic = "" if missing else "delete it and rerun the step that writes it"
+    if len(parts) < 3 or parts[0] != "runs":
+        return generic
+    run, rest = parts[1], parts[2]
+    store = f" --store {store_url}"
+    delete = "" if missing else "delete it and "
+    repair = f"`fedtwin runs repair {run}{store}`"
+    if rest in ("state.json", "twins.yaml") or _ROUND_OBJECT.fullmatch(rest):
+        return f"{delete}run {repair}, which rebuilds it from the run's config and stored rounds"
+    if missing:
+        return ""
+    if rest == "config.yaml":
+        return f"delete it and rerun `fedtwin step init --run-id {run}{store}` with the run's original config"
+    if match := _SUMMARY.fullmatch(rest):
+        return (f"delete it and run {repair}, then resume the run: round {int(match[1])} is aggregated again "
+                "from its stored updates")
+    if match := _UPDATE.fullmatch(rest):
+        return (f"delete it and rerun `fedtwin step train --run {run} --round {int(match[1])} --twin "
+                f"{match[2]}{store}` (an aggregated round no longer needs it)")
+    if rest.startswith("report/"):
+        return (f"delete {store_url.rstrip('/')}/runs/{run}/report/evaluation.json and rerun "
+                f"`fedtwin step evaluate --run {run}{store}`")
+    return generic

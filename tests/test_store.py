@@ -17,7 +17,10 @@ def test_round_trip_and_listing(tmp_path):
     assert store.get_json("runs/a/state.json") == {"x": 1}
     assert store.get_bytes("runs/a/rounds/0000/global.safetensors") == b"abc"
     assert store.list("runs/a/") == ["runs/a/rounds/0000/global.safetensors", "runs/a/state.json"]
-    assert list_runs(store) == ["a"]
+    assert list_runs(store) == []  # not initialized: config.yaml is what makes a run
+    store.put_text("runs/a/config.yaml", "seed: 0\n")
+    store.put_text("runs/b/config.yaml", "seed: 0\n")  # a run whose state.json was lost is still listed
+    assert list_runs(store) == ["a", "b"]
 
 
 def test_tampered_file_is_refused_with_its_name(tmp_path):

@@ -22,10 +22,18 @@ def list_cmd(store: str, as_json: bool) -> None:
 
     Example: fedtwin runs list --store ./fedtwin-runs
     """
+    from fedtwin.errors import StoreError
     from fedtwin.store import RunLayout, list_runs, open_store
 
     artifact_store = open_store(store)
-    rows = [artifact_store.get_json(RunLayout(r).state) for r in list_runs(artifact_store)]
+    rows = []
+    for run_id in list_runs(artifact_store):
+        try:
+            rows.append(artifact_store.get_json(RunLayout(run_id).state))
+        except StoreError:  # one damaged run must not hide the others
+            fix = f"`fedtwin runs repair {run_id} --store {artifact_store.url}`"
+            rows.append({"run_id": run_id, "status": "unknown", "next_round": None,
+                         "reason": f"state.json missing or corrupt: run {fix}"})
     if as_json:
         click.echo(json.dumps(rows))
         return
@@ -33,6 +41,9 @@ def list_cmd(store: str, as_json: bool) -> None:
         click.echo(f"no runs in {artifact_store.url}")
         return
     for state in rows:
+        if state["next_round"] is None:
+            click.echo(f"{state['run_id']:<32} {state['reason']}")
+            continue
         click.echo(f"{state['run_id']:<32} {state['status']:<8} rounds done: {state['next_round']}"
                    + (f"  ({state['reason']})" if state.get("reason") else ""))
 
@@ -66,3 +77,27 @@ def show_cmd(run_id: str, store: str, as_json: bool) -> None:
     if evaluation:
         click.echo(f"  held-out return {evaluation['heldout']['mean_return']:.1f} "
                    f"(gap {evaluation['generalization_gap']:.1f})")
+
+
+@runs_group.command("repair")
+@click.argument("run_id")
+@store_option
+@json_option
+def repair_cmd(run_id: str, store: str, as_json: bool) -> None:
+    """Rebuild a run's lost or damaged state.json, fleet, global models and server state.
+
+    Everything is rebuilt from the run's config and its stored rounds (aggregating a round's
+    participants again gives the same model bit for bit; it is checked against the base model the
+    next round's updates name). Intact objects are left alone. Then resume the run as before.
+
+    Example: fedtwin runs repair run-20261126-120000
+    """
+    from fedtwin.steps import repair
+    from fedtwin.store import open_store
+
+    done = repair(open_store(store), run_id)
+    if as_json:
+        click.echo(json.dumps({"run_id": run_id, "repaired": done}))
+        return
+    for line in done or [f"run {run_id}: nothing to repair"]:
+        click.echo(line)
