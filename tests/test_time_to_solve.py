@@ -1,0 +1,56 @@
+"""benchmarks/time_to_solve.py judges runs like the product: it stops on the validation twins and looks
+at the held-out twins once, on the model it stopped with (issue 17, item 9)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports benchmarks/machine.py as `machine`
+    sys.modules.pop("time_to_solve", None)
+    import time_to_solve
+
+    torch.set_num_threads(1)
+    return time_to_solve
+
+
+def test_a_run_stops_on_validation_and_evaluates_the_held_out_twins_once(bench, tmp_path, monkeypatch):
+    from fedtwin import evaluate, steps
+
+    heldout_calls = []
+    real = evaluate.evaluate_policy
+
+    def counting(params, spec, twins, *args, **kwargs):
+        if twins and twins[0].id.startswith("heldout"):
+            heldout_calls.append(len(twins))
+        return real(params, spec, twins, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "evaluate_policy", counting)
+    monkeypatch.setattr(bench.steps, "evaluate_policy", counting, raising=False)
+
+    # A target every model reaches: the run must stop after its first round, on validation alone.
+    outcome = bench.run_one(bench.REFERENCE, "reinforce", 0.01, 0, rounds=3, target=-1.0, root=tmp_path,
+                            heldout=True)
+
+    assert (outcome.stopped_round, outcome.rounds) == (1, 1)
+    assert heldout_calls == [8]  # once, the stopped model, on the 8 held-out twins
+    assert outcome.heldout_return is not None
+
+
+def test_tuning_never_looks_at_the_held_out_twins_nor_uses_the_compared_seeds(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["time_to_solve.py", "--seeds", "0", "--tune-seeds", "0"])
+    with pytest.raises(SystemExit):
+        bench.main()
+    calls = []
+    monkeypatch.setattr(bench, "run_one", lambda *a, **k: calls.append(k["heldout"]) or bench.Outcome(
+        bench.REFERENCE, a[2], a[3], None, 1, 1000 * (a[2] != 0.01), 0.0, 0.0, None))
+    best, _ = bench.tune([0.001, 0.01], [100], 1, 475.0, tmp_path)
+    assert best == 0.01 and calls == [False, False]
