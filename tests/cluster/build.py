@@ -307,12 +307,24 @@ def build_component(component: Component, go: str, version: str, force: bool = F
     return target
 
 
+def last_error_file() -> Path:
+    return cache_root() / "last-build-error.txt"
+
+
 def ensure(force: bool = False) -> Binaries:
-    """The built programs, building what the cache lacks. Raises BuildError with one clear line."""
-    go = go_binary()
-    version = go_version(go)
-    kube = build_component(KUBE, go, version, force)
-    argo = build_component(ARGO, go, version, force)
+    """The built programs, building what the cache lacks. Raises BuildError with one clear line
+    (also kept in the cache directory, for the test fixtures to repeat)."""
+    try:
+        go = go_binary()
+        version = go_version(go)
+        kube = build_component(KUBE, go, version, force)
+        argo = build_component(ARGO, go, version, force)
+    except BuildError as exc:
+        with contextlib.suppress(OSError):
+            last_error_file().parent.mkdir(parents=True, exist_ok=True)
+            last_error_file().write_text(str(exc) + "\n")
+        raise
+    last_error_file().unlink(missing_ok=True)
     return Binaries(
         kube_apiserver=kube / "bin" / "kube-apiserver",
         etcd=kube / "bin" / "etcd",
@@ -337,6 +349,20 @@ def cached() -> Binaries | None:
                 argo / "manifests",
             )
     return None
+
+
+def require_built() -> Binaries:
+    """The cached programs, never building (a cold build takes ~10 min, longer than a test's
+    timeout): BuildError naming what to run, with the last build's error when there was one."""
+    go_version(go_binary())  # a missing or too old Go is the first thing to say
+    found = cached()
+    if found is not None:
+        return found
+    last = last_error_file().read_text().strip() if last_error_file().is_file() else ""
+    raise BuildError(
+        "the control-plane binaries are not built: run `make cluster-tools` (a cold build takes "
+        "about 10 minutes and downloads 2.7 GB of Go modules)" + (f"; it last failed: {last}" if last else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,10 @@
 `cluster`: etcd + kube-apiserver + Argo's controller + the node agent, started once per session.
 `fedtwin_release`: both charts installed into it against the session's SeaweedFS and MLflow.
 
-The binaries come from `make cluster-tools` (tests/cluster/build.py); when the cache lacks them the
-fixture builds them (minutes). A missing Go toolchain or a failed build fails the tests that need
-the cluster with one line naming the problem; it is never a skip.
+The binaries come from `make cluster-tools` (tests/cluster/build.py), which `make test` and `make
+cluster-e2e` run first; the fixture never builds (a cold build outlasts a test's timeout). A missing
+Go toolchain, a failed build or binaries not built fail the tests that need the cluster with one
+line naming the problem (the build's own error when it failed); it is never a skip.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tests.servers import MlflowServer, S3Server
 @pytest.fixture(scope="session")
 def cluster_binaries() -> build.Binaries:
     try:
-        return build.ensure()
+        return build.require_built()
     except build.BuildError as exc:
         pytest.fail(f"tests/cluster: {exc}", pytrace=False)
 

@@ -150,3 +150,20 @@ def test_mount_targets_stay_inside_the_pod_root() -> None:
     assert in_root("/tmp/fedtwin/model.safetensors") == "/tmp/fedtwin/model.safetensors"
     assert in_root("/dev/termination-log") == "/dev/termination-log"
     assert in_root("/etc/fedtwin/../fedtwin/fleet") == "/etc/fedtwin/fleet"
+
+
+def test_fixture_never_builds_and_repeats_the_last_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_go(tmp_path / "bin", "go1.26.8")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin") + os.pathsep + os.environ["PATH"])
+    monkeypatch.setenv("FEDTWIN_CLUSTER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(build.BuildError, match=r"not built: run `make cluster-tools`") as error:
+        build.require_built()
+    assert "last failed" not in str(error.value)
+    build.last_error_file().parent.mkdir(parents=True)
+    build.last_error_file().write_text(
+        "go build of kube failed (exit 1): no space left on device; full log: x\n"
+    )
+    with pytest.raises(build.BuildError, match=r"it last failed: go build of kube failed .*no space left"):
+        build.require_built()
