@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fedtwin import steps
 from fedtwin.config import Config
-from fedtwin.errors import RunConflictError, RunLockedError, StoreError
+from fedtwin.errors import FedtwinError, RunConflictError, RunLockedError, StoreError
 from fedtwin.store import ArtifactStore, Lease, LockHeldError, RunLayout, open_store
 from fedtwin.train import resolve_device
 
@@ -232,6 +232,11 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
             if is_infrastructure_fault(exc):
                 for other in futures:
                     other.cancel()
+                if isinstance(exc, BrokenExecutor):
+                    raise FedtwinError(
+                        f"a training worker process of round {round_index} died ({exc}); if the kernel "
+                        "killed it for memory (see dmesg), lower execution.workers; rerun to resume the round"
+                    ) from exc
                 raise
             log.warning("[ROUND %s] a training job failed: %s", round_index, exc)  # the quorum decides
         bar.set_postfix(twins=f"{len(finished)}/{len(twin_ids)}")

@@ -118,6 +118,37 @@ def test_pool_workers_exit_when_the_runner_is_killed(tmp_path):
                 worker.kill()
 
 
+def test_a_pool_worker_killed_mid_round_is_exit_1_in_one_line_and_the_rerun_finishes_the_run(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from tests.helpers import clean_env
+
+    config = write_tiny_config(tmp_path, **{"federation.rounds": 6, "execution.workers": 2})
+    args = ["run", "--config", str(config), "--run-id", "r", "--no-progress"]
+    fedtwin(*args, "--store", str(tmp_path / "clean"), check=True)
+    proc = subprocess.Popen([sys.executable, "-m", "fedtwin", *args, "--store", str(tmp_path / "store")],
+                            env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    marker = tmp_path / "store" / "runs" / "r" / "rounds" / "0001" / "updates"
+    deadline = time.monotonic() + 180
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert workers, "no pool worker to kill"
+    workers[0].send_signal(signal.SIGKILL)  # the OOM killer's way
+
+    assert proc.wait(timeout=300) == 1
+    [line] = proc.stderr.read().strip().splitlines()
+    assert line.startswith("Error: a training worker process of round ") and "rerun to resume" in line
+    assert state_of(tmp_path / "store", "r")["status"] == "running"
+    fedtwin(*args, "--store", str(tmp_path / "store"), check=True)
+    assert final_sha(tmp_path / "store", "r") == final_sha(tmp_path / "clean", "r")
+
+
 # --------------------------------------------------------------- item 7: one runner per run id
 def test_two_runners_on_one_run_id_one_refuses_and_the_other_finishes_the_clean_model(tmp_path):
     import subprocess
