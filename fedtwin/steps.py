@@ -620,16 +620,18 @@ def evaluate(store: ArtifactStore, run_id: str, episodes: int | None = None) -> 
     """Final model on held-out twins (only here) and on training twins: the generalization gap."""
     ctx = RunContext.load(store, run_id)
     model_round = final_round(ctx)
-    key = ctx.layout.report("evaluation.json")
+    key, final = ctx.layout.report("evaluation.json"), ctx.layout.report("final.safetensors")
     if store.exists(key):
         existing = store.get_json(key)
         if existing.get("model_round") == model_round:
+            if not store.exists(final):  # lost, or a run evaluated before the model came first
+                store.put_bytes(final, ctx.global_model(model_round)[1])
             tracking.log_evaluation(ctx, existing)
             return existing
     params, data = ctx.global_model(model_round)
     result = evaluate_final(ctx, params, model_round, episodes)
+    store.put_bytes(final, data)  # the model first: evaluation.json is what marks the step done
     store.put_json(key, result)
-    store.put_bytes(ctx.layout.report("final.safetensors"), data)
     tracking.log_evaluation(ctx, result)
     return result
 

@@ -225,3 +225,34 @@ def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny, monkeypatch):
     assert steps.RunContext.load(store, "demo").fleet is first and len(parsed) == 1
     store.put_text(RunLayout("demo").twins, store.get_text(RunLayout("demo").twins) + "\n")
     assert steps.RunContext.load(store, "demo").fleet == first and len(parsed) == 2
+
+
+def test_evaluate_killed_between_its_two_writes_leaves_a_final_model_on_the_rerun(tiny):
+    """Found by benchmarks/faults.py: a kill -9 after evaluation.json, before final.safetensors, left the
+    rerun (which found evaluation.json) without a final model, for good."""
+
+    class Killed(BaseException):
+        pass
+
+    config = tiny()
+    store = LocalStore(config.store)
+    init = steps.init(store, config)
+    for round_index in range(config.federation.rounds):
+        steps.train(store, init.run_id, round_index, init.twin_ids)
+        steps.aggregate(store, init.run_id, round_index)
+    real = store.put_bytes
+
+    def dying(key, *args, **kwargs):
+        if key.endswith("report/final.safetensors"):
+            raise Killed(key)
+        return real(key, *args, **kwargs)
+
+    store.put_bytes = dying
+    with pytest.raises(Killed):
+        steps.evaluate(store, "demo")
+    del store.put_bytes
+
+    steps.evaluate(store, "demo")
+
+    layout = RunLayout("demo")
+    assert store.get_bytes(layout.report("final.safetensors")) == store.get_bytes(layout.global_model(2))
