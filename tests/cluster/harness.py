@@ -148,9 +148,8 @@ class Cluster:
             argv, env=self.env(), capture_output=True, text=True, timeout=timeout, input=stdin, cwd=ROOT
         )
         if check and proc.returncode != 0:
-            raise CommandError(
-                f"`{' '.join(argv)}` exited {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-            )
+            output = f"{clip(proc.stdout, 1500)}\n{clip(proc.stderr, 3000)}"
+            raise CommandError(f"`{' '.join(argv)}` exited {proc.returncode}:\n{output}")
         return proc
 
     def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -284,6 +283,15 @@ class Cluster:
     def diagnostics(self, lines: int = 25) -> str:
         agent_log = self.agent.log_path.read_text(errors="replace").splitlines()[-lines:]
         return "--- node agent ---\n" + "\n".join(agent_log) + "\n" + self.plane.process_logs()
+
+
+def clip(text: str, limit: int) -> str:
+    """The head and the tail of a long message (an API server's validation error names the object
+    first and can list hundreds of fields after)."""
+    text = text.strip()
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit * 2 // 3]} [... {len(text) - limit} characters ...] {text[-limit // 3 :]}"
 
 
 def venv_bin() -> Path:
