@@ -219,12 +219,15 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
     pending = [t for t in twin_ids if not store.exists(ctx.layout.update_meta(round_index, t))]
     finished = set(twin_ids) - set(pending)
     bar.set_description(f"round {round_index + 1}/{ctx.config.federation.rounds}")
-    futures = [
-        executor.submit(_train_job, store, ctx.layout.run_id, round_index, ids, device, engine)
-        # Fixed shards: a resumed round retrains the same batches, so the updates are bit-identical.
-        for ids in shard(twin_ids, engine, workers, device)
-        if any(twin in pending for twin in ids)
-    ]
+    try:
+        futures = [
+            executor.submit(_train_job, store, ctx.layout.run_id, round_index, ids, device, engine)
+            # Fixed shards: a resumed round retrains the same batches, so the updates are bit-identical.
+            for ids in shard(twin_ids, engine, workers, device)
+            if any(twin in pending for twin in ids)
+        ]
+    except BrokenExecutor as exc:  # a worker died while the pool was idle, between rounds
+        raise worker_died(round_index, exc) from exc
     for future in as_completed(futures):
         try:
             finished.update(future.result())
@@ -233,10 +236,7 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
                 for other in futures:
                     other.cancel()
                 if isinstance(exc, BrokenExecutor):
-                    raise FedtwinError(
-                        f"a training worker process of round {round_index} died ({exc}); if the kernel "
-                        "killed it for memory (see dmesg), lower execution.workers; rerun to resume the round"
-                    ) from exc
+                    raise worker_died(round_index, exc) from exc
                 raise
             log.warning("[ROUND %s] a training job failed: %s", round_index, exc)  # the quorum decides
         bar.set_postfix(twins=f"{len(finished)}/{len(twin_ids)}")
@@ -245,6 +245,12 @@ def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, e
              ctx.config.federation.rounds, len(summary["participants"]), len(summary["rejected"]),
              summary["validation_return"])
     return summary
+
+
+def worker_died(round_index: int, exc: BaseException) -> FedtwinError:
+    return FedtwinError(f"a training worker process of round {round_index} died ({exc}); if the kernel "
+                        "killed it for memory (see dmesg), lower execution.workers; rerun to resume the "
+                        "round")
 
 
 def _last_summary(store: ArtifactStore, layout: RunLayout, next_round: int) -> dict[str, Any] | None:

@@ -348,18 +348,28 @@ class LocalStore(ArtifactStore):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                try:
-                    holder = json.loads(os.read(fd, 4096) or b"{}")
-                except ValueError:
-                    holder = {}
+                holder = LocalStore._holder(fd)
                 os.close(fd)
-                raise LockHeldError(key, holder if isinstance(holder, dict) else {}) from None
+                raise LockHeldError(key, holder) from None
             try:
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     return fd
             except FileNotFoundError:
                 pass
             os.close(fd)  # its holder removed it as we opened it: take the new file
+
+    @staticmethod
+    def _holder(fd: int) -> dict[str, Any]:
+        """Who holds the lock, as it wrote right after taking it (waiting briefly if it has not yet)."""
+        for _ in range(20):
+            try:
+                holder = json.loads(os.pread(fd, 4096, 0))
+                if isinstance(holder, dict):
+                    return holder
+            except ValueError:
+                pass
+            time.sleep(0.025)
+        return {}
 
     def exists(self, key: str) -> bool:
         path = self._path(key)

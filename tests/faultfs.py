@@ -11,6 +11,7 @@ pass).
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,22 +40,21 @@ def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
 
 
 def fill(path: Path) -> Path:
-    """Fill the filesystem holding `path` to the last block; returns the filler file (delete it to free)."""
-    filler = path / ".filler"
-    chunk = b"\0" * 65536
-    with open(filler, "wb") as handle:
-        try:
-            while True:
-                handle.write(chunk)
-                handle.flush()
-        except OSError:
-            pass
-        try:
-            while True:  # the last partial chunk, byte-sized pieces
-                handle.write(b"\0" * 512)
-                handle.flush()
-        except OSError:
-            pass
+    """Fill the filesystem holding `path` to the last byte; returns the filler file (delete it to free).
+
+    Unbuffered writes of shrinking sizes, so no buffered remainder fails later when the file closes.
+    """
+    filler = path / f".filler-{os.getpid()}"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        size = 1 << 20
+        while size:
+            try:
+                os.write(fd, b"\0" * size)
+            except OSError:
+                size //= 2
+    finally:
+        os.close(fd)
     return filler
 
 

@@ -118,7 +118,8 @@ def test_pool_workers_exit_when_the_runner_is_killed(tmp_path):
                 worker.kill()
 
 
-def test_a_pool_worker_killed_mid_round_is_exit_1_in_one_line_and_the_rerun_finishes_the_run(tmp_path):
+@pytest.mark.parametrize("marker", ["0001/updates", "0001"], ids=["training", "between-rounds"])
+def test_a_killed_pool_worker_is_exit_1_in_one_line_and_the_rerun_finishes_the_run(tmp_path, marker):
     import signal
     import subprocess
     import sys
@@ -133,10 +134,10 @@ def test_a_pool_worker_killed_mid_round_is_exit_1_in_one_line_and_the_rerun_fini
     fedtwin(*args, "--store", str(tmp_path / "clean"), check=True)
     proc = subprocess.Popen([sys.executable, "-m", "fedtwin", *args, "--store", str(tmp_path / "store")],
                             env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    marker = tmp_path / "store" / "runs" / "r" / "rounds" / "0001" / "updates"
+    seen = tmp_path / "store" / "runs" / "r" / "rounds" / marker  # workers busy, or idle after round 0
     deadline = time.monotonic() + 180
-    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while not seen.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
     workers = [p for p in psutil.Process(proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
     assert workers, "no pool worker to kill"
     workers[0].send_signal(signal.SIGKILL)  # the OOM killer's way
