@@ -219,7 +219,8 @@ def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny, monkeypatch):
     steps._FLEET_CACHE.clear()
     parsed = []
     real = steps.parse_fleet
-    monkeypatch.setattr(steps, "parse_fleet", lambda text, source: parsed.append(source) or real(text, source))
+    monkeypatch.setattr(steps, "parse_fleet",
+                        lambda text, source: parsed.append(source) or real(text, source))
 
     first = steps.RunContext.load(store, "demo").fleet
     assert steps.RunContext.load(store, "demo").fleet is first and len(parsed) == 1
