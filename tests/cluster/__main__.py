@@ -11,7 +11,6 @@ While it runs: `export KUBECONFIG=...` (printed), then kubectl/helm from .tools/
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import signal
 import sys
@@ -23,7 +22,7 @@ from tests.cluster import build
 
 
 def up(with_charts: bool, keep: bool) -> int:
-    from tests.cluster.harness import Cluster
+    from tests.cluster.harness import Cluster, CommandError
 
     workdir = Path(tempfile.mkdtemp(prefix="fedtwin-cluster-"))
     try:
@@ -45,7 +44,11 @@ def up(with_charts: bool, keep: bool) -> int:
             mlflow = MlflowProcess(workdir / "mlflow")
             (workdir / "mlflow").mkdir()
             servers += [s3, mlflow]
-            release = install_charts(cluster, s3.start(), mlflow.start())
+            try:
+                release = install_charts(cluster, s3.start(), mlflow.start())
+            except CommandError as exc:
+                print(f"Error: helm install failed against the local API server: {exc}", file=sys.stderr)
+                return 1
             print(f"charts installed: {release.summary()}")
         print(f"export KUBECONFIG={cluster.plane.kubeconfig}")
         tools = build.HERE.parents[1] / ".tools" / "bin"
@@ -53,10 +56,13 @@ def up(with_charts: bool, keep: bool) -> int:
         print(f"node agent: {cluster.agent.workdir} (pods/*/main.log); logs: {cluster.plane.workdir}")
         print("Ctrl-C stops everything.")
         stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        with contextlib.suppress(KeyboardInterrupt):
-            stop.wait()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         cluster.stop()
         for server in servers:
             server.stop()  # type: ignore[attr-defined]
