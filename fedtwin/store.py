@@ -327,6 +327,7 @@ class LocalStore(ArtifactStore):
         """An OS file lock (`flock`): the kernel drops it when the holder dies, even by SIGKILL, so `ttl`
         is not needed. The file names its holder and is removed on release."""
         path = self._path(key)
+        created = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
         with self._os_errors("lock", key):
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = self._take_file_lock(key, path)
@@ -338,8 +339,9 @@ class LocalStore(ArtifactStore):
             with contextlib.suppress(OSError):
                 path.unlink()  # while still locked: a process waiting on the old inode retries
             os.close(fd)
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()  # only if the lock was all there was (a run refused at init)
+            for directory in created:  # deepest first; only those the lock made and nothing else filled
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
     @staticmethod
     def _take_file_lock(key: str, path: Path) -> int:

@@ -312,6 +312,7 @@ def test_a_huge_action_delay_or_twin_count_is_refused_with_exit_2(tmp_path):
     result = fedtwin("run", "--fleet-file", str(fleet), "--store", str(tmp_path / "store"), "--run-id", "x")
     assert result.returncode == 2
     assert "action_delay must be at most 500 steps" in one_error_line(result)
+    assert not (tmp_path / "store").exists()  # not even the runner's lock: nothing written
     generated = fedtwin("twins", "generate", "--count", "100000000", "-o", str(tmp_path / "big.yaml"))
     assert generated.returncode == 2 and "100000000 is not in the range 1<=x<=100000" in generated.stderr
     assert not (tmp_path / "big.yaml").exists()
