@@ -179,10 +179,10 @@ def test_always_failing_twin_is_aggregated_around_or_fails_quorum(
     assert cluster.outputs(aggregate)["participants"] == "2", cluster.outputs(aggregate)
     wf = fedtwin_release.wait(lost, timeout=900)
     # Seen with the templates of 2026-12-06: the workflow ends Error, "node ...round(0:0) already
-    # initialized", a controller panic (steps.go executeStepGroup initializes a Skipped node for a
-    # `when` it cannot evaluate, on a node that exists): the failed aggregate reports its outputs
-    # without values, its globalName `last-round` becomes empty, and the rounds step's `when`
-    # ('... <= {{workflow.outputs.parameters.last-round}}') no longer parses.
+    # initialized", a controller panic recovered in operate(): steps.go:273 (executeStepGroup) is the
+    # branch taken when shouldExecute(step.When) returns an error, and it initializes a node that
+    # already exists; the `when` there is the rounds step's, which reads
+    # workflow.outputs.parameters.first-round/last-round.
     assert wf["status"]["phase"] == "Failed", cluster.describe(wf)
     messages = " ".join(n.get("message", "") for n in cluster.nodes(wf))
     logs = " ".join(cluster.pod_logs(lost).values())
