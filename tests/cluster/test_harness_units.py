@@ -25,15 +25,18 @@ def fake_go(directory: Path, version: str) -> Path:
 
 def test_missing_go_is_one_clear_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("FEDTWIN_CLUSTER_CACHE", str(tmp_path / "cache"))
     with pytest.raises(build.BuildError) as error:
         build.ensure()
     assert str(error.value).startswith("go not found on PATH") and "Go 1.25.7 or newer" in str(error.value)
     assert "\n" not in str(error.value)
+    assert build.last_error_file().read_text().startswith("go not found on PATH")  # for the fixtures
 
 
 def test_too_old_go_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_go(tmp_path / "bin", "go1.24.3")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setenv("FEDTWIN_CLUSTER_CACHE", str(tmp_path / "cache"))
     with pytest.raises(build.BuildError, match=r"go1.24.3; the Argo v4.0.7 module needs Go 1.25.7 or newer"):
         build.ensure()
 
