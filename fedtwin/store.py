@@ -191,9 +191,9 @@ class LocalStore(ArtifactStore):
     two writers of one key never share a file), (2) the sidecar is atomically replaced with the new
     hash (the commit point), (3) the pending file is renamed over the object. A reader that finds
     the sidecar ahead of the object rolls step 3 forward. Steps 2 and 3 run under an exclusive
-    `flock` of the object's directory and readers hold it shared while they read sidecar and
-    object, so concurrent writers of one key leave one of their objects whole and readers never
-    see a sidecar and an object from different writes.
+    `flock` of the object's directory, and a reader that finds sidecar and object disagree reads
+    them again holding it shared, so concurrent writers of one key leave one of their objects whole
+    and readers never take a sidecar and an object from different writes for corruption.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -299,14 +299,16 @@ class LocalStore(ArtifactStore):
     def _read(self, key: str) -> tuple[bytes, str | None]:
         with self._os_errors("read", key):
             path = self._path(key)
-            with self._directory_lock(path.parent, exclusive=False):
-                recorded, data = self._read_pair(path)
+            recorded, data = self._read_pair(path)  # a matching pair is a committed object: no lock needed
             if recorded is not None and (data is None or sha256_hex(data) != recorded):
-                with self._directory_lock(path.parent, exclusive=True):  # a crashed write: finish it
+                with self._directory_lock(path.parent, exclusive=False):  # maybe a commit in between
                     recorded, data = self._read_pair(path)
-                    if recorded is not None and (data is None or sha256_hex(data) != recorded) \
-                            and self._roll_forward(path, recorded):
-                        data = path.read_bytes()
+                if recorded is not None and (data is None or sha256_hex(data) != recorded):
+                    with self._directory_lock(path.parent, exclusive=True):  # a crashed write: finish it
+                        recorded, data = self._read_pair(path)
+                        if recorded is not None and (data is None or sha256_hex(data) != recorded) \
+                                and self._roll_forward(path, recorded):
+                            data = path.read_bytes()
             if data is None:
                 raise FileNotFoundError(key)
             return data, recorded
