@@ -541,7 +541,10 @@ def test_twin_pods_are_isolated_labelled_and_bounded() -> None:
     assert common.LABEL_RUN in federated()["spec"]["podMetadata"]["labels"]
     assert train["metadata"]["annotations"] == {common.SUBNET_ANNOTATION_KEY: common.param("subnet")}
     assert train["serviceAccountName"] == "{{workflow.parameters.twin-service-account}}"
-    resources = train["container"]["resources"]
+    assert "resources" not in train["container"]  # the full CRDs refuse `{{...}}` there: a patch
+    (main,) = json.loads(train["podSpecPatch"])["containers"]
+    resources = main["resources"]
+    assert main["name"] == "main"
     assert resources["limits"]["nvidia.com/gpu"] == "{{workflow.parameters.twin-gpu-limit}}"
     assert set(resources["requests"]) == {"cpu", "memory"}
     assert train["activeDeadlineSeconds"] == "{{workflow.parameters.twin-deadline}}"

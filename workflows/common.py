@@ -7,6 +7,7 @@ runs the `fedtwin` CLI from the project image; nothing is inlined.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -336,17 +337,17 @@ def fleet_volume() -> tuple[list[m.Volume], list[m.VolumeMount]]:
     return [volume], [m.VolumeMount(name="fleet", mount_path=FLEET_DIR, read_only=True)]
 
 
-def resources(prefix: str, gpu: bool = False) -> m.ResourceRequirements:
-    """Requests and limits from the `<prefix>-cpu-request`, ... parameters."""
-    limits = {"cpu": m.Quantity(param(f"{prefix}-cpu-limit")),
-              "memory": m.Quantity(param(f"{prefix}-memory-limit"))}
+def resources_patch(prefix: str, gpu: bool = False) -> str:
+    """The main container's requests and limits from the `<prefix>-cpu-request`, ... parameters, as a
+    `podSpecPatch`. Not in `container.resources`: Argo's full CRDs hold those fields to the quantity
+    pattern (`500m`, `1Gi`), so the API server refuses a `{{...}}` there; a patch is a string, and
+    Argo substitutes it before it merges it into the pod (workflowpod.go)."""
+    limits = {"cpu": param(f"{prefix}-cpu-limit"), "memory": param(f"{prefix}-memory-limit")}
     if gpu:
-        limits["nvidia.com/gpu"] = m.Quantity(param(f"{prefix}-gpu-limit"))
-    return m.ResourceRequirements(
-        requests={"cpu": m.Quantity(param(f"{prefix}-cpu-request")),
-                  "memory": m.Quantity(param(f"{prefix}-memory-request"))},
-        limits=limits,
-    )
+        limits["nvidia.com/gpu"] = param(f"{prefix}-gpu-limit")
+    requests = {"cpu": param(f"{prefix}-cpu-request"), "memory": param(f"{prefix}-memory-request")}
+    container = {"name": "main", "resources": {"requests": requests, "limits": limits}}
+    return json.dumps({"containers": [container]}, separators=(",", ":"))
 
 
 def retry(limit: str) -> RetryStrategy:
@@ -415,7 +416,7 @@ def fedtwin_step(
         labels={LABEL_ROLE: pod.role, **(labels or {})},
         annotations=annotations,
         service_account_name=param(f"{pod.prefix}-service-account"),
-        resources=resources(pod.prefix, gpu=pod.gpu),
+        pod_spec_patch=resources_patch(pod.prefix, gpu=pod.gpu),
         volumes=volumes[0] if volumes else None,
         volume_mounts=volumes[1] if volumes else None,
         active_deadline_seconds=pod.deadline,

@@ -79,6 +79,8 @@ FIRST_ROUND, LAST_ROUND = "first-round", "last-round"
 """Workflow outputs (globalName) that decide which rounds of the loop play: `init` exports both (the
 first round still to play; the last round that may start), every `aggregate` re-exports LAST_ROUND
 (the final round, or its own round once the run stopped)."""
+NO_LAST_ROUND = str(2**31 - 1)
+"""`last-round` of an aggregate that wrote none (it failed): no bound from it (see PLAY_ROUND)."""
 ROUND_PLAYED = f"{STEP_SUCCEEDED} && {own_output('played')} == true"
 """`when` of the round metrics: only a round that was aggregated has a return to report."""
 PLAY_ROUND = f"{{{{item}}}} >= {global_output(FIRST_ROUND)} && {{{{item}}}} <= {global_output(LAST_ROUND)}"
@@ -125,7 +127,9 @@ aggregate = fedtwin_step(
     outputs=[outputs_param("round"), outputs_param("played", default="false"), outputs_param("participants"),
              outputs_param("rejected"), outputs_param("mean_return"),
              outputs_param("continue"), outputs_param("next_round"),
-             outputs_param("last_round", global_name=LAST_ROUND),
+             # The default (no file) only ever reaches an aggregate that failed, whose round fails
+             # the loop anyway: it must keep that round's `when` true, or Argo could not finish it.
+             outputs_param("last_round", global_name=LAST_ROUND, default=NO_LAST_ROUND),
              Artifact(name="global-model", path=f"{OUTPUTS_DIR}/model.safetensors",
                       archive=m.ArchiveStrategy(none=m.NoneStrategy()))],
     metrics=[

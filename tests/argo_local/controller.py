@@ -133,6 +133,7 @@ class Node:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     container: dict[str, Any] = field(default_factory=dict)
+    pod_spec_patch: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
     metrics: list[dict[str, Any]] = field(default_factory=list)
     dropped_metrics: list[str] = field(default_factory=list)
@@ -780,6 +781,8 @@ class LocalArgo:
         node.labels = {**pod_metadata.get("labels", {}), **metadata.get("labels", {})}
         node.annotations = {**pod_metadata.get("annotations", {}), **metadata.get("annotations", {})}
         node.container = container
+        if tmpl.get("podSpecPatch"):  # merged into the pod by Argo; here it must at least be a valid patch
+            node.pod_spec_patch = json.loads(substitute(tmpl["podSpecPatch"], pod_scope))
         if self.simulate is not None:
             node.argv = [*(container.get("command") or []), *container.get("args", [])]
             node.phase = RUNNING
