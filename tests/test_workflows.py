@@ -192,6 +192,8 @@ def references_in(text: str) -> Iterator[tuple[bool, str]]:
 EXPRESSION_REFS = [
     (re.compile(r"workflow\.parameters\['([^']+)'\]|workflow\.parameters\.(\w+)"), "workflow.parameters."),
     (re.compile(r"inputs\.parameters\['([^']+)'\]|inputs\.parameters\.(\w+)"), "inputs.parameters."),
+    (re.compile(r"workflow\.outputs\.parameters\['([^']+)'\]|workflow\.outputs\.parameters\.(\w+)"),
+     "workflow.outputs.parameters."),
 ]
 
 
@@ -258,6 +260,7 @@ class Checker:
     def sample_scope(self, tmpl: dict[str, Any] | None) -> dict[str, str]:
         scope = {f"workflow.parameters.{k}": v for k, v in param_defaults(self.obj).items()}
         scope["workflow.name"] = "fedtwin-federated-abcde"
+        scope.update({f"workflow.outputs.parameters.{g}": "" for g in self.globals})  # "" as after a failure
         for p in ((tmpl or {}).get("inputs") or {}).get("parameters", []):
             scope[f"inputs.parameters.{p['name']}"] = "twin-000,twin-001"
         return scope
@@ -511,8 +514,9 @@ def test_federated_flow_is_a_sequential_loop_not_recursion() -> None:
     assert step["name"] == "round" and step["withSequence"] == {"count": "{{workflow.parameters.rounds}}"}
     # which rounds play is decided by two workflow outputs of init (and every aggregate): see
     # tests/test_workflow_contract.py and the conformance cases for how Argo evaluates it
-    assert step["when"] == ("{{item}} >= {{workflow.outputs.parameters.first-round}} && "
-                            "{{item}} <= {{workflow.outputs.parameters.last-round}}")
+    assert step["when"] == ("{{item}} >= {{=sprig.default('0', workflow.outputs.parameters['first-round'])}} && "
+                            "{{item}} <= {{=sprig.default('2147483647', "
+                            "workflow.outputs.parameters['last-round'])}}")
     exported = {t: {p["globalName"] for p in tmpls[t]["outputs"]["parameters"] if "globalName" in p}
                 for t in ("init", "aggregate")}
     assert exported == {"init": {"run-id", "first-round", "last-round"}, "aggregate": {"last-round"}}

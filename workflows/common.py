@@ -91,6 +91,11 @@ def global_output(name: str) -> str:
     return "{{workflow.outputs.parameters." + name + "}}"
 
 
+def global_output_ref(name: str) -> str:
+    """A workflow output inside an expression (index form: names contain '-')."""
+    return f"workflow.outputs.parameters['{name}']"
+
+
 def own_output(name: str) -> str:
     """An output parameter of the template itself (metrics are emitted after the step ran)."""
     return "{{outputs.parameters." + name + "}}"

@@ -50,9 +50,11 @@ from workflows.common import (
     config_args,
     config_env,
     dp_noise_env,
+    expr,
     fedtwin_step,
     fleet_volume,
     global_output,
+    global_output_ref,
     inp,
     outputs_param,
     own_output,
@@ -79,11 +81,21 @@ FIRST_ROUND, LAST_ROUND = "first-round", "last-round"
 """Workflow outputs (globalName) that decide which rounds of the loop play: `init` exports both (the
 first round still to play; the last round that may start), every `aggregate` re-exports LAST_ROUND
 (the final round, or its own round once the run stopped)."""
-NO_LAST_ROUND = str(2**31 - 1)
-"""`last-round` of an aggregate that wrote none (it failed): no bound from it (see PLAY_ROUND)."""
+NO_BOUND = str(2**31 - 1)
+
+
+def bound(name: str, otherwise: str) -> str:
+    """A round bound from a workflow output, `otherwise` when it reads "". An aggregate that failed
+    before writing its outputs leaves "" in the controller's global parameters (Parameter.HasValue
+    is true for a bare valueFrom, GetValue gives ""): read as is, the `when` below would not parse,
+    and v4.0.7 then panics on the running round ("node ... already initialized") and ends the
+    workflow Error instead of Failed (conformance case steps-failed-pod-blanks-global)."""
+    return expr(f"sprig.default('{otherwise}', {global_output_ref(name)})")
+
+
 ROUND_PLAYED = f"{STEP_SUCCEEDED} && {own_output('played')} == true"
 """`when` of the round metrics: only a round that was aggregated has a return to report."""
-PLAY_ROUND = f"{{{{item}}}} >= {global_output(FIRST_ROUND)} && {{{{item}}}} <= {global_output(LAST_ROUND)}"
+PLAY_ROUND = f"{ITEM} >= {bound(FIRST_ROUND, '0')} && {ITEM} <= {bound(LAST_ROUND, NO_BOUND)}"
 """`when` of each round of the loop (govaluate, after substitution: `3 >= 0 && 3 <= 19`). It must stay
 true for the round that is running when its own aggregate re-exports LAST_ROUND: Argo never advances
 a running child whose `when` turned false (steps.go executeStepGroup skips it), and the loop would hang.
@@ -127,9 +139,7 @@ aggregate = fedtwin_step(
     outputs=[outputs_param("round"), outputs_param("played", default="false"), outputs_param("participants"),
              outputs_param("rejected"), outputs_param("mean_return"),
              outputs_param("continue"), outputs_param("next_round"),
-             # The default (no file) only ever reaches an aggregate that failed, whose round fails
-             # the loop anyway: it must keep that round's `when` true, or Argo could not finish it.
-             outputs_param("last_round", global_name=LAST_ROUND, default=NO_LAST_ROUND),
+             outputs_param("last_round", global_name=LAST_ROUND),
              Artifact(name="global-model", path=f"{OUTPUTS_DIR}/model.safetensors",
                       archive=m.ArchiveStrategy(none=m.NoneStrategy()))],
     metrics=[

@@ -103,6 +103,10 @@ def parse_duration(text: str) -> float:
     return value * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[unit]
 
 
+class WorkflowError(Exception):
+    """A controller panic that operate() recovers: the workflow ends Error with this message."""
+
+
 class ParallelismReached(Exception):
     """ErrParallelismReached: the node is not created (or not advanced) in this pass."""
 
@@ -341,7 +345,14 @@ class LocalArgo:
     def operate(self) -> None:
         self.pod_reconciliation()
         self._start_pending_pods()
-        root = self.execute_template(self.name, {"template": self.spec["entrypoint"]}, {}, "")
+        try:
+            root = self.execute_template(self.name, {"template": self.spec["entrypoint"]}, {}, "")
+        except WorkflowError as exc:
+            # operate's recover(): markWorkflowError, the root node "Workflow operation error"
+            self.phase, self.message = ERROR, str(exc)
+            if self.name in self.nodes:
+                self._mark(self.nodes[self.name], ERROR, "Workflow operation error")
+            return
         if root is None:
             return
         status = WORKFLOW_PHASE[root.phase]
@@ -429,7 +440,9 @@ class LocalArgo:
         return Path(str(node.pod_dir) + path)
 
     def _collect_outputs(self, node: Node) -> None:
-        """The wait container's job: output parameters from files (default when missing), artifacts."""
+        """The wait container's job (workflow/executor/executor.go SaveParameters): parameters in
+        order, from their files, a missing file taking its `default`; the first missing file without
+        one stops the saving (the rest stay without a value), and errors a pod that succeeded."""
         tmpl = self.templates[node.template]
         outputs = tmpl.get("outputs") or {}
         node.outputs = {}
@@ -443,12 +456,13 @@ class LocalArgo:
                 node.outputs[p["name"]] = text[:-1] if text.endswith("\n") else text
             elif "default" in value_from:
                 node.outputs[p["name"]] = str(value_from["default"])
-            elif node.phase == SUCCEEDED:
-                # the wait container fails to save a missing output: the node errors
-                node.phase = ERROR
-                node.message = (
-                    f"wait: Error (exit code 1): open {value_from['path']}: no such file or directory"
-                )
+            else:
+                if node.phase == SUCCEEDED:
+                    node.phase = ERROR
+                    node.message = (
+                        f"wait: Error (exit code 1): open {value_from['path']}: no such file or directory"
+                    )
+                break
         for a in outputs.get("artifacts", []):
             path = self._local(node, a["path"])
             if path.exists():
@@ -458,13 +472,24 @@ class LocalArgo:
                 node.message = f"wait: Error (exit code 1): open {a['path']}: no such file or directory"
 
     def add_outputs_to_global_scope(self, node: Node) -> None:
-        """addOutputsToGlobalScope/addParamToGlobalScope: `globalName` outputs, last writer wins."""
+        """addOutputsToGlobalScope/addParamToGlobalScope: `globalName` outputs, last writer wins.
+
+        A parameter that was not saved still "has a value" to Argo (Parameter.HasValue is true for a
+        valueFrom) and its GetValue is "": the controller's global parameters then read "" for it,
+        while `status.outputs` keeps the previous value (wfutil.AddParamToGlobalScope overwrites
+        only with a value). A `when` reading such a global must survive "".
+        """
         tmpl = self.templates.get(node.template) or {}
         for p in (tmpl.get("outputs") or {}).get("parameters", []):
-            if p.get("globalName") and p["name"] in node.outputs:
+            if not p.get("globalName"):
+                continue
+            key = f"workflow.outputs.parameters.{p['globalName']}"
+            if p["name"] in node.outputs:
                 value = node.outputs[p["name"]]
                 self.global_outputs[p["globalName"]] = value
-                self.global_params[f"workflow.outputs.parameters.{p['globalName']}"] = value
+                self.global_params[key] = value
+            elif node.type == POD:
+                self.global_params[key] = ""
 
     def _start_pending_pods(self) -> None:
         for proc in self.processes.values():
@@ -931,7 +956,18 @@ class LocalArgo:
         by_name = {f"{sg_name}.{s['name']}": s for s in expanded}
         for s in expanded:
             child_name = f"{sg_name}.{s['name']}"
-            if s.get("when") and not condition(substitute(s["when"], step_scope)):
+            try:
+                proceed = not s.get("when") or condition(substitute(s["when"], step_scope))
+            except (SyntaxError, Unresolved) as exc:
+                # shouldExecute failed: initializeNode of an Error node, which panics when the child
+                # exists already (the controller recovers it as a workflow error in operate)
+                if child_name in self.nodes:
+                    raise WorkflowError(f"node {child_name} already initialized") from exc
+                self._init_node(child_name, SKIPPED_TYPE, s["template"], steps_node.name, ERROR, s, str(exc))
+                self._add_child(sg_name, child_name)
+                self._mark(sg, ERROR, str(exc))
+                return sg
+            if not proceed:
                 if child_name not in self.nodes:
                     self._init_node(
                         child_name,

@@ -178,11 +178,10 @@ def test_always_failing_twin_is_aggregated_around_or_fails_quorum(
     (aggregate,) = round_nodes(cluster, wf)
     assert cluster.outputs(aggregate)["participants"] == "2", cluster.outputs(aggregate)
     wf = fedtwin_release.wait(lost, timeout=900)
-    # Seen with the templates of 2026-12-06: the workflow ends Error, "node ...round(0:0) already
-    # initialized", a controller panic recovered in operate(): steps.go:273 (executeStepGroup) is the
-    # branch taken when shouldExecute(step.When) returns an error, and it initializes a node that
-    # already exists; the `when` there is the rounds step's, which reads
-    # workflow.outputs.parameters.first-round/last-round.
+    # Before the fix this ended Error, "node ...round(0:0) already initialized": the failed aggregate
+    # left "" in the controller's global `last-round`, the round's `when` no longer parsed, and
+    # executeStepGroup panicked (conformance case steps-failed-pod-blanks-global). The loop now reads
+    # its bounds through sprig.default (workflows/federated.py `bound`).
     assert wf["status"]["phase"] == "Failed", cluster.describe(wf)
     messages = " ".join(n.get("message", "") for n in cluster.nodes(wf))
     logs = " ".join(cluster.pod_logs(lost).values())
