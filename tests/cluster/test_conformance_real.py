@@ -109,3 +109,40 @@ def test_case_matches_real_controller(path: Path, outcomes: dict[str, Outcome], 
 def test_cases_exist() -> None:
     """The runner is only evidence if there are cases to run."""
     assert CASES, f"no conformance cases under {CASES_DIR}"
+
+
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case under tests/argo_local too (issue 21, test 7)."""
+    from tests.test_conformance import execute
+
+    root = tmp_path_factory.mktemp("argo-local")
+    runs: dict[str, Any] = {}
+    for path in CASES:
+        try:
+            runs[path.name] = execute(path, root / path.stem)
+        except Exception as exc:  # reported by the comparison
+            runs[path.name] = exc
+    return runs
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_home_made_executor_agrees_with_the_real_controller(
+    path: Path, outcomes: dict[str, Outcome], local_runs: dict[str, Any]
+) -> None:
+    """Not only the nodes a case lists: the same nodes, each in the same phase, and the same workflow
+    phase, under tests/argo_local as under Argo v4.0.7."""
+    outcome, local = outcomes[path.name], local_runs[path.name]
+    assert not outcome.error and outcome.workflow, f"{path.name}: no finished real run: {outcome.error}"
+    assert not isinstance(local, Exception), f"{path.name}: argo_local failed: {local!r}"
+    real = {name: node["phase"] for name, node in Cluster.relative_nodes(outcome.workflow).items()}
+    mine = {local.relative(node): node.phase for node in local.nodes.values()}
+    differences = sorted(
+        f"{name!r}: real {real.get(name, 'absent')}, argo_local {mine.get(name, 'absent')}"
+        for name in real.keys() | mine.keys()
+        if real.get(name) != mine.get(name)
+    )
+    if outcome.workflow["status"]["phase"] != local.phase:
+        real_phase = outcome.workflow["status"]["phase"]
+        differences.insert(0, f"workflow: real {real_phase}, argo_local {local.phase}")
+    assert not differences, f"{path.name}:\n  " + "\n  ".join(differences)
