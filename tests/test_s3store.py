@@ -193,13 +193,15 @@ def test_round_trip_list_and_exists(s3_server):
     store = make_store(s3_server)
     store.put_json("runs/a/state.json", {"x": 1})
     store.put_bytes("runs/a/rounds/0000/global.safetensors", b"abc")
-    make_store(s3_server, prefix=store.prefix + "-other").put_text("runs/z/state.json", "{}")
+    store.put_text("runs/a/config.yaml", "seed: 0\n")  # what makes a run (list_runs)
+    make_store(s3_server, prefix=store.prefix + "-other").put_text("runs/z/config.yaml", "seed: 0\n")
 
     assert store.get_json("runs/a/state.json") == {"x": 1}
     assert store.get_bytes("runs/a/rounds/0000/global.safetensors") == b"abc"
     assert store.exists("runs/a/state.json")
     assert not store.exists("runs/a/missing.json")
-    assert store.list("runs/a/") == ["runs/a/rounds/0000/global.safetensors", "runs/a/state.json"]
+    assert store.list("runs/a/") == ["runs/a/config.yaml", "runs/a/rounds/0000/global.safetensors",
+                                      "runs/a/state.json"]
     assert store.list("runs/a/rounds/0000/glo") == ["runs/a/rounds/0000/global.safetensors"]
     assert store.list("runs/b/") == []
     assert list_runs(store) == ["a"]  # the sibling prefix "-other" is not part of this store
