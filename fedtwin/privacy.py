@@ -80,7 +80,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedtwin.errors import ConfigError, FedtwinError
+from fedtwin.errors import ConfigError, FedtwinError, IntegrityError
 from fedtwin.seeding import derive_seed
 from fedtwin.updates import SKIPPED, UpdateRecord
 
@@ -349,6 +349,12 @@ def latest_record(store: ArtifactStore, layout: RunLayout, twin_id: str, before_
         if store.exists(key):
             try:
                 return UpdateRecord.from_json(store.get_json(key))
+            except IntegrityError as exc:  # not the store's generic advice: deleting it undercounts epsilon
+                raise PrivacyError(
+                    f"twin {twin_id!r}: its round {round_index} record {store.describe(key)} is corrupt; "
+                    "restore it from a backup: it holds the twin's privacy accountant, and without it the "
+                    "twin's epsilon would be undercounted"
+                ) from exc
             except (ValueError, TypeError) as exc:
                 raise PrivacyError(
                     f"twin {twin_id!r}: its round {round_index} record is unreadable ({exc}); refusing to "

@@ -501,7 +501,7 @@ def repair_advice(store_url: str, key: str, missing: bool = False) -> str:
                 "from its stored updates")
     if match := _UPDATE.fullmatch(rest):
         return (f"delete it and rerun `fedtwin step train --run {run} --round {int(match[1])} --twin "
-                f"{match[2]}{store}` (an aggregated round no longer needs it)")
+                f"{match[2]}{store}` (once its round is aggregated only a local-DP run reads it again)")
     if rest.startswith("report/"):
         return (f"delete {store_url.rstrip('/')}/runs/{run}/report/evaluation.json and rerun "
                 f"`fedtwin step evaluate --run {run}{store}`")

@@ -406,3 +406,24 @@ def test_pool_and_fleet_engines_give_the_same_dp_updates(tmp_path: Path) -> None
         np.testing.assert_allclose(pool, fleet, rtol=0, atol=1e-5)
     assert out["pool-eps"] == out["fleet-eps"]
 
+
+
+def test_a_damaged_earlier_record_of_a_dp_twin_is_refused_with_advice_that_keeps_its_epsilon(tmp_path: Path
+                                                                                            ) -> None:
+    """Deleting the record (the generic advice for an update) would restart the twin's accountant from
+    an older state and undercount its epsilon: the record must be restored instead."""
+    config = tiny(tmp_path, privacy={"mode": "local", "noise_multiplier": SIGMA})
+    store = LocalStore(config.store)
+    init = steps.init(store, config)
+    steps.train(store, "dp", 0, init.twin_ids, engine="fleet")
+    steps.aggregate(store, "dp", 0)
+    path = store.root / RunLayout("dp").update_meta(0, "twin-001")
+    path.write_text(path.read_text().replace('"round": 0', '"round": 0 '))  # bytes no longer match
+
+    with pytest.raises(privacy.PrivacyError) as err:
+        steps.train(store, "dp", 1, ["twin-001"])
+
+    message = str(err.value)
+    assert "twin 'twin-001': its round 0 record" in message and "is corrupt" in message
+    assert message.endswith("restore it from a backup: it holds the twin's privacy accountant, and without "
+                            "it the twin's epsilon would be undercounted")
