@@ -2,6 +2,7 @@
 
 `cluster`: etcd + kube-apiserver + Argo's controller + the node agent, started once per session.
 `fedtwin_release`: both charts installed into it against the session's SeaweedFS and MLflow.
+`clean_run`: the finished fedtwin-federated run (4 rounds, 3 twins) that several tests look at.
 
 The binaries come from `make cluster-tools` (tests/cluster/build.py), which `make test` and `make
 cluster-e2e` run first; the fixture never builds (a cold build outlasts a test's timeout). A missing
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -53,6 +55,20 @@ def fedtwin_release(cluster: Cluster, s3_server: S3Server, mlflow_server: Mlflow
         return install_charts(cluster, s3_server, mlflow_server)
     except CommandError as exc:
         pytest.fail(f"helm install failed against the real API server: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def clean_run(fedtwin_release: Release) -> dict[str, Any]:
+    """Test 2's run: fedtwin-federated, 4 rounds, 3 twins (the other tests compare against it).
+
+    Session-scoped: test_fedtwin_e2e.py and test_argo_ui.py both look at this one run (run id
+    `clean`, so there can only be one)."""
+    cluster = fedtwin_release.cluster
+    cluster.clear_faults()
+    name = fedtwin_release.submit(
+        "fedtwin-federated", {"rounds": 4, "twins": 3, "seed": 0, "run-id": "clean"}
+    )
+    return fedtwin_release.wait(name, timeout=1200)
 
 
 @pytest.fixture

@@ -79,17 +79,6 @@ def local_reference(tmp_path: Path, run_id: str, rounds: int, twins: int, seed: 
     return (store / "runs" / run_id / "report" / "final.safetensors").read_bytes()
 
 
-@pytest.fixture(scope="module")
-def clean_run(fedtwin_release: Release) -> dict[str, Any]:
-    """Test 2's run: fedtwin-federated, 4 rounds, 3 twins (the other tests compare against it)."""
-    cluster = fedtwin_release.cluster
-    cluster.clear_faults()
-    name = fedtwin_release.submit(
-        "fedtwin-federated", {"rounds": 4, "twins": 3, "seed": 0, "run-id": "clean"}
-    )
-    return fedtwin_release.wait(name, timeout=1200)
-
-
 def test_federated_run_matches_local_run(
     fedtwin_release: Release, clean_run: dict[str, Any], tmp_path: Path
 ) -> None:
