@@ -161,6 +161,7 @@ class Run:
     global_outputs: dict[str, str]
     parameters: dict[str, str]
     mutexes: list[str]
+    templates: dict[str, Any] = field(default_factory=dict)
 
     def relative(self, node: Node) -> str:
         """The node's name without the workflow name (the conformance cases' keys)."""
@@ -307,6 +308,7 @@ class LocalArgo:
             dict(self.global_outputs),
             dict(self.params),
             mutexes,
+            dict(self.templates),
         )
 
     def _fingerprint(self) -> tuple[Any, ...]:

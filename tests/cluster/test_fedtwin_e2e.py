@@ -249,3 +249,32 @@ def test_argo_server_serves_round_outputs(fedtwin_release: Release, clean_run: d
     for node in rounds:
         outputs = cluster.outputs(node)
         assert int(outputs["participants"]) == 3 and float(outputs["mean_return"]) > 0, outputs
+
+
+def test_status_size_model_matches_the_real_controller(
+    fedtwin_release: Release, clean_run: dict[str, Any], tmp_path: Path
+) -> None:
+    """tests/test_workflow_size.py sizes large runs with a model of Argo's node records
+    (tests/argo_local/status.py); here the model of the clean run is held against the status the
+    real controller wrote for it: the same nodes, and about as many bytes, raw and compressed."""
+    import base64
+    import gzip
+    import json
+
+    from tests.argo_local.status import status_nodes
+    from tests.test_workflow_size import simulate
+
+    real = clean_run["status"]["nodes"]
+    model = status_nodes(simulate(tmp_path, twins=3, rounds=4))
+    real_names = sorted(n["name"][len(clean_run["metadata"]["name"]):] for n in real.values())
+    model_names = sorted(n["name"][len("fedtwin-federated-x7k2p"):] for n in model.values())
+    assert real_names == model_names
+
+    def sizes(nodes: dict[str, Any]) -> tuple[int, int]:
+        raw = json.dumps(nodes, separators=(",", ":")).encode()
+        return len(raw), len(base64.b64encode(gzip.compress(raw)))
+
+    (real_raw, real_packed), (model_raw, model_packed) = sizes(real), sizes(model)
+    print(f"status nodes: real {real_raw} raw / {real_packed} packed, model {model_raw} / {model_packed}")
+    assert 0.85 <= model_raw / real_raw <= 1.15, (real_raw, model_raw)
+    assert 0.85 <= model_packed / real_packed <= 1.15, (real_packed, model_packed)
