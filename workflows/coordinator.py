@@ -27,15 +27,15 @@ from workflows.common import (
     STORE_PARAMS,
     TRACKING_ENV,
     TRACKING_PARAMS,
-    P,
     PodKind,
+    WorkflowParam,
     config_args,
     config_env,
     dp_noise_env,
     fedtwin_step,
     fleet_volume,
     global_output,
-    inp,
+    input_param,
     outputs_param,
     param,
     parameters,
@@ -47,15 +47,16 @@ from workflows.common import (
 NAME = "fedtwin-coordinator"
 _MC = DEFAULTS.multicluster
 PROTOCOL_PARAMS = [
-    P("round-deadline", f"{_MC.round_deadline_seconds:g}", "Seconds a round waits for every twin's update; "
-      "then it aggregates with at least `min-twins`, or the run fails."),
-    P("wait-timeout", f"{_MC.wait_timeout_seconds:g}", "Seconds a member waits for one thing (the run, a "
-      "global model, an aggregation) before giving up; must exceed `round-deadline`."),
-    P("poll-interval", f"{_MC.poll_interval:g}", "Seconds between the first looks at the store while "
-      "waiting (host and members)."),
-    P("max-poll-interval", f"{_MC.max_poll_interval:g}", "Cap of the backed-off poll interval."),
-    P("coordinator-deadline", "604800", "activeDeadlineSeconds of the coordinate pod, which lives for the "
-      "whole run."),
+    WorkflowParam("round-deadline", f"{_MC.round_deadline_seconds:g}", "Seconds a round waits for every "
+                  "twin's update; then it aggregates with at least `min-twins`, or the run fails."),
+    WorkflowParam("wait-timeout", f"{_MC.wait_timeout_seconds:g}", "Seconds a member waits for one thing "
+                  "(the run, a global model, an aggregation) before giving up; must exceed "
+                  "`round-deadline`."),
+    WorkflowParam("poll-interval", f"{_MC.poll_interval:g}", "Seconds between the first looks at the store "
+                  "while waiting (host and members)."),
+    WorkflowParam("max-poll-interval", f"{_MC.max_poll_interval:g}", "Cap of the backed-off poll interval."),
+    WorkflowParam("coordinator-deadline", "604800", "activeDeadlineSeconds of the coordinate pod, which "
+                  "lives for the whole run."),
 ]
 PARAMS = parameters([RUN_PARAMS, FEDERATION_PARAMS, [AGGREGATOR_DP_NOISE_SECRET], PROTOCOL_PARAMS,
                      STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS, AGGREGATOR_POD_PARAMS])
@@ -83,7 +84,7 @@ init = fedtwin_step(
 
 coordinate = fedtwin_step(
     "coordinate",
-    ["step", "coordinate", "--run", inp("run-id"), "--store", STORE, "--outputs-dir", OUTPUTS_DIR],
+    ["step", "coordinate", "--run", input_param("run-id"), "--store", STORE, "--outputs-dir", OUTPUTS_DIR],
     pod=COORDINATOR_POD,
     inputs=RUN_INPUT,
     env=[*TRACKING_ENV, *PROTOCOL_ENV, *dp_noise_env(AGGREGATOR_DP_NOISE_SECRET)],

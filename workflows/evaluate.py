@@ -18,7 +18,7 @@ from workflows.common import (
     FLEET_DIR,
     FLEET_KEY,
     IMAGE_PARAMS,
-    P,
+    WorkflowParam,
     fedtwin_step,
     if_given,
     literal,
@@ -36,13 +36,15 @@ MODEL_KEY = if_given("model-key", param_ref("model-key"),
 
 PARAMS = parameters([
     [
-        P("run-id", "", "Run whose final model to evaluate (key `runs/<run-id>/report/final.safetensors`)."),
-        P("model-key", "", "Artifact key of the model instead (e.g. a round's `global-model` artifact, or "
-          "`runs/<id>/rounds/0003/global.safetensors`); empty = the run's final model."),
-        P("twins-configmap", None, f"ConfigMap with the twin set: a fleet YAML under key `{FLEET_KEY}` "
-          "(required)."),
-        P("episodes", "4", "Greedy episodes per twin."),
-        P("seed", "0", "Evaluation seed."),
+        WorkflowParam("run-id", "", "Run whose final model to evaluate (key "
+                      "`runs/<run-id>/report/final.safetensors`)."),
+        WorkflowParam("model-key", "", "Artifact key of the model instead (e.g. a round's `global-model` "
+                      "artifact, or `runs/<id>/rounds/0003/global.safetensors`); empty = the run's final "
+                      "model."),
+        WorkflowParam("twins-configmap", None, "ConfigMap with the twin set: a fleet YAML under key "
+                      f"`{FLEET_KEY}` (required)."),
+        WorkflowParam("episodes", "4", "Greedy episodes per twin."),
+        WorkflowParam("seed", "0", "Evaluation seed."),
     ],
     IMAGE_PARAMS, AGGREGATOR_POD_PARAMS,
 ])

@@ -55,7 +55,7 @@ from workflows.common import (
     fleet_volume,
     global_output,
     global_output_ref,
-    inp,
+    input_param,
     outputs_param,
     own_output,
     param,
@@ -120,22 +120,22 @@ init = fedtwin_step(
 
 train = fedtwin_step(
     "train",
-    ["step", "train", "--run", inp("run-id"), "--round", inp("round"), "--twin", inp("twins"),
-     "--store", STORE, "--device", TRAIN_DEVICE],
+    ["step", "train", "--run", input_param("run-id"), "--round", input_param("round"),
+     "--twin", input_param("twins"), "--store", STORE, "--device", TRAIN_DEVICE],
     pod=TWIN_POD,
     inputs=[Parameter(name="run-id"), Parameter(name="round"), Parameter(name="twins")],
     env=[*s3_env(TWIN_SECRET), *dp_noise_env(TWIN_DP_NOISE_SECRET)],
-    labels={LABEL_TWIN: TWIN_LABEL, LABEL_ROUND: inp("round")},
+    labels={LABEL_TWIN: TWIN_LABEL, LABEL_ROUND: input_param("round")},
     annotations={SUBNET_ANNOTATION_KEY: param("subnet")},
 )
 
 aggregate = fedtwin_step(
     "aggregate",
-    ["step", "aggregate", "--run", inp("run-id"), "--round", inp("round"), "--store", STORE,
+    ["step", "aggregate", "--run", input_param("run-id"), "--round", input_param("round"), "--store", STORE,
      "--outputs-dir", OUTPUTS_DIR],
     inputs=[Parameter(name="run-id"), Parameter(name="round")],
     env=[*TRACKING_ENV, *dp_noise_env(AGGREGATOR_DP_NOISE_SECRET)],
-    labels={LABEL_ROUND: inp("round")},
+    labels={LABEL_ROUND: input_param("round")},
     outputs=[outputs_param("round"), outputs_param("played", default="false"), outputs_param("participants"),
              outputs_param("rejected"), outputs_param("mean_return"),
              outputs_param("continue"), outputs_param("next_round"),
@@ -144,20 +144,20 @@ aggregate = fedtwin_step(
                       archive=m.ArchiveStrategy(none=m.NoneStrategy()))],
     metrics=[
         Gauge(name="fedtwin_validation_return", help="Validation return of the global model after a round",
-              labels=[Label(key="run_id", value=inp("run-id"))], when=ROUND_PLAYED, realtime=False,
+              labels=[Label(key="run_id", value=input_param("run-id"))], when=ROUND_PLAYED, realtime=False,
               value=own_output("mean_return")),
         Gauge(name="fedtwin_round_participants", help="Valid twin updates aggregated in a round",
-              labels=[Label(key="run_id", value=inp("run-id"))], when=ROUND_PLAYED, realtime=False,
+              labels=[Label(key="run_id", value=input_param("run-id"))], when=ROUND_PLAYED, realtime=False,
               value=own_output("participants")),
         Counter(name="fedtwin_rejected_updates", help="Twin updates the aggregator rejected",
-                labels=[Label(key="run_id", value=inp("run-id"))], when=ROUND_PLAYED,
+                labels=[Label(key="run_id", value=input_param("run-id"))], when=ROUND_PLAYED,
                 value=own_output("rejected")),
     ],
 )
 
 evaluate = fedtwin_step(
     "evaluate",
-    ["step", "evaluate", "--run", inp("run-id"), "--store", STORE, "--outputs-dir", OUTPUTS_DIR],
+    ["step", "evaluate", "--run", input_param("run-id"), "--store", STORE, "--outputs-dir", OUTPUTS_DIR],
     inputs=RUN_INPUT,
     env=AGGREGATOR_ENV,
     # Workflow outputs too: `argo get` and the UI show a finished run's result on the workflow itself.
@@ -178,15 +178,15 @@ with run_template(
 ) as w:
     with DAG(name="round", inputs=[Parameter(name="run-id"), Parameter(name="round"),
                                    Parameter(name="shards")]) as one_round:
-        round_args = {"run-id": inp("run-id"), "round": inp("round")}
-        train(name="train", arguments={**round_args, "twins": ITEM}, with_param=inp("shards"))
+        round_args = {"run-id": input_param("run-id"), "round": input_param("round")}
+        train(name="train", arguments={**round_args, "twins": ITEM}, with_param=input_param("shards"))
         aggregate(name="aggregate", arguments=round_args, depends=FAN_OUT_FINISHED)
 
     rounds_inputs = [Parameter(name="run-id"), Parameter(name="shards")]
     with Steps(name="rounds", parallelism=1, fail_fast=True, inputs=rounds_inputs) as rounds:
         one_round(name="round", with_sequence=m.Sequence(count=m.IntOrString(param("rounds"))),
                   when=PLAY_ROUND,
-                  arguments={"run-id": inp("run-id"), "round": ITEM, "shards": inp("shards")})
+                  arguments={"run-id": input_param("run-id"), "round": ITEM, "shards": input_param("shards")})
 
     with Steps(name="exit-handler") as exit_handler:
         finish(name="finish", arguments={"run-id": global_output(RUN_ID_OUTPUT)},

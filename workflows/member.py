@@ -30,11 +30,11 @@ from workflows.common import (
     TWIN_LABEL,
     TWIN_POD_PARAMS,
     TWIN_STORE_PARAMS,
-    P,
     PodKind,
+    WorkflowParam,
     dp_noise_env,
     fedtwin_step,
-    inp,
+    input_param,
     outputs_param,
     param,
     parameters,
@@ -44,18 +44,19 @@ from workflows.common import (
 
 NAME = "fedtwin-member"
 MEMBER_PARAMS = [
-    P("run-id", "", "The run to take part in: the coordinator's run id (required)."),
-    P("twins", "", "This cluster's twins, comma-separated (required; on Karmada, set per member cluster by "
-      "its OverridePolicy)."),
-    P("workers", "1", "Training processes in the member pod (at most one per twin); match `twin-cpu-limit`."),
-    P("wait-timeout", "", "Seconds one wait (for the run, a global model, an aggregation) may last; empty "
-      "= the run's `multicluster.wait_timeout_seconds`."),
-    P("poll-interval", "", "Seconds between the first looks at the store while waiting; empty = the run's "
-      "`multicluster.poll_interval`."),
-    P("max-poll-interval", "", "Cap of the backed-off poll interval; empty = the run's "
-      "`multicluster.max_poll_interval`."),
-    P("member-deadline", "604800", "activeDeadlineSeconds of the member pod, which lives for the whole "
-      "run."),
+    WorkflowParam("run-id", "", "The run to take part in: the coordinator's run id (required)."),
+    WorkflowParam("twins", "", "This cluster's twins, comma-separated (required; on Karmada, set per member "
+                  "cluster by its OverridePolicy)."),
+    WorkflowParam("workers", "1", "Training processes in the member pod (at most one per twin); match "
+                  "`twin-cpu-limit`."),
+    WorkflowParam("wait-timeout", "", "Seconds one wait (for the run, a global model, an aggregation) may "
+                  "last; empty = the run's `multicluster.wait_timeout_seconds`."),
+    WorkflowParam("poll-interval", "", "Seconds between the first looks at the store while waiting; empty = "
+                  "the run's `multicluster.poll_interval`."),
+    WorkflowParam("max-poll-interval", "", "Cap of the backed-off poll interval; empty = the run's "
+                  "`multicluster.max_poll_interval`."),
+    WorkflowParam("member-deadline", "604800", "activeDeadlineSeconds of the member pod, which lives for the "
+                  "whole run."),
 ]
 STORE = [p for p in STORE_PARAMS if p.name != "aggregator-s3-secret"]
 TWIN_STORE = [p for p in TWIN_STORE_PARAMS if p.name == "twin-s3-secret"]
@@ -74,8 +75,9 @@ WAIT_ENV = [
 
 member = fedtwin_step(
     "member",
-    ["step", "member", "--run", inp("run-id"), "--twins", inp("twins"), "--store", param("store"),
-     "--device", TRAIN_DEVICE, "--workers", param("workers"), "--outputs-dir", OUTPUTS_DIR],
+    ["step", "member", "--run", input_param("run-id"), "--twins", input_param("twins"),
+     "--store", param("store"), "--device", TRAIN_DEVICE, "--workers", param("workers"),
+     "--outputs-dir", OUTPUTS_DIR],
     pod=MEMBER_POD,
     inputs=[Parameter(name="run-id"), Parameter(name="twins")],
     env=[*s3_env(param("twin-s3-secret")), *WAIT_ENV, *dp_noise_env(TWIN_DP_NOISE_SECRET)],

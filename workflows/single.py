@@ -23,7 +23,7 @@ from workflows.common import (
     STORE_PARAMS,
     TRACKING_PARAMS,
     TRACKING_URI_ENV,
-    P,
+    WorkflowParam,
     config_args,
     config_env,
     fedtwin_step,
@@ -36,9 +36,11 @@ from workflows.common import (
 NAME = "fedtwin-single"
 PARAMS = parameters([
     RUN_PARAMS, FEDERATION_PARAMS,
-    [P("mode", "pooled", "pooled: one agent cycling over every training twin (all data on one machine); "
-       "single: one agent on one twin."),
-     P("twin", "", "The twin of a `single` baseline; empty = the fleet's first.")],
+    [WorkflowParam(
+        "mode", "pooled",
+        "pooled: one agent cycling over every training twin (all data on one machine); single: one agent on "
+        "one twin."),
+     WorkflowParam("twin", "", "The twin of a `single` baseline; empty = the fleet's first.")],
     STORE_PARAMS, TRACKING_PARAMS, IMAGE_PARAMS, AGGREGATOR_POD_PARAMS,
 ])
 
