@@ -387,7 +387,13 @@ def npm_failure(text: str) -> str:
     code = next(
         (line.split()[1] for line in errors if line.startswith("code ") and len(line.split()) > 1), ""
     )
-    detail = next((line for line in errors if line and not line.startswith("code ")), "")
+    informative = [
+        line for line in errors if line and not re.match(r"(code|syscall|errno|path|dest|at) ", line)
+    ]
+    detail = next(
+        (line for line in informative if "request to" in line or "reason:" in line),
+        informative[0] if informative else "",
+    )
     if code in NPM_NETWORK_ERRORS or any(name in detail for name in NPM_NETWORK_ERRORS):
         return (
             f"the npm registry did not answer ({code or 'network'}: {detail[:200]}); check "
@@ -705,7 +711,6 @@ def ensure(force: bool = False) -> Binaries:
             ui = build_ui(go, force)
         except BuildError as exc:
             ui_error = str(exc)
-            log(f"the Argo UI was not built: {ui_error}")
         argo = build_component(ARGO, go, version, force, ui)
     except BuildError as exc:
         with contextlib.suppress(OSError):

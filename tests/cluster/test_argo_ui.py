@@ -243,11 +243,7 @@ class Page:
 
 
 @contextlib.contextmanager
-def chromium_page(tmp_path: Path) -> Iterator[Page]:
-    try:
-        binary = build.require_chromium()
-    except build.BuildError as exc:
-        pytest.fail(f"tests/cluster: {exc}", pytrace=False)
+def chromium_page(binary: str, tmp_path: Path) -> Iterator[Page]:
     browser = Chromium(binary, tmp_path / "chromium-profile", tmp_path / "chromium.log")
     try:
         yield Page(browser, *VIEWPORT)
@@ -331,7 +327,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return width, height
 
 
-def check_ui_graph(url: str, namespace: str, workflow: dict[str, Any], tmp_path: Path) -> Path:
+def check_ui_graph(url: str, namespace: str, workflow: dict[str, Any], chromium: str, tmp_path: Path) -> Path:
     """Open the workflow's page in headless Chromium, wait for the graph, save the screenshot and
     check the graph from the DOM against `workflow` (as the API serves it); the screenshot's path."""
     name = workflow["metadata"]["name"]
@@ -345,7 +341,7 @@ def check_ui_graph(url: str, namespace: str, workflow: dict[str, Any], tmp_path:
     wanted = {node["id"] for node, pods in rounds.values()} | {
         p["id"] for _, pods in rounds.values() for p in pods
     }
-    with chromium_page(tmp_path) as page:
+    with chromium_page(chromium, tmp_path) as page:
         page.send("Page.navigate", {"url": f"{url}/workflows/{namespace}/{name}?tab=workflow"})
         try:
             page.wait_for("the workflow graph", lambda: drawn_nodes(page), timeout=120)
@@ -398,18 +394,34 @@ def check_ui_graph(url: str, namespace: str, workflow: dict[str, Any], tmp_path:
     return screenshot
 
 
+# Session-scoped, and named first by the test: a missing UI or browser fails it at once, before it
+# waits for the cluster and the clean run.
+@pytest.fixture(scope="session")
+def argo_ui(cluster_binaries: build.Binaries) -> Path:
+    try:
+        return build.require_ui(cluster_binaries)
+    except build.BuildError as exc:
+        error = str(exc)
+    pytest.fail(f"tests/cluster: {error}", pytrace=False)  # outside the except: no chained traceback
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    try:
+        return build.require_chromium()
+    except build.BuildError as exc:
+        error = str(exc)
+    pytest.fail(f"tests/cluster: {error}", pytrace=False)  # outside the except: no chained traceback
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # the first test to ask for clean_run waits for the run (~2 min) too
 def test_ui_draws_rounds_and_twin_pods(
-    fedtwin_release: Release, clean_run: dict[str, Any], cluster_binaries: build.Binaries, tmp_path: Path
+    argo_ui: Path, chromium: str, fedtwin_release: Release, clean_run: dict[str, Any], tmp_path: Path
 ) -> None:
     """Test 6 (UI part): the UI page of the finished run draws every round as a node and, below
     each, its twins' train pods and its aggregate pod, all Succeeded; the screenshot is saved."""
-    try:
-        build.require_ui(cluster_binaries)
-    except build.BuildError as exc:
-        pytest.fail(f"tests/cluster: {exc}", pytrace=False)
     cluster: Cluster = fedtwin_release.cluster
     name = clean_run["metadata"]["name"]
     url = cluster.start_argo_server()
@@ -417,9 +429,9 @@ def test_ui_draws_rounds_and_twin_pods(
     assert response.status_code == 200, f"{response.text[:500]}\n{cluster.argo_server_log()}"
     index = cluster.argo_api(url, "/")
     assert index.status_code == 200 and 'src="main.' in index.text, (
-        f"argo server does not serve the UI's index.html: {index.text[:300]}"
+        f"argo server does not serve the UI's index.html ({argo_ui}): {index.text[:300]}"
     )
-    screenshot = check_ui_graph(url, cluster.namespace, response.json(), tmp_path)
+    screenshot = check_ui_graph(url, cluster.namespace, response.json(), chromium, tmp_path)
     print(f"screenshot: {screenshot} {png_size(screenshot)}")
 
 
@@ -436,3 +448,104 @@ def test_missing_ui_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     plain = build.Binaries(*(tmp_path / n for n in ("a", "b", "c", "d", "e")))
     with pytest.raises(build.BuildError, match="run `make cluster-tools` to build it"):
         build.require_ui(plain)
+
+
+def test_committed_ui_files_hold_the_documented_substitutions() -> None:
+    """tests/cluster/ui: package.json has exactly build.py's dependency changes and upstream's yarn
+    resolutions as npm overrides; the lock file pins every package without a registry address and
+    matches package.json (`npm ci` refuses a lock out of step with it)."""
+    package = json.loads((build.UI_DIR / "package.json").read_text())
+    for name, spec in build.UI_DEPENDENCY_CHANGES.items():
+        assert package["dependencies"][name] == spec, name
+    assert not any("git" in spec or "://" in spec for spec in package["dependencies"].values())
+    assert package["overrides"] == package["resolutions"]
+    lock_text = (build.UI_DIR / "package-lock.json").read_text()
+    assert '"resolved"' not in lock_text
+    lock = json.loads(lock_text)
+    root = lock["packages"][""]
+    assert root["dependencies"] == package["dependencies"]
+    assert root["devDependencies"] == package["devDependencies"]
+    assert lock["packages"]["node_modules/argo-ui"]["version"] == "1.0.0"
+    assert lock["packages"]["node_modules/uuid-v3"]["version"] == "3.4.0"
+    assert all("integrity" in p for path, p in lock["packages"].items() if path and not p.get("link"))
+
+
+def test_ui_key_covers_the_committed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = build.ui_key()
+    assert key.startswith("argo-ui-v4.0.7-")
+    copy = tmp_path / "ui"
+    shutil.copytree(build.UI_DIR, copy)
+    monkeypatch.setattr(build, "UI_DIR", copy)
+    assert build.ui_key() == key
+    (copy / "webpack.fedtwin.js").write_text((copy / "webpack.fedtwin.js").read_text() + "\n// changed\n")
+    assert build.ui_key() != key
+    assert build.ARGO.key("go1.26.8", key) != build.ARGO.key("go1.26.8")  # argo's key includes the UI's
+
+
+def test_ui_build_failures_are_one_line() -> None:
+    refused = (
+        "npm error code ECONNREFUSED\nnpm error syscall connect\nnpm error errno ECONNREFUSED\n"
+        "npm error FetchError: request to http://127.0.0.1:9/zwitch failed, reason: connect ECONNREFUSED\n"
+    )
+    assert build.npm_failure(refused).startswith(
+        "the npm registry did not answer (ECONNREFUSED: FetchError: request to http://127.0.0.1:9/zwitch"
+    )
+    assert build.npm_failure("npm error code E404\nnpm error 404 Not Found - GET x\n").startswith(
+        "the npm registry answered 404"
+    )
+    webpack = (
+        "WARNING in x\n\nERROR in ./node_modules/argo-ui/src/components/form-field/form-field.tsx 6:13-31\n"
+        "Module not found: Error: Can't resolve 'uuid/v1' in '/x'\n"
+    )
+    assert build.webpack_failure(webpack) == (
+        "ERROR in ./node_modules/argo-ui/src/components/form-field/form-field.tsx 6:13-31: "
+        "Module not found: Error: Can't resolve 'uuid/v1' in '/x'"
+    )
+
+
+def test_missing_npm_leaves_argo_with_the_placeholder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No npm: ensure() still returns binaries (argo with the placeholder page) and says why."""
+    go = tmp_path / "bin" / "go"
+    go.parent.mkdir()
+    go.write_text("#!/bin/sh\nif [ \"$1 $2\" = 'env GOVERSION' ]; then echo go1.26.8; exit 0; fi\nexit 1\n")
+    go.chmod(0o755)
+    monkeypatch.setenv("PATH", str(go.parent))
+    monkeypatch.setenv("FEDTWIN_CLUSTER_CACHE", str(tmp_path / "cache"))
+    for name in (build.KUBE.key("go1.26.8"), build.ARGO.key("go1.26.8")):
+        (tmp_path / "cache" / name / "bin").mkdir(parents=True)
+        (tmp_path / "cache" / name / "manifest.json").write_text("{}")
+    built = build.ensure()
+    assert built.argo_ui is None and built.ui_error is not None
+    assert built.ui_error.startswith("node not found on PATH") and "\n" not in built.ui_error
+    found = build.cached()
+    assert found is not None and found.argo == built.argo and found.ui_error == built.ui_error
+    with pytest.raises(build.BuildError, match="placeholder page\\): node not found on PATH"):
+        build.require_ui(found)
+    # The cached UI and an argo built with it are preferred once they exist.
+    ui_dir = tmp_path / "cache" / build.ui_key()
+    (ui_dir / "dist" / "app").mkdir(parents=True)
+    (ui_dir / "manifest.json").write_text("{}")
+    with_ui = tmp_path / "cache" / build.ARGO.key("go1.26.8", build.ui_key())
+    (with_ui / "bin").mkdir(parents=True)
+    (with_ui / "manifest.json").write_text("{}")
+    found = build.cached()
+    assert (
+        found is not None
+        and found.argo == with_ui / "bin" / "argo"
+        and found.argo_ui == ui_dir / "dist" / "app"
+    )
+
+
+def test_chromium_is_not_installed_when_not_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("FEDTWIN_CHROMIUM", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(
+        build.BuildError, match=r"^chromium not found .*; not root, so not installing it; as root"
+    ):
+        build.ensure_chromium()
+    monkeypatch.setenv("FEDTWIN_INSTALL_CHROMIUM", "0")
+    with pytest.raises(build.BuildError, match="FEDTWIN_INSTALL_CHROMIUM=0, so not installing it"):
+        build.ensure_chromium()
