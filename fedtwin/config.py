@@ -9,12 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -26,6 +24,7 @@ from pydantic import (
 )
 
 from fedtwin.errors import ConfigError
+from fedtwin.formats import check_dns_label, dump_yaml, load_yaml, read_yaml
 from fedtwin.limits import (
     MAX_EVAL_TWINS,
     MAX_HIDDEN_LAYERS,
@@ -35,18 +34,7 @@ from fedtwin.limits import (
 )
 from fedtwin.strategies import STRATEGIES, make_strategy
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 ENV_PREFIX = "FEDTWIN_"
-
-
-def check_dns_label(value: str, what: str) -> str:
-    """Run ids and twin ids become pod labels and S3 keys, so they must be DNS-1123 labels."""
-    if len(value) > 63 or not DNS_LABEL.match(value):
-        raise ValueError(
-            f"{what} {value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters)"
-        )
-    return value
 
 
 class StrictModel(BaseModel):
@@ -385,56 +373,11 @@ def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
-YAML12_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
-"""The floats YAML 1.2 has and PyYAML's YAML 1.1 rules read as strings: an exponent without a dot or
-without a sign (`1e-3`, `2.5E4`)."""
-
-
-class SafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """libyaml's safe loader where PyYAML has it (a 1024-twin fleet file parses in a tenth of the time,
-    and every step of a run parses the run's config and fleet), reading `1e-3` as a number."""
-
-
-class SafeDumper(yaml.SafeDumper):
-    """Quotes the strings SafeLoader would read as numbers (a twin id `1e3`), so files round-trip."""
-
-
-for _yaml_class in (SafeLoader, SafeDumper):
-    _yaml_class.add_implicit_resolver("tag:yaml.org,2002:float", YAML12_FLOAT, list("-+.0123456789"))
-
-
-def dump_yaml(data: Any, sort_keys: bool = False) -> str:
-    return yaml.dump(data, Dumper=SafeDumper, sort_keys=sort_keys)
-
-
-def parse_yaml(text: str, what: str, source: str | Path) -> Any:
-    """Safe-load YAML text or raise one ConfigError naming `what`, where it came from and the line."""
-    try:
-        return yaml.load(text, Loader=SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{what} {source} is not valid YAML{where}; fix the syntax") from exc
-
-
-def read_yaml(path: str | Path, what: str) -> Any:
-    """Read a YAML file or raise one ConfigError naming the file and the problem."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}; check the path") from exc
-    except UnicodeDecodeError as exc:
-        byte = exc.object[exc.start]
-        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {exc.start} is {byte:#04x}); pass a YAML "
-                          "file") from exc
-    return parse_yaml(text, what, path)
-
-
 def parse_env_value(raw: str) -> Any:
     """A YAML scalar, except YAML 1.1's on/off/yes/no stay words (`FEDTWIN_PRIVACY__MODE=off`)."""
     if not raw:
         return None
-    value = yaml.load(raw, Loader=SafeLoader)
+    value = load_yaml(raw)
     if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
         return raw.strip()
     return value

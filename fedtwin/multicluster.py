@@ -38,8 +38,9 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from fedtwin import runner, steps
-from fedtwin.config import MulticlusterConfig, check_dns_label, env_overrides
+from fedtwin.config import MulticlusterConfig, env_overrides
 from fedtwin.errors import ConfigError, FedtwinError, QuorumError, RunConflictError, StoreError
+from fedtwin.formats import check_dns_label
 from fedtwin.store import ArtifactStore, RunLayout
 from fedtwin.updates import update_twin_ids
 

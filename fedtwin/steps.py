@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from fedtwin import privacy, tracking
-from fedtwin.config import Config, build_config, config_to_yaml, fingerprint, parse_yaml
+from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
 from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError, StoreError
 from fedtwin.evaluate import evaluate_policy
+from fedtwin.formats import parse_yaml
 from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
 from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
 from fedtwin.seeding import derive_seed

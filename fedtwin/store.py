@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import socket
-import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fedtwin.errors import ConfigError, IntegrityError, StoreError
+from fedtwin.formats import durable_temp, write_atomic
 
 if TYPE_CHECKING:
     from fedtwin.config import S3Config
@@ -222,30 +222,6 @@ class LocalStore(ArtifactStore):
         return sorted(path.parent.glob(pattern)) + ([legacy] if legacy.is_file() else [])
 
     @staticmethod
-    def _durable_temp(path: Path, data: bytes) -> str:
-        """`data` fsynced in a temporary file next to `path`; the caller renames it into place."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return tmp
-
-    @classmethod
-    def _atomic_write(cls, path: Path, data: bytes) -> None:
-        tmp = cls._durable_temp(path, data)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-    @staticmethod
     @contextlib.contextmanager
     def _directory_lock(directory: Path, exclusive: bool) -> Iterator[None]:
         """`flock` of a directory: writers commit exclusively, readers read sidecar and object shared."""
@@ -274,9 +250,9 @@ class LocalStore(ArtifactStore):
         path = self._path(key)
         pending = self._pending(path)
         with self._os_errors("write", key):
-            self._atomic_write(pending, data)
+            write_atomic(pending, data)
             try:
-                sidecar_tmp = self._durable_temp(self._sidecar(path), sha.encode())
+                sidecar_tmp = durable_temp(self._sidecar(path), sha.encode())
             except OSError:
                 pending.unlink(missing_ok=True)  # before the commit point: the old object stays whole
                 raise

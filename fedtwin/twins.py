@@ -7,11 +7,8 @@ twin generated alone, in a fleet of 10 or of 10 000, on a laptop or in a pod, is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedtwin.config import check_dns_label, dump_yaml, parse_yaml, read_yaml
 from fedtwin.errors import ConfigError
+from fedtwin.formats import check_dns_label, dump_yaml, parse_yaml, read_yaml, write_atomic
 from fedtwin.limits import MAX_ACTION_DELAY, MAX_EVAL_TWINS, MAX_TRAINING_TWINS
+from fedtwin.seeding import derive_seed
 
 Preset = Literal["default", "hard"]
 PRESETS: tuple[str, ...] = ("default", "hard")
@@ -145,12 +143,6 @@ _FLOAT_FIELDS: tuple[str, ...] = tuple(n for n in _FIELD_NAMES if n not in ("id"
 _POSITIVE_FIELDS = frozenset({"gravity", "masscart", "masspole", "length", "force_mag", "tau"})
 
 
-def twin_seed(fleet_seed: int, twin_id: str) -> int:
-    """63-bit seed from sha256(f"{fleet_seed}:{twin_id}"): stable across processes and machines."""
-    digest = hashlib.sha256(f"{fleet_seed}:{twin_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1
-
-
 def twin_ids(count: int, prefix: str = "twin") -> list[str]:
     """`prefix-000` ... ; the width grows past 1000 twins so ids still sort in order."""
     width = max(3, len(str(count - 1)))
@@ -159,7 +151,7 @@ def twin_ids(count: int, prefix: str = "twin") -> list[str]:
 
 def generate_twin(twin_id: str, seed: int, spread: float = 0.15, preset: Preset = "default") -> TwinSpec:
     """One twin from (seed, id) alone, so it is the same device whatever fleet it is generated in."""
-    rng = np.random.default_rng(twin_seed(seed, twin_id))
+    rng = np.random.default_rng(derive_seed(seed, twin_id))
     base = TwinSpec(id=twin_id)
     factors = rng.uniform(1.0 - spread, 1.0 + spread, size=len(SCALED_FIELDS))
     values: dict[str, Any] = {
@@ -367,23 +359,9 @@ def dump_twins(twins: Sequence[TwinSpec]) -> str:
     return dump_yaml({"twins": _twins_yaml(twins)})
 
 
-def _write_atomic(path: str | Path, text: str) -> None:
-    """Temp file + rename: a crash never leaves a half-written fleet file behind."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_twins(twins: Sequence[TwinSpec], path: str | Path) -> None:
-    _write_atomic(path, dump_twins(twins))
+    write_atomic(path, dump_twins(twins).encode())
 
 
 def save_fleet(fleet: Fleet, path: str | Path) -> None:
-    _write_atomic(path, dump_fleet(fleet))
+    write_atomic(path, dump_fleet(fleet).encode())

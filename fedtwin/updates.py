@@ -15,11 +15,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedtwin.errors import FedtwinError, IntegrityError
+from fedtwin.formats import DNS_LABEL
 from fedtwin.policy import LayoutError, PolicySpec, params_from_bytes
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-"""Twin ids are DNS-1123 labels (they name pods and store keys)."""
 SHA256_OR_EMPTY = r"^([0-9a-f]{64})?$"
 """A record's own sha256 is empty until its weights are written (and stays so on a privacy skip)."""
 MAX_METRICS = 64
@@ -44,7 +43,8 @@ class UpdateRecord(BaseModel):
 
     model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
-    twin_id: str = Field(pattern=DNS_LABEL, max_length=63)
+    twin_id: str = Field(pattern=DNS_LABEL.pattern, max_length=63)
+    """A DNS-1123 label: it names pods and store keys."""
     round: int = Field(ge=0)
     num_samples: int = Field(ge=0)
     """Transitions trained on; 0 only on a privacy skip (`extra.skipped`), rejected as an update."""

@@ -10,6 +10,7 @@ import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 from fedtwin.errors import ConfigError
+from fedtwin.seeding import derive_seed
 from fedtwin.twins import (
     HARD_FRICTION_CART_MAX,
     HARD_FRICTION_POLE_MAX,
@@ -28,7 +29,6 @@ from fedtwin.twins import (
     save_fleet,
     save_twins,
     shard_names,
-    twin_seed,
 )
 
 # ---------------------------------------------------------------------------------- TwinSpec
@@ -142,12 +142,12 @@ def test_from_dict_needs_an_id() -> None:
 # ------------------------------------------------------------------------------- generation
 
 
-def test_twin_seed_is_sha256_of_seed_and_id() -> None:
+def test_a_twins_seed_is_sha256_of_fleet_seed_and_id() -> None:
     expected = int.from_bytes(hashlib.sha256(b"7:twin-003").digest()[:8], "big") >> 1
 
-    assert twin_seed(7, "twin-003") == expected
+    assert derive_seed(7, "twin-003") == expected  # what generate_twin seeds the twin's generator with
     assert 0 <= expected < 2**63
-    assert twin_seed(8, "twin-003") != expected and twin_seed(7, "twin-004") != expected
+    assert derive_seed(8, "twin-003") != expected and derive_seed(7, "twin-004") != expected
 
 
 def test_generation_depends_on_seed_and_id_only() -> None:
@@ -408,7 +408,7 @@ def test_a_runs_stored_fleet_is_json_that_reads_back_exactly_as_yaml_too() -> No
 
     import yaml
 
-    from fedtwin.config import SafeLoader
+    from fedtwin.formats import SafeLoader
     from fedtwin.twins import fleet_to_json
 
     fleet = make_fleet(20, 3, 0.3, "hard", 2, 2)

@@ -27,8 +27,8 @@ def generate_cmd(count: int, seed: int, spread: float | None, preset: str, prefi
 
     Example: fedtwin twins generate --count 16 --seed 3 --preset hard -o fleet.yaml
     """
-    from fedtwin.config import check_dns_label
     from fedtwin.errors import ConfigError, FedtwinError
+    from fedtwin.formats import check_dns_label
     from fedtwin.store import os_error_line
     from fedtwin.twins import generate_twins, save_twins
 
