@@ -214,8 +214,15 @@ def layout_for(spec: PolicySpec) -> ParamLayout:
 
 
 def init_params(spec: PolicySpec, seed: int) -> np.ndarray:
-    """Initial global parameters, a pure function of (spec, seed)."""
-    named = {n: p.detach().numpy() for n, p in build_policy(spec, seed).named_parameters()}
+    """Initial global parameters, a pure function of (spec, seed), computed on one thread: the
+    orthogonal init's QR rounds differently on more threads, and an init pod, a laptop and a test
+    process with any number of cores must all start from the same model."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        named = {n: p.detach().numpy() for n, p in build_policy(spec, seed).named_parameters()}
+    finally:
+        torch.set_num_threads(threads)
     return layout_for(spec).from_dict(named)
 
 

@@ -514,7 +514,8 @@ def test_federated_flow_is_a_sequential_loop_not_recursion() -> None:
     assert step["name"] == "round" and step["withSequence"] == {"count": "{{workflow.parameters.rounds}}"}
     # which rounds play is decided by two workflow outputs of init (and every aggregate): see
     # tests/test_workflow_contract.py and the conformance cases for how Argo evaluates it
-    assert step["when"] == ("{{item}} >= {{=sprig.default('0', workflow.outputs.parameters['first-round'])}} && "
+    assert step["when"] == ("{{item}} >= {{=sprig.default('0', "
+                            "workflow.outputs.parameters['first-round'])}} && "
                             "{{item}} <= {{=sprig.default('2147483647', "
                             "workflow.outputs.parameters['last-round'])}}")
     exported = {t: {p["globalName"] for p in tmpls[t]["outputs"]["parameters"] if "globalName" in p}
