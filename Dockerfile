@@ -49,7 +49,7 @@ COPY fedtwin ./fedtwin
 # every pod ~1 s; the directory belongs to the runtime user, as numba uses only a writable cache.
 ENV NUMBA_CACHE_DIR=/opt/fedtwin/numba-cache
 RUN pip install --no-deps . && rm -rf build ./*.egg-info \
-    && python -m fedtwin.cartpole_kernel \
+    && python -m fedtwin.sim.cartpole_kernel \
     && mkdir -p "${NUMBA_CACHE_DIR}" && chown -R 10001:10001 "${NUMBA_CACHE_DIR}"
 
 USER 10001:10001

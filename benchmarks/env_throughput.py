@@ -28,17 +28,17 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from machine import cpu_model, load_average
 
-import fedtwin.envs as fedtwin_envs
-from fedtwin.cartpole_kernel import step_kernel
-from fedtwin.envs import ENV_ID, TwinCartPoleVectorEnv
-from fedtwin.twins import TwinSpec, generate_twins
+import fedtwin.sim.envs as fedtwin_envs
+from fedtwin.sim.cartpole_kernel import step_kernel
+from fedtwin.sim.envs import ENV_ID, TwinCartPoleVectorEnv
+from fedtwin.sim.twins import TwinSpec, generate_twins
 
 RESULTS = Path(__file__).parent / "results" / "env_throughput.md"
 ACTION_CYCLE = 64  # distinct action arrays, used in turn
 GYM_VECTOR = "gymnasium CartPoleVectorEnv"
 GYM_SINGLE = "gymnasium CartPole-v1 (make, Python loop)"
 KERNEL = ", compiled kernel" if step_kernel is not None else ", NumPy path (no numba)"
-"""How fedtwin's rows step (fedtwin/cartpole_kernel.py); the fleet rows use it too."""
+"""How fedtwin's rows step (fedtwin/sim/cartpole_kernel.py); the fleet rows use it too."""
 
 Timing = tuple[float, float]  # (wall seconds, thread CPU seconds)
 
@@ -218,7 +218,7 @@ bit-equal to `math.sin`; vectorized trigonometry is not: torch's float64 `sin` d
 a million angles in [-0.3, 0.3]). The NumPy path gains from in-place buffers, fewer passes and a
 leaner autoreset; at N=4096 it spends ~34 us of a ~140 us step in `sin`/`cos` and ~47 us in ~20
 other ufunc passes (numexpr keeps the bits but was slower). The compiled kernel (numba,
-`fedtwin/cartpole_kernel.py`, extra `fast`) does the physics, the termination test and the float32
+`fedtwin/sim/cartpole_kernel.py`, extra `fast`) does the physics, the termination test and the float32
 observation in one loop over the sub-envs, with the same expressions (numba does not fuse or
 reorder floating-point operations without `fastmath`): tests check that both paths give
 bit-identical trajectories. Fleet rows pay for per-env parameter arrays and one random stream per

@@ -5,7 +5,7 @@ sub-envs = 4096 env steps and 8 x 6 x 4 = 192 PPO minibatch steps per twin per r
 contender trains round 0 of a fresh run through the runner's own machinery:
 
 * `pool`: `fedtwin run --engine pool`: one `steps.train` job per twin in the runner's spawn
-  process pool (`runner.make_executor`, workers = cores), which is warmed up first (a run starts
+  process pool (`fedtwin.run.round.make_executor`, workers = cores), which is warmed up first (a run starts
   its pool once), so the time is a round's, not the pool's start-up.
 * `fleet`: `steps.train` with every twin in one call, in one process (one batched computation).
 * `fleet xW`: `fedtwin run --engine fleet`: one shard of twins per worker in the same warm pool.
@@ -57,9 +57,9 @@ def _warm(hold: float, device: str = "cpu") -> float:
 
     from fedtwin import steps  # noqa: F401
     from fedtwin.config import TrainConfig
-    from fedtwin.policy import init_params, policy_spec
-    from fedtwin.train import train_twin
-    from fedtwin.twins import TwinSpec
+    from fedtwin.learn.train import train_twin
+    from fedtwin.policy.layout import init_params, policy_spec
+    from fedtwin.sim.twins import TwinSpec
 
     cfg = TrainConfig(num_steps=8, num_envs=1, updates=1, epochs=1, minibatches=1)
     train_twin(init_params(policy_spec(cfg), 0), TwinSpec(id="twin-000"), 0, cfg, device)
@@ -68,11 +68,11 @@ def _warm(hold: float, device: str = "cpu") -> float:
 
 
 def _cpu_timed_train_job(*args: Any) -> tuple[list[str], float]:
-    """`runner._train_job` in a worker, with the CPU seconds this process spent on it."""
-    from fedtwin import runner
+    """`train_job` (what `train_round` submits) in a worker, with the CPU seconds this process spent on it."""
+    from fedtwin.run.round import train_job
 
     started = time.process_time()
-    ids = runner._train_job(*args)
+    ids = train_job(*args)
     return ids, time.process_time() - started
 
 
@@ -91,7 +91,8 @@ def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str
     """Train round 0 of a fresh `twins`-twin run with `engine`; seconds and, for `fleet`, aggregation."""
     import torch
 
-    from fedtwin import runner, steps
+    from fedtwin import steps
+    from fedtwin.run.round import InlineExecutor, make_executor, shard, train_round
     from fedtwin.store import LocalStore, RunLayout
 
     torch.set_num_threads(1)  # as the runner's workers and inline executor do
@@ -103,7 +104,7 @@ def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str
         if engine == "fleet":
             _warm(0.0, device)  # as a warm pool's workers are: a run pays this once
             started, cpu = time.perf_counter(), time.process_time()
-            records = steps.train(store, "bench", 0, ids, device, "fleet")
+            records = train_round(store, "bench", 0, ids, "fleet", 1, device, InlineExecutor()).trained
             out["seconds"] = time.perf_counter() - started
             out["cpu_seconds"] = time.process_time() - cpu
             started = time.perf_counter()
@@ -112,13 +113,13 @@ def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str
             assert len(summary["participants"]) == twins
         else:
             kind = "pool" if engine == "pool" else "fleet"  # fleet-sharded: the runner's fleet engine
-            with runner.make_executor(workers) as executor:
+            with make_executor(workers) as executor:
                 started = time.perf_counter()
                 _wait(executor, [executor.submit(_warm, 1.0, device) for _ in range(workers)])
                 out["pool_start_seconds"] = time.perf_counter() - started
                 started = time.perf_counter()
                 jobs = [executor.submit(_cpu_timed_train_job, store, "bench", 0, shard, device, kind)
-                        for shard in runner.shard(ids, kind, workers, device)]
+                        for shard in shard(ids, kind, workers, device)]
                 trained = _wait(executor, jobs)
                 out["seconds"] = time.perf_counter() - started
             records = [twin_id for shard_ids, _ in trained for twin_id in shard_ids]
@@ -335,7 +336,7 @@ OPTIMIZED = """\
 
 py-spy, cProfile and `torch.profiler` on the fleet engine (K=128 to 1024, default budget) showed
 the round to be bound by the policy's batched matrix products and by memory traffic on its
-[K, 128, 64] activations, plus avoidable costs, removed in `fedtwin/train.py` without changing the
+[K, 128, 64] activations, plus avoidable costs, removed in `fedtwin/learn/train.py` without changing the
 maths (`tests/test_train.py` and `tests/test_engines.py` check pool/fleet equality to 1e-5):
 
 1. `vmap(functional_call(module))` decomposed each `Linear` into a batched matmul and a separate

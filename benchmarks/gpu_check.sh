@@ -22,7 +22,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   python3 -c "import torch, numpy; print('torch', torch.__version__, 'numpy', numpy.__version__)"
-  python3 -m fedtwin.cartpole_kernel
+  python3 -m fedtwin.sim.cartpole_kernel
   nproc
 } 2>&1 | tee "$OUT/machine.txt"
 

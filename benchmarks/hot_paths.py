@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from fedtwin.policy import PolicySpec, init_params, params_to_bytes  # noqa: E402
+from fedtwin.federation.updates import UpdateRecord, load_and_validate, write_updates  # noqa: E402
+from fedtwin.policy.layout import PolicySpec, init_params, params_to_bytes  # noqa: E402
 from fedtwin.store import LocalStore, RunLayout, sha256_hex  # noqa: E402
-from fedtwin.updates import UpdateRecord, load_and_validate, write_updates  # noqa: E402
 
 TWINS = 512
 METRICS = {"charts/episodic_return": 123.0, "charts/episodes": 10.0, "losses/policy_loss": 0.1,

@@ -41,8 +41,9 @@ import torch
 import yaml
 from machine import cpu_model, load_average
 
-from fedtwin import privacy, runner
+from fedtwin import runner
 from fedtwin.config import build_config, deep_merge, set_path
+from fedtwin.learn import privacy
 from fedtwin.store import LocalStore, RunLayout
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,7 +65,7 @@ NOTES = """\
 ## How to read this
 
 - Epsilon is per twin and per *transition* (one sample = one transition), composed over every
-  DP-SGD step of the run; it is not a per-episode or per-device guarantee (see `fedtwin/privacy.py`).
+  DP-SGD step of the run; it is not a per-episode or per-device guarantee (see `fedtwin/learn/privacy.py`).
   Held-out twins never train; their return is the utility.
 - The clip bound interacts with the noise. Setup A's bound (6) is above most transitions' gradient
   norms: little clipping bias, and at epsilon 8 the noise is small enough. At epsilon 3 and 1 the

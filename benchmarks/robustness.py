@@ -46,9 +46,10 @@ from machine import cpu_model, load_average
 from fedtwin import steps
 from fedtwin.config import build_config
 from fedtwin.errors import QuorumError
-from fedtwin.policy import params_from_bytes, params_to_bytes
+from fedtwin.federation.updates import UpdateRecord, write_update
+from fedtwin.policy.layout import params_from_bytes, params_to_bytes
+from fedtwin.run.round import train_round
 from fedtwin.store import LocalStore, RunLayout
-from fedtwin.updates import UpdateRecord, write_update
 
 RESULTS = Path(__file__).parent / "results" / "robustness.md"
 ATTACKS = ("sign_flip", "scaled", "noise", "nan")
@@ -137,7 +138,7 @@ def run_cell(root: Path, strategy: str, attack: str, fraction: float, args: argp
     malicious = sorted(rng.choice(init.twin_ids, size=round(fraction * args.twins), replace=False).tolist())
     rejected = 0
     for round_index in range(args.rounds):
-        steps.train(store, run_id, round_index, init.twin_ids, engine="fleet")
+        train_round(store, run_id, round_index, init.twin_ids, "fleet", 1)
         if malicious:
             attack_round(store, ctx, round_index, malicious, attack, rng, args)
         try:

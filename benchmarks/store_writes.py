@@ -1,7 +1,7 @@
 """Store writes of a fleet shard: one update at a time vs `run_concurrently`, on S3 and on disk.
 
 A fleet-engine shard ends by writing one update per twin (weights, then the record). This times
-`fedtwin.updates.write_updates` for 128 twins with the store's `max_concurrency` at 1 and at 8,
+`fedtwin.federation.updates.write_updates` for 128 twins with the store's `max_concurrency` at 1 and at 8,
 against a real S3 server (SeaweedFS from the dev extras, on 127.0.0.1) and a local directory,
 contenders alternating repeat by repeat in one process. It is the evidence for the defaults:
 S3 stores write 8 at a time, local stores one at a time.
@@ -28,9 +28,9 @@ from machine import cpu_model, load_average
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fedtwin.federation.updates import UpdateRecord, write_updates  # noqa: E402
 from fedtwin.s3store import S3Store  # noqa: E402
 from fedtwin.store import ArtifactStore, LocalStore, RunLayout  # noqa: E402
-from fedtwin.updates import UpdateRecord, write_updates  # noqa: E402
 from tests.servers import SeaweedS3  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "store_writes.md"

@@ -2,7 +2,7 @@
 
 Each "round-equivalent" the agent trains as many local chunks as the fleet has training twins,
 each chunk exactly one twin's local training of a federated round (`train.updates` rollouts of
-`num_envs x num_steps` steps, `fedtwin.train.train_twin`), starting from the agent's own weights:
+`num_envs x num_steps` steps, `fedtwin.learn.train.train_twin`), starting from the agent's own weights:
 so round r of the baseline has used as many env steps as round r of a federated run in which
 every twin took part. After each round-equivalent the agent is validated on the run's validation
 twins with the same seeds as the global model, and stops early at the same target return.
@@ -33,14 +33,14 @@ from typing import Any, Literal
 import numpy as np
 from tqdm import tqdm
 
+from fedtwin.core.seeding import derive_seed
 from fedtwin.errors import ConfigError
-from fedtwin.evaluate import evaluate_policy
-from fedtwin.policy import params_from_bytes, params_to_bytes
-from fedtwin.seeding import derive_seed
+from fedtwin.learn.evaluate import evaluate_policy
+from fedtwin.learn.train import train_twin
+from fedtwin.policy.layout import params_from_bytes, params_to_bytes
+from fedtwin.sim.twins import TwinSpec
 from fedtwin.steps import RunContext, evaluate_final, now_iso, validation_seed
 from fedtwin.store import ArtifactStore
-from fedtwin.train import train_twin
-from fedtwin.twins import TwinSpec
 
 Mode = Literal["pooled", "single"]
 MODES: tuple[Mode, ...] = ("pooled", "single")

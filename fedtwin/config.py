@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from fedtwin.errors import ConfigError
+from fedtwin.federation.strategies import STRATEGIES, make_strategy
 from fedtwin.formats import check_dns_label, dump_yaml, load_yaml, read_yaml
 from fedtwin.limits import (
     MAX_EVAL_TWINS,
@@ -32,7 +33,6 @@ from fedtwin.limits import (
     MAX_ROLLOUT,
     MAX_TRAINING_TWINS,
 )
-from fedtwin.strategies import STRATEGIES, make_strategy
 
 ENV_PREFIX = "FEDTWIN_"
 
@@ -122,7 +122,7 @@ class FederationConfig(StrictModel):
     rounds: int = Field(20, ge=1)
     strategy: str = "fedavg"
     """Aggregation strategy by name: fedavg, fedprox, fedavgm, fedadam, fedyogi, median, trimmed_mean,
-    krum, multikrum (see `fedtwin.strategies`)."""
+    krum, multikrum (see `fedtwin.federation.strategies`)."""
     server_lr: float | None = Field(None, gt=0)
     """Server learning rate of fedavgm (default 1.0), fedadam and fedyogi (default 0.01)."""
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -165,7 +165,7 @@ class FederationConfig(StrictModel):
         return value
 
     def strategy_params(self) -> dict[str, Any]:
-        """The strategy hyperparameters, for `fedtwin.strategies.make_strategy`."""
+        """The strategy hyperparameters, for `fedtwin.federation.strategies.make_strategy`."""
         keys = ("server_lr", "momentum", "beta1", "beta2", "tau", "trim_beta", "krum_f", "multi_krum_m")
         return {k: getattr(self, k) for k in keys}
 
@@ -183,7 +183,7 @@ class ExecutionConfig(StrictModel):
 
 
 class PrivacyConfig(StrictModel):
-    """Differential privacy (see `fedtwin.privacy` for what the guarantee covers)."""
+    """Differential privacy (see `fedtwin.learn.privacy` for what the guarantee covers)."""
 
     mode: Literal["off", "local", "central"] = "off"
     """off; local: DP-SGD on each twin's update (per-transition epsilon per twin, budget stop);

@@ -40,9 +40,9 @@ from pydantic import ValidationError
 from fedtwin import runner, steps
 from fedtwin.config import MulticlusterConfig, env_overrides
 from fedtwin.errors import ConfigError, FedtwinError, QuorumError, RunConflictError, StoreError
+from fedtwin.federation.updates import update_twin_ids
 from fedtwin.formats import check_dns_label
 from fedtwin.store import ArtifactStore, RunLayout
-from fedtwin.updates import update_twin_ids
 
 log = logging.getLogger("fedtwin.multicluster")
 T = TypeVar("T")

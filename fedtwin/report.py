@@ -25,9 +25,9 @@ from matplotlib.figure import Figure
 
 from fedtwin import tracking
 from fedtwin.baseline import list_baselines, load_baseline
+from fedtwin.sim.twins import TwinSpec
 from fedtwin.steps import RunContext
 from fedtwin.store import ArtifactStore
-from fedtwin.twins import TwinSpec
 
 RETURN_METRIC = "charts/episodic_return"
 PHYSICAL = ("gravity", "masscart", "masspole", "length", "force_mag", "tau")

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from fedtwin import steps
 from fedtwin.config import Config
 from fedtwin.errors import FedtwinError, RunConflictError, RunLockedError, StoreError
+from fedtwin.learn.train import resolve_device
 from fedtwin.store import ArtifactStore, Lease, LockHeldError, RunLayout, open_store
-from fedtwin.train import resolve_device
 
 log = logging.getLogger("fedtwin.runner")
 

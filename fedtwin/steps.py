@@ -14,19 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from fedtwin import privacy, tracking
+from fedtwin import tracking
 from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
+from fedtwin.core.seeding import derive_seed
 from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError, StoreError
-from fedtwin.evaluate import evaluate_policy
-from fedtwin.formats import parse_yaml
-from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
-from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
-from fedtwin.seeding import derive_seed
-from fedtwin.store import ArtifactStore, RunLayout, repair_advice, sha256_hex
-from fedtwin.strategies import Strategy, make_strategy
-from fedtwin.train import train_twins
-from fedtwin.twins import Fleet, TwinSpec, fleet_to_json, load_fleet, make_fleet, parse_fleet
-from fedtwin.updates import (
+from fedtwin.federation.strategies import Strategy, make_strategy
+from fedtwin.federation.updates import (
     AcceptedUpdate,
     UpdateRecord,
     finite_metrics,
@@ -35,6 +28,14 @@ from fedtwin.updates import (
     update_twin_ids,
     write_updates,
 )
+from fedtwin.formats import parse_yaml
+from fedtwin.learn import privacy
+from fedtwin.learn.evaluate import evaluate_policy
+from fedtwin.learn.train import train_twins
+from fedtwin.policy.layout import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
+from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
+from fedtwin.sim.twins import Fleet, TwinSpec, fleet_to_json, load_fleet, make_fleet, parse_fleet
+from fedtwin.store import ArtifactStore, RunLayout, repair_advice, sha256_hex
 
 log = logging.getLogger("fedtwin.steps")
 

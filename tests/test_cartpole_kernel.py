@@ -1,4 +1,4 @@
-"""The compiled CartPole step (fedtwin/cartpole_kernel.py) gives the NumPy path's floats, bit for bit.
+"""The compiled CartPole step (fedtwin/sim/cartpole_kernel.py) gives the NumPy path's floats, bit for bit.
 
 tests/test_envs.py runs every env test on both paths (gymnasium parity included); this file compares
 the two paths directly, step by step, on fleets with per-twin physics and every imperfection.
@@ -14,10 +14,10 @@ import sys
 import numpy as np
 import pytest
 
-import fedtwin.envs as envs
-from fedtwin import cartpole_kernel
-from fedtwin.envs import TwinCartPoleVectorEnv
-from fedtwin.twins import generate_twins
+import fedtwin.sim.envs as envs
+from fedtwin.sim import cartpole_kernel
+from fedtwin.sim.envs import TwinCartPoleVectorEnv
+from fedtwin.sim.twins import generate_twins
 from tests.test_envs import controller
 
 
@@ -69,7 +69,7 @@ def test_kernel_sign_is_numpys_sign() -> None:
 
 
 def test_kernel_can_be_switched_off_by_environment() -> None:
-    code = "import sys, fedtwin.cartpole_kernel as k; sys.exit(k.step_kernel is not None)"
+    code = "import sys, fedtwin.sim.cartpole_kernel as k; sys.exit(k.step_kernel is not None)"
     env = {**os.environ, cartpole_kernel.KERNEL_ENV: "numpy"}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
 

@@ -248,7 +248,7 @@ def bad_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """name -> (model file, what the one-line error must say)."""
     import numpy as np
 
-    from fedtwin.policy import PolicySpec, init_params, params_to_bytes
+    from fedtwin.policy.layout import PolicySpec, init_params, params_to_bytes
 
     models: dict[str, tuple[Path, str]] = {}
     huge = '{"act_dim": 2, "hidden": [1000000000, 1000000000], "kind": "actor_critic", "obs_dim": 4}'

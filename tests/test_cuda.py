@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedtwin import privacy
 from fedtwin.config import TrainConfig
-from fedtwin.policy import init_params, params_from_bytes, policy_spec
+from fedtwin.learn import privacy
+from fedtwin.learn.train import LocalResult, train_twins
+from fedtwin.policy.layout import init_params, params_from_bytes, policy_spec
+from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore, RunLayout
-from fedtwin.train import LocalResult, train_twins
-from fedtwin.twins import make_fleet
 from tests.helpers import fedtwin, write_tiny_config
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

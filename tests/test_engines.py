@@ -13,10 +13,10 @@ from fedtwin import steps
 from fedtwin.cli import main
 from fedtwin.config import TrainConfig, load_config
 from fedtwin.errors import ConfigError
-from fedtwin.policy import PolicyNet, init_params, layout_for, params_from_bytes, policy_spec
+from fedtwin.learn.train import DeviceError, StackedPolicy
+from fedtwin.policy.layout import PolicyNet, init_params, layout_for, params_from_bytes, policy_spec
 from fedtwin.runner import shard
 from fedtwin.store import LocalStore, RunLayout
-from fedtwin.train import DeviceError, StackedPolicy
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
 torch.set_num_threads(1)

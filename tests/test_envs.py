@@ -1,4 +1,5 @@
-"""Per-twin CartPole (fedtwin/envs.py): gymnasium parity, batching independence, imperfections, autoreset."""
+"""Per-twin CartPole (fedtwin/sim/envs.py): gymnasium parity, batching independence, imperfections,
+autoreset."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import numpy as np
 import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
-import fedtwin.envs as envs
-from fedtwin import cartpole_kernel
-from fedtwin.envs import ENV_ID, TwinCartPoleEnv, TwinCartPoleVectorEnv, make_vector_env
-from fedtwin.twins import TwinSpec, generate_twins
+import fedtwin.sim.envs as envs
+from fedtwin.sim import cartpole_kernel
+from fedtwin.sim.envs import ENV_ID, TwinCartPoleEnv, TwinCartPoleVectorEnv, make_vector_env
+from fedtwin.sim.twins import TwinSpec, generate_twins
 
 DEFAULT = TwinSpec(id="default")
 
@@ -86,7 +87,7 @@ def test_registration_survives_reimport() -> None:
     spec = gymnasium.spec(ENV_ID)
 
     assert spec.max_episode_steps == 500
-    assert spec.entry_point == "fedtwin.envs:TwinCartPoleEnv"
+    assert spec.entry_point == "fedtwin.sim.envs:TwinCartPoleEnv"
 
 
 @pytest.mark.parametrize("n", [1, 7, 256])
@@ -466,7 +467,7 @@ def test_bool_and_small_int_actions_work() -> None:
 
 
 def test_envs_module_never_imports_torch() -> None:
-    code = "import sys, fedtwin.envs, fedtwin.twins; sys.exit('torch' in sys.modules)"
+    code = "import sys, fedtwin.sim.envs, fedtwin.sim.twins; sys.exit('torch' in sys.modules)"
 
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

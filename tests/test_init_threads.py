@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fedtwin.config import Config
-from fedtwin.policy import init_params, policy_spec
+from fedtwin.policy.layout import init_params, policy_spec
 
 
 def test_initial_model_is_the_same_on_one_thread_and_on_many() -> None:

@@ -13,7 +13,7 @@ from safetensors.numpy import save as st_save
 
 from fedtwin.config import TrainConfig
 from fedtwin.errors import FedtwinError
-from fedtwin.policy import (
+from fedtwin.policy.layout import (
     LayoutError,
     PolicySpec,
     build_policy,

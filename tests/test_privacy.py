@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from fedtwin import privacy, runner, steps, tracking
+from fedtwin import runner, steps, tracking
 from fedtwin.config import Config, TrainConfig, build_config, deep_merge
 from fedtwin.errors import ConfigError, QuorumError
-from fedtwin.policy import init_params, params_from_bytes, policy_spec
+from fedtwin.federation.updates import update_twin_ids
+from fedtwin.learn import privacy
+from fedtwin.learn.train import train_twin, train_twins
+from fedtwin.policy.layout import init_params, params_from_bytes, policy_spec
+from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore, RunLayout
-from fedtwin.train import train_twin, train_twins
-from fedtwin.twins import make_fleet
-from fedtwin.updates import update_twin_ids
 from tests.helpers import TINY, clean_env, fedtwin, write_tiny_config
 
 SIGMA = 1.0

@@ -17,6 +17,7 @@ import pytest
 
 from fedtwin.config import S3Config
 from fedtwin.errors import ConfigError, IntegrityError, StoreError
+from fedtwin.federation.updates import UpdateRecord, update_twin_ids, write_updates
 from fedtwin.s3store import (
     S3AccessDeniedError,
     S3BucketNotFoundError,
@@ -26,7 +27,6 @@ from fedtwin.s3store import (
     parse_s3_url,
 )
 from fedtwin.store import RunLayout, list_runs, open_store, sha256_hex
-from fedtwin.updates import UpdateRecord, update_twin_ids, write_updates
 from tests.servers import TWIN_ID
 
 

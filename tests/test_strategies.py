@@ -7,8 +7,7 @@ from safetensors.numpy import load, save
 from fedtwin import steps
 from fedtwin.config import FederationConfig, load_config
 from fedtwin.errors import ConfigError
-from fedtwin.store import LocalStore
-from fedtwin.strategies import (
+from fedtwin.federation.strategies import (
     AggregationError,
     FedAdam,
     FedAvgM,
@@ -26,7 +25,8 @@ from fedtwin.strategies import (
     make_strategy,
     trimmed_mean,
 )
-from fedtwin.twins import dump_fleet, make_fleet
+from fedtwin.sim.twins import dump_fleet, make_fleet
+from fedtwin.store import LocalStore
 
 
 def test_fedavg_weights_by_samples():

@@ -23,7 +23,8 @@ def bench(monkeypatch):
 
 
 def test_a_run_stops_on_validation_and_evaluates_the_held_out_twins_once(bench, tmp_path, monkeypatch):
-    from fedtwin import evaluate, steps
+    from fedtwin import steps
+    from fedtwin.learn import evaluate
 
     heldout_calls = []
     real = evaluate.evaluate_policy

@@ -10,13 +10,20 @@ import pytest
 import torch
 
 from fedtwin.config import TrainConfig
-from fedtwin.envs import TwinCartPoleVectorEnv
 from fedtwin.errors import FedtwinError
-from fedtwin.evaluate import evaluate_policy
-from fedtwin.policy import PolicyNet, init_params, layout_for, policy_spec
-from fedtwin.rollout import collect_rollout, gae, sample_actions
-from fedtwin.train import DeviceError, StackedPolicy, optimizer_step, rollout_values, train_twin, train_twins
-from fedtwin.twins import TwinSpec, make_fleet
+from fedtwin.learn.evaluate import evaluate_policy
+from fedtwin.learn.rollout import collect_rollout, gae, sample_actions
+from fedtwin.learn.train import (
+    DeviceError,
+    StackedPolicy,
+    optimizer_step,
+    rollout_values,
+    train_twin,
+    train_twins,
+)
+from fedtwin.policy.layout import PolicyNet, init_params, layout_for, policy_spec
+from fedtwin.sim.envs import TwinCartPoleVectorEnv
+from fedtwin.sim.twins import TwinSpec, make_fleet
 
 SMALL_PPO = TrainConfig(num_envs=2, num_steps=32, updates=2, epochs=2, minibatches=2)
 SMALL_REINFORCE = TrainConfig(algo="reinforce", num_envs=2, num_steps=32, updates=2)

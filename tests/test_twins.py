@@ -1,4 +1,4 @@
-"""TwinSpec, deterministic fleets and fleet YAML (fedtwin/twins.py)."""
+"""TwinSpec, deterministic fleets and fleet YAML (fedtwin/sim/twins.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
+from fedtwin.core.seeding import derive_seed
 from fedtwin.errors import ConfigError
-from fedtwin.seeding import derive_seed
-from fedtwin.twins import (
+from fedtwin.sim.twins import (
     HARD_FRICTION_CART_MAX,
     HARD_FRICTION_POLE_MAX,
     HARD_SENSOR_NOISE_MAX,
@@ -409,7 +409,7 @@ def test_a_runs_stored_fleet_is_json_that_reads_back_exactly_as_yaml_too() -> No
     import yaml
 
     from fedtwin.formats import SafeLoader
-    from fedtwin.twins import fleet_to_json
+    from fedtwin.sim.twins import fleet_to_json
 
     fleet = make_fleet(20, 3, 0.3, "hard", 2, 2)
     text = fleet_to_json(fleet)

@@ -16,9 +16,7 @@ import torch
 from fedtwin import steps
 from fedtwin.config import load_config
 from fedtwin.errors import QuorumError
-from fedtwin.policy import PolicySpec, init_params, params_from_bytes, params_to_bytes
-from fedtwin.store import LocalStore, RunLayout, sha256_hex
-from fedtwin.updates import (
+from fedtwin.federation.updates import (
     BAD_LAYOUT,
     BAD_RECORD,
     BAD_SAMPLES,
@@ -33,6 +31,8 @@ from fedtwin.updates import (
     load_and_validate,
     write_update,
 )
+from fedtwin.policy.layout import PolicySpec, init_params, params_from_bytes, params_to_bytes
+from fedtwin.store import LocalStore, RunLayout, sha256_hex
 from tests.helpers import write_tiny_config
 
 torch.set_num_threads(1)

@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from fedtwin.errors import ConfigError
+from fedtwin.sim.twins import shard_names, twin_ids
 from fedtwin.steps import FanOut
-from fedtwin.twins import shard_names, twin_ids
 from tests.argo_local import LocalArgo, Node, Run
 from tests.argo_local.status import MAX_WORKFLOW_SIZE, status_nodes, stored_size
 from workflows.common import MAX_WORKFLOW_NODES

@@ -113,8 +113,8 @@ def evaluate_cmd(model: str, twins_file: str, episodes: int, seed: int, as_json:
 
     Example: fedtwin evaluate --model fedtwin-runs/runs/demo/report/final.safetensors --twins fleet.yaml
     """
-    from fedtwin.evaluate import evaluate_policy, load_model
-    from fedtwin.twins import load_twins
+    from fedtwin.learn.evaluate import evaluate_policy, load_model
+    from fedtwin.sim.twins import load_twins
 
     twins = load_twins(twins_file)
     if not twins:

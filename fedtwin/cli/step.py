@@ -55,8 +55,8 @@ def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, 
     Example: fedtwin step init --run-id demo --twins 4 --outputs-dir /tmp/out
     """
     from fedtwin import steps
+    from fedtwin.sim.twins import shard_names
     from fedtwin.store import RunLayout, open_store
-    from fedtwin.twins import shard_names
 
     config = resolve_config(config_file, **flags)
     artifact_store = open_store(config.store, config.s3)

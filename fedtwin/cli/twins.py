@@ -29,8 +29,8 @@ def generate_cmd(count: int, seed: int, spread: float | None, preset: str, prefi
     """
     from fedtwin.errors import ConfigError, FedtwinError
     from fedtwin.formats import check_dns_label
+    from fedtwin.sim.twins import generate_twins, save_twins
     from fedtwin.store import os_error_line
-    from fedtwin.twins import generate_twins, save_twins
 
     try:
         check_dns_label(f"{prefix}-0", "twin id prefix")

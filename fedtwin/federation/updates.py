@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedtwin.errors import FedtwinError, IntegrityError
 from fedtwin.formats import DNS_LABEL
-from fedtwin.policy import LayoutError, PolicySpec, params_from_bytes
+from fedtwin.policy.layout import LayoutError, PolicySpec, params_from_bytes
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 
 SHA256_OR_EMPTY = r"^([0-9a-f]{64})?$"

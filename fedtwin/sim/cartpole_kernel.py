@@ -1,6 +1,6 @@
 """One compiled pass over all sub-envs for a CartPole step: the same floats as the NumPy path, faster.
 
-`fedtwin.envs.cartpole_step` spends ~20 NumPy calls per step, each a pass over memory; this kernel
+`fedtwin.sim.envs.cartpole_step` spends ~20 NumPy calls per step, each a pass over memory; this kernel
 (numba, optional: `pip install 'fedtwin[fast]'`) does the step, the termination test and the float32
 observation in one loop. Every expression keeps the NumPy path's operands and order, `math.sin` /
 `math.cos` are the same glibc calls NumPy makes for float64, and numba neither fuses multiply-adds
@@ -90,8 +90,8 @@ def warm_up() -> bool:
     """Compile (or load from numba's cache) the kernel now; False when the NumPy path is in use."""
     if step_kernel is None:
         return False
-    from fedtwin.envs import TwinCartPoleVectorEnv
-    from fedtwin.twins import TwinSpec
+    from fedtwin.sim.envs import TwinCartPoleVectorEnv
+    from fedtwin.sim.twins import TwinSpec
 
     env = TwinCartPoleVectorEnv([TwinSpec(id="warm-up")])
     env.reset(seed=0)
@@ -99,5 +99,5 @@ def warm_up() -> bool:
     return True
 
 
-if __name__ == "__main__":  # `python -m fedtwin.cartpole_kernel`: the image build compiles it once
+if __name__ == "__main__":  # `python -m fedtwin.sim.cartpole_kernel`: the image build compiles it once
     print("cartpole kernel:", "compiled" if warm_up() else "not in use (NumPy path)")

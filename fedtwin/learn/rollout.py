@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from fedtwin.envs import TwinCartPoleVectorEnv
+from fedtwin.sim.envs import TwinCartPoleVectorEnv
 
 ActorFn = Callable[[torch.Tensor], torch.Tensor]
 """Batched actor: observations [K, N, D] -> logits [K, N, A] (twin k uses its own parameters)."""

@@ -9,7 +9,7 @@ share the env: the fleet engine (all twins in one env) equals the pool engine (o
 `TwinCartPoleEnv` is the single-env form (`gymnasium.make("fedtwin/TwinCartPole-v0")`) and runs
 the very same step code with one sub-environment.
 
-The physics step runs as one compiled loop (`fedtwin.cartpole_kernel`, when numba is installed)
+The physics step runs as one compiled loop (`fedtwin.sim.cartpole_kernel`, when numba is installed)
 or as NumPy ufuncs (`cartpole_step`); both give the same floats, so results never depend on it.
 """
 
@@ -29,8 +29,8 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from fedtwin.cartpole_kernel import step_kernel
-from fedtwin.twins import TwinSpec
+from fedtwin.sim.cartpole_kernel import step_kernel
+from fedtwin.sim.twins import TwinSpec
 
 ENV_ID = "fedtwin/TwinCartPole-v0"
 MAX_EPISODE_STEPS = 500
@@ -472,7 +472,7 @@ class _Simulator:
         fm = physics.force_mag
         # force = ±force_mag is exactly gymnasium's np.sign(action - 0.5) * force_mag: one take() per step.
         self.force_table = np.array([-fm, fm] if fm.ndim == 0 else [-1.0, 1.0])
-        self.kernel = step_kernel  # the compiled step (fedtwin.cartpole_kernel), or None: the NumPy path
+        self.kernel = step_kernel  # the compiled step (fedtwin.sim.cartpole_kernel), or None: the NumPy path
         self.kernel_args = _kernel_args(physics) if self.kernel is not None else None
 
     def seed_noise(self, entropies: Sequence[int | None]) -> None:
@@ -812,7 +812,7 @@ class TwinCartPoleEnv(gymnasium.Env[npt.NDArray[np.float32], int]):
 
 
 def register_envs() -> None:
-    """Register `fedtwin/TwinCartPole-v0`; importing fedtwin.envs twice must not warn or fail."""
+    """Register `fedtwin/TwinCartPole-v0`; importing fedtwin.sim.envs twice must not warn or fail."""
     if ENV_ID not in gymnasium.registry:
         gymnasium.register(
             id=ENV_ID, entry_point=f"{__name__}:TwinCartPoleEnv", max_episode_steps=MAX_EPISODE_STEPS

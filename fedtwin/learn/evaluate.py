@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from fedtwin.envs import TwinCartPoleVectorEnv
+from fedtwin.core.seeding import derive_seed
 from fedtwin.errors import ConfigError
-from fedtwin.policy import LayoutError, PolicySpec, greedy_actions, params_from_bytes
-from fedtwin.seeding import derive_seed
-from fedtwin.twins import TwinSpec
+from fedtwin.policy.layout import LayoutError, PolicySpec, greedy_actions, params_from_bytes
+from fedtwin.sim.envs import TwinCartPoleVectorEnv
+from fedtwin.sim.twins import TwinSpec
 
 CARTPOLE = PolicySpec("reinforce", (1,))
 """The observation and action sizes of every twin (4 numbers in, push left or right out)."""

@@ -10,7 +10,7 @@ Each twin draws every random number from its own generator seeded from `seeds[k]
 
 With local differential privacy (`dp`), each optimizer step is DP-SGD instead: per-sample gradients
 (`vmap` of `grad` over a Poisson-sampled minibatch, inside the twin `vmap`), clipped, summed and
-noised by `fedtwin.privacy` exactly as Opacus' DPOptimizer does, each twin with its own noise generator.
+noised by `fedtwin.learn.privacy` exactly as Opacus' DPOptimizer does, each twin with its own noise generator.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import torch
 from torch.func import functional_call
 
 from fedtwin.config import TrainConfig
-from fedtwin.envs import TwinCartPoleVectorEnv
 from fedtwin.errors import ConfigError
-from fedtwin.policy import PolicyNet, layout_for, policy_spec
-from fedtwin.privacy import LocalDP, clip_and_sum, noise_and_scale
-from fedtwin.rollout import ActorFn, Rollout, collect_rollout, gae
-from fedtwin.twins import TwinSpec
+from fedtwin.learn.privacy import LocalDP, clip_and_sum, noise_and_scale
+from fedtwin.learn.rollout import ActorFn, Rollout, collect_rollout, gae
+from fedtwin.policy.layout import PolicyNet, layout_for, policy_spec
+from fedtwin.sim.envs import TwinCartPoleVectorEnv
+from fedtwin.sim.twins import TwinSpec
 
 Params = dict[str, torch.Tensor]
 """Named parameters stacked over twins: each tensor is [K, *shape]."""
@@ -266,7 +266,7 @@ def private_step(
     """One DP-SGD step of K twins on `batch` ([K, M, ...] tensors; `mask` [K, M] marks real samples).
 
     Per-sample gradients are `vmap(grad)` over samples inside the twin vmap (Opacus' functorch
-    mode), clipped, summed and noised by `fedtwin.privacy` like Opacus' DPOptimizer; the FedProx
+    mode), clipped, summed and noised by `fedtwin.learn.privacy` like Opacus' DPOptimizer; the FedProx
     gradient, which does not depend on data, is added after the noise. Steps each twin's accountant.
     Returns the aux terms per sample, [K, M].
     """

@@ -80,16 +80,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fedtwin.core.seeding import derive_seed
 from fedtwin.errors import ConfigError, FedtwinError, IntegrityError
-from fedtwin.seeding import derive_seed
-from fedtwin.updates import SKIPPED, UpdateRecord
+from fedtwin.federation.updates import SKIPPED, UpdateRecord
 
 if TYPE_CHECKING:
     from opacus.accountants import IAccountant
 
     from fedtwin.config import Config
+    from fedtwin.federation.updates import Rejection
     from fedtwin.store import ArtifactStore, RunLayout
-    from fedtwin.updates import Rejection
 
 NOISE_KEY_ENV = "FEDTWIN_DP_NOISE_KEY"
 SKIPPED_BUDGET = "privacy budget"

@@ -1,0 +1,1 @@
+"""Combining the twins' updates: aggregation strategies, and the checks every update passes first."""

@@ -1,0 +1,1 @@
+"""Local learning, pure computation: rollouts, PPO, REINFORCE, DP-SGD and its accounting, evaluation."""
