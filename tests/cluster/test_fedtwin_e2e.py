@@ -237,7 +237,7 @@ def test_multi_cluster_pair_completes(fedtwin_release: Release) -> None:
 
 def test_argo_server_serves_round_outputs(fedtwin_release: Release, clean_run: dict[str, Any]) -> None:
     """Test 6 (API part): `argo server` serves the finished workflow and every round node carries
-    its participants and validation return. The screenshot part is not done: see README.md."""
+    its participants and validation return (the screenshot: test_argo_ui.py)."""
     cluster = fedtwin_release.cluster
     url = cluster.start_argo_server()
     name = clean_run["metadata"]["name"]
