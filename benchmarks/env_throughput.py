@@ -28,7 +28,7 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from machine import cpu_model, load_average
 
-import fedtwin.sim.envs as fedtwin_envs
+from fedtwin.sim import simulator as fedtwin_simulator
 from fedtwin.sim.cartpole_kernel import step_kernel
 from fedtwin.sim.envs import ENV_ID, TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec, generate_twins
@@ -131,11 +131,11 @@ def to_rows(n: int, env_steps: int, times: dict[str, Timing], baseline_name: str
 
 def numpy_path(twins: list[TwinSpec], envs_per_twin: int) -> TwinCartPoleVectorEnv:
     """The env without the compiled kernel (as without numba): the NumPy ufunc path."""
-    kernel, fedtwin_envs.step_kernel = fedtwin_envs.step_kernel, None
+    kernel, fedtwin_simulator.step_kernel = fedtwin_simulator.step_kernel, None
     try:
         return TwinCartPoleVectorEnv(twins, envs_per_twin=envs_per_twin)
     finally:
-        fedtwin_envs.step_kernel = kernel
+        fedtwin_simulator.step_kernel = kernel
 
 
 def bench_size(n: int, args: argparse.Namespace) -> list[Row]:

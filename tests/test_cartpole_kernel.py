@@ -14,8 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-import fedtwin.sim.envs as envs
-from fedtwin.sim import cartpole_kernel
+from fedtwin.sim import cartpole_kernel, simulator
 from fedtwin.sim.envs import TwinCartPoleVectorEnv
 from fedtwin.sim.twins import generate_twins
 from tests.test_envs import controller
@@ -34,7 +33,7 @@ def test_kernel_and_numpy_paths_give_the_same_floats(preset: str, monkeypatch: p
     per-twin physics (and for `hard`, friction, noise and delay): the path never changes a result."""
     twins = generate_twins(6, seed=3, preset=preset)
     compiled = TwinCartPoleVectorEnv(twins, envs_per_twin=5)
-    monkeypatch.setattr(envs, "step_kernel", None)
+    monkeypatch.setattr(simulator, "step_kernel", None)
     plain = TwinCartPoleVectorEnv(twins, envs_per_twin=5)
     monkeypatch.undo()
     assert compiled._sim.kernel is not None and plain._sim.kernel is None
@@ -82,4 +81,14 @@ def test_one_machine_code_version_serves_every_fleet() -> None:
         env = TwinCartPoleVectorEnv(twins, envs_per_twin=3)
         env.reset(seed=0)
         env.step(np.ones(env.num_envs, dtype=np.int64))
+    assert len(cartpole_kernel.step_kernel.signatures) == 1
+
+
+def test_warm_up_compiles_the_version_the_envs_run() -> None:
+    """The image build's `python -m fedtwin.sim.cartpole_kernel` must leave the machine code the envs
+    use in numba's cache: its arguments have the simulator's types, so no second version appears."""
+    assert cartpole_kernel.warm_up()
+    env = TwinCartPoleVectorEnv(generate_twins(2, seed=0), envs_per_twin=2)
+    env.reset(seed=0)
+    env.step(np.ones(env.num_envs, dtype=np.int64))
     assert len(cartpole_kernel.step_kernel.signatures) == 1

@@ -15,8 +15,8 @@ import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
 import fedtwin.sim.envs as envs
-from fedtwin.sim import cartpole_kernel
-from fedtwin.sim.envs import ENV_ID, TwinCartPoleEnv, TwinCartPoleVectorEnv, make_vector_env
+from fedtwin.sim import cartpole_kernel, simulator, streams
+from fedtwin.sim.envs import ENV_ID, TwinCartPoleEnv, TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec, generate_twins
 
 DEFAULT = TwinSpec(id="default")
@@ -33,7 +33,7 @@ def controller(obs: np.ndarray, rng: np.random.Generator, explore: float) -> np.
 def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs on both step paths: the compiled kernel (numba) and the NumPy ufuncs."""
     if request.param == "numpy":
-        monkeypatch.setattr(envs, "step_kernel", None)
+        monkeypatch.setattr(simulator, "step_kernel", None)
     elif cartpole_kernel.step_kernel is None:
         pytest.fail("the compiled step is not available: install the dev extras (numba), and leave "
                     f"{cartpole_kernel.KERNEL_ENV} unset")
@@ -44,8 +44,8 @@ def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 def small_buffers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Tiny pre-draw buffers, sized differently for different env sizes: refills happen often and at
     different steps, so the tests see that chunking never changes a value."""
-    monkeypatch.setattr(envs, "_STREAM_BUFFER_VALUES", 100)
-    monkeypatch.setattr(envs, "_NOISE_BLOCK_BYTES", 4 * envs.NOISE_SLOTS * 4 * 7)  # 7 steps for 4 envs
+    monkeypatch.setattr(streams, "_STREAM_BUFFER_VALUES", 100)
+    monkeypatch.setattr(streams, "_NOISE_BLOCK_BYTES", 4 * streams.NOISE_SLOTS * 4 * 7)  # 7 steps for 4 envs
     yield
 
 
@@ -167,7 +167,7 @@ def test_new_reset_bounds_draw_what_gymnasium_draws(small_buffers: None) -> None
 
 
 def test_spaces_and_metadata_follow_gymnasium() -> None:
-    env = make_vector_env([DEFAULT, TwinSpec(id="b")], envs_per_twin=3)
+    env = TwinCartPoleVectorEnv([DEFAULT, TwinSpec(id="b")], envs_per_twin=3)
     theirs = CartPoleVectorEnv(num_envs=6)
 
     assert env.num_envs == 6

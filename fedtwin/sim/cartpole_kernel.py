@@ -1,6 +1,6 @@
 """One compiled pass over all sub-envs for a CartPole step: the same floats as the NumPy path, faster.
 
-`fedtwin.sim.envs.cartpole_step` spends ~20 NumPy calls per step, each a pass over memory; this kernel
+`fedtwin.sim.cartpole.cartpole_step` spends ~20 NumPy calls per step, each a pass over memory; this kernel
 (numba, optional: `pip install 'fedtwin[fast]'`) does the step, the termination test and the float32
 observation in one loop. Every expression keeps the NumPy path's operands and order, `math.sin` /
 `math.cos` are the same glibc calls NumPy makes for float64, and numba neither fuses multiply-adds
@@ -87,15 +87,17 @@ step_kernel: Callable[..., None] | None = _compile()
 
 
 def warm_up() -> bool:
-    """Compile (or load from numba's cache) the kernel now; False when the NumPy path is in use."""
+    """Compile (or load from numba's cache) the kernel now; False when the NumPy path is in use.
+
+    The arguments have the types the simulator passes (C-ordered float64 arrays, float32
+    observations, Python bools and floats), so this is the machine code every env then runs.
+    """
     if step_kernel is None:
         return False
-    from fedtwin.sim.envs import TwinCartPoleVectorEnv
-    from fedtwin.sim.twins import TwinSpec
-
-    env = TwinCartPoleVectorEnv([TwinSpec(id="warm-up")])
-    env.reset(seed=0)
-    env.step(np.zeros(1, dtype=np.int64))
+    n = 1
+    physics = [np.ones(n) for _ in range(8)]  # gravity ... friction_pole
+    step_kernel(np.zeros((4, n)), np.zeros(n), *physics, False, False, 2.4, 0.2, 4.0 / 3.0,
+                np.empty((4, n), dtype=np.float32), True, np.empty(n, dtype=np.bool_))
     return True
 
 

@@ -1,23 +1,14 @@
-"""CartPole with per-twin physics, vectorized in NumPy, with the gymnasium API.
+"""CartPole for fleets of digital twins, with the gymnasium API.
 
-One `TwinCartPoleVectorEnv` steps the sub-environments of many twins at once: each twin's
-physics become `(n,)` arrays used in gymnasium's own CartPole expressions, so with default
-physics the floats are exactly gymnasium's. Every random draw of a twin (resets, noise) comes
-from that twin's own generators, so a twin's trajectory does not depend on which other twins
-share the env: the fleet engine (all twins in one env) equals the pool engine (one env per twin).
-
-`TwinCartPoleEnv` is the single-env form (`gymnasium.make("fedtwin/TwinCartPole-v0")`) and runs
-the very same step code with one sub-environment.
-
-The physics step runs as one compiled loop (`fedtwin.sim.cartpole_kernel`, when numba is installed)
-or as NumPy ufuncs (`cartpole_step`); both give the same floats, so results never depend on it.
+One `TwinCartPoleVectorEnv` steps the sub-environments of many twins at once, each twin with its
+own physics (`cartpole`) and its own random streams (`streams`); `TwinCartPoleEnv` is the
+single-env form (`gymnasium.make("fedtwin/TwinCartPole-v0")`) and runs the very same step code
+(`simulator`) with one sub-environment. With default physics both give gymnasium's floats.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium
@@ -29,33 +20,24 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from fedtwin.sim.cartpole_kernel import step_kernel
+from fedtwin.sim.cartpole import (
+    RESET_HIGH,
+    RESET_LOW,
+    THETA_THRESHOLD_RADIANS,
+    X_THRESHOLD,
+    BoolArray,
+    Float32Array,
+    Float64Array,
+    TwinPhysics,
+)
+from fedtwin.sim.simulator import Simulator, check_actions
+from fedtwin.sim.streams import ResetStream
 from fedtwin.sim.twins import TwinSpec
 
 ENV_ID = "fedtwin/TwinCartPole-v0"
 MAX_EPISODE_STEPS = 500
-
-THETA_THRESHOLD_RADIANS = 12 * 2 * math.pi / 360
-X_THRESHOLD = 2.4
-RESET_LOW, RESET_HIGH = -0.05, 0.05
-
-# Noise drawn per sub-env per step: 4 sensor, 1 actuator (a reset observation's sensor noise comes
-# from a stream of its own). A fixed count keeps a twin's noise independent of the other twins'.
-NOISE_SLOTS = 5
-_NOISE_KEY = 0x6E6F697365  # "noise": separates a twin's noise stream from its reset stream
-_NOISE_BLOCK_BYTES = 16 << 20  # pre-drawn per-step noise: up to 256 steps, at most 16 MiB
-_STREAM_BUFFER_VALUES = 1 << 20  # pre-drawn values per stream, all twins together (8 MiB)
 _REBASE_STEPS = 1 << 30  # step count at which episode start steps shift back towards 0 (int32)
 
-# 0-d arrays, not Python floats: NumPy converts a Python scalar on every ufunc call.
-_X_THRESHOLD = np.array(X_THRESHOLD)
-_THETA_THRESHOLD = np.array(THETA_THRESHOLD_RADIANS)
-_FOUR_THIRDS = np.array(4.0 / 3.0)
-
-Float32Array = npt.NDArray[np.float32]
-Float64Array = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
-IndexArray = npt.NDArray[np.intp]
 SeedArg = int | Sequence[int] | None
 StepResult = tuple[Float32Array, Float32Array, BoolArray, BoolArray, dict[str, Any]]
 
@@ -64,491 +46,6 @@ def _observation_space() -> spaces.Box:
     high = np.array([X_THRESHOLD * 2, np.inf, THETA_THRESHOLD_RADIANS * 2, np.inf], dtype=np.float32)
     return spaces.Box(-high, high, dtype=np.float32)
 
-
-# --- per-env physics, precomputed once ---
-
-
-@dataclass(frozen=True, eq=False)
-class TwinPhysics:
-    """Physics of n sub-envs; sub-env i belongs to twin i // envs_per_twin.
-
-    A parameter every sub-env shares is a 0-d array (the same IEEE operation as gymnasium's
-    float, one memory stream less), otherwise a (n,) float64 array. Imperfections no twin has
-    are None and skipped: subtracting a zero friction term is exact, so skipping changes no float.
-    """
-
-    twins: tuple[TwinSpec, ...]
-    envs_per_twin: int
-    gravity: Float64Array
-    masspole: Float64Array
-    total_mass: Float64Array
-    polemass_length: Float64Array
-    length: Float64Array
-    force_mag: Float64Array
-    tau: Float64Array
-    friction_cart: Float64Array | None
-    friction_pole: Float64Array | None
-    sensor_noise: Float64Array | None
-    actuator_noise: Float64Array | None
-    action_delay: npt.NDArray[np.int64] | None
-    noisy_twins: tuple[int, ...]
-    """Twins with sensor or actuator noise: the only ones whose noise generator draws."""
-    pml_and_masspole: Float64Array
-    """(2, 1) or (2, n): polemass_length over masspole, to scale theta_dot**2 and cos**2 in one call."""
-
-    @property
-    def num_twins(self) -> int:
-        return len(self.twins)
-
-    @property
-    def n(self) -> int:
-        return self.num_twins * self.envs_per_twin
-
-    def twin_slice(self, k: int) -> slice:
-        return slice(k * self.envs_per_twin, (k + 1) * self.envs_per_twin)
-
-    @classmethod
-    def from_twins(cls, twins: Sequence[TwinSpec], envs_per_twin: int = 1) -> TwinPhysics:
-        if not twins or not all(isinstance(t, TwinSpec) for t in twins):
-            raise ValueError(f"twins must be a non-empty sequence of TwinSpec, got {twins!r}")
-        if isinstance(envs_per_twin, bool) or not isinstance(envs_per_twin, int) or envs_per_twin < 1:
-            raise ValueError(f"envs_per_twin must be an integer >= 1, got {envs_per_twin!r}")
-
-        def per_env(values: list[float]) -> Float64Array:
-            if all(v == values[0] for v in values):
-                return np.array(values[0], dtype=np.float64)
-            return np.repeat(np.asarray(values, dtype=np.float64), envs_per_twin)
-
-        def optional(name: str) -> Float64Array | None:
-            values = [getattr(t, name) for t in twins]
-            return per_env(values) if any(values) else None
-
-        delays = [t.action_delay for t in twins]
-        pml, masspole = per_env([t.polemass_length for t in twins]), per_env([t.masspole for t in twins])
-        return cls(
-            twins=tuple(twins),
-            envs_per_twin=envs_per_twin,
-            gravity=per_env([t.gravity for t in twins]),
-            masspole=masspole,
-            # TwinSpec's properties are gymnasium's expressions (masspole + masscart, masspole * length).
-            total_mass=per_env([t.total_mass for t in twins]),
-            polemass_length=pml,
-            length=per_env([t.length for t in twins]),
-            force_mag=per_env([t.force_mag for t in twins]),
-            tau=per_env([t.tau for t in twins]),
-            friction_cart=optional("friction_cart"),
-            friction_pole=optional("friction_pole"),
-            sensor_noise=optional("sensor_noise"),
-            actuator_noise=optional("actuator_noise"),
-            action_delay=np.repeat(np.asarray(delays, dtype=np.int64), envs_per_twin)
-            if any(delays)
-            else None,
-            noisy_twins=tuple(k for k, t in enumerate(twins) if t.sensor_noise > 0 or t.actuator_noise > 0),
-            pml_and_masspole=np.stack(np.broadcast_arrays(pml, masspole)).reshape(2, -1),
-        )
-
-
-class _Scratch:
-    """Few, reused temporaries: a step allocates only what it returns, and at N = 16384 a small
-    working set is what keeps its ~30 passes over memory in cache."""
-
-    def __init__(self, n: int) -> None:
-        self.state: Float64Array | None = None
-        self._views: tuple[Float64Array, ...] = ()
-        self.trig = np.empty((2, n))  # cos, sin; once dead, the velocity increments and |x|, |theta|
-        self.pair = np.empty((2, n))  # temp and the denominator of thetaacc
-        self.tmp = np.empty(n)
-        self.acc = np.empty((2, n))  # xacc, thetaacc: they update state rows 1 and 3
-        self.flag = np.empty(n, dtype=np.bool_)
-        self.noisy = np.empty((4, n))
-
-    def views(self, state: Float64Array) -> tuple[Float64Array, ...]:
-        """x_dot, theta, theta_dot, positions (rows 0, 2), velocities (rows 1, 3) of `state`, made once."""
-        if state is not self.state:
-            self.state = state
-            self._views = (state[1], state[2], state[3], state[0::2], state[1::2])
-        return self._views
-
-
-def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: _Scratch) -> None:
-    """Advance the (4, n) state in place by one Euler step: gymnasium's expressions, per-env parameters.
-
-    Friction follows Barto, Sutton & Anderson (1983). Every product and quotient is gymnasium's
-    (in-place forms only swap commutative operands), so with zero friction every float equals
-    `CartPoleEnv`/`CartPoleVectorEnv`. Ufuncs are called positionally into preallocated buffers.
-    """
-    mul, div, add, sub = np.multiply, np.divide, np.add, np.subtract
-    x_dot, theta, theta_dot, positions, velocities = s.views(state)
-    cos, sin = s.trig
-    pair, tmp = s.pair, s.tmp
-    temp, den = pair  # computed side by side: one multiply and one divide serve both
-    np.cos(theta, cos)
-    np.sin(theta, sin)
-    # temp = (force + polemass_length * theta_dot**2 * sin - mu_c * sign(x_dot)) / total_mass
-    # den  = length * (4/3 - masspole * cos**2 / total_mass)
-    np.square(theta_dot, temp)
-    np.square(cos, den)
-    mul(pair, p.pml_and_masspole, pair)
-    mul(temp, sin, temp)
-    add(temp, force, temp)
-    if p.friction_cart is not None:
-        np.sign(x_dot, tmp)
-        mul(tmp, p.friction_cart, tmp)
-        sub(temp, tmp, temp)
-    div(pair, p.total_mass, pair)
-    sub(_FOUR_THIRDS, den, den)
-    mul(den, p.length, den)
-    # thetaacc = (g * sin - cos * temp - mu_p * theta_dot / polemass_length) / den
-    xacc, thetaacc = s.acc
-    mul(sin, p.gravity, thetaacc)
-    mul(cos, temp, tmp)
-    sub(thetaacc, tmp, thetaacc)
-    if p.friction_pole is not None:
-        mul(theta_dot, p.friction_pole, tmp)
-        div(tmp, p.polemass_length, tmp)
-        sub(thetaacc, tmp, thetaacc)
-    div(thetaacc, den, thetaacc)
-    # xacc = temp - polemass_length * thetaacc * cos / total_mass
-    mul(thetaacc, p.polemass_length, tmp)
-    mul(tmp, cos, tmp)
-    div(tmp, p.total_mass, tmp)
-    sub(temp, tmp, xacc)
-    # Euler (gymnasium's default integrator): positions move with the old velocities.
-    increments = s.trig  # cos and sin are dead now
-    mul(velocities, p.tau, increments)
-    add(positions, increments, positions)
-    mul(s.acc, p.tau, s.acc)
-    add(velocities, s.acc, velocities)
-
-
-def _kernel_args(p: TwinPhysics) -> tuple[Any, ...]:
-    """`step_kernel`'s physics arguments: every parameter as an (n,) C-contiguous array.
-
-    Always the same array type, shared value or not: numba compiles one machine-code version per
-    combination of argument types, and each costs ~1 s.
-    """
-
-    def per_env(values: Float64Array | None) -> Float64Array:
-        return np.array(np.broadcast_to(np.zeros(()) if values is None else values, (p.n,)), order="C")
-
-    return (per_env(p.gravity), per_env(p.masspole), per_env(p.total_mass), per_env(p.polemass_length),
-            per_env(p.length), per_env(p.tau), per_env(p.friction_cart), per_env(p.friction_pole),
-            p.friction_cart is not None, p.friction_pole is not None, X_THRESHOLD, THETA_THRESHOLD_RADIANS,
-            float(_FOUR_THIRDS))
-
-
-def _terminated(state: Float64Array, s: _Scratch) -> BoolArray:
-    """|x| > 2.4 or |theta| > 12°: the truth value of gymnasium's four comparisons, in fewer passes."""
-    abs_x, abs_theta = np.abs(s.views(state)[3], s.trig)
-    out = np.greater(abs_x, _X_THRESHOLD)
-    np.greater(abs_theta, _THETA_THRESHOLD, s.flag)
-    return np.logical_or(out, s.flag, out)
-
-
-def _check_actions(actions: Any, n: int) -> np.ndarray:
-    """0/1 actions as an integer array usable as take() indices; anything else is a ValueError."""
-    act = np.asarray(actions)
-    if act.shape != (n,) or act.dtype.kind not in "biu":
-        raise ValueError(f"actions must be an integer array of shape ({n},), got {act.dtype} {act.shape}")
-    if act.dtype.kind == "b":
-        return act.view(np.uint8)
-    bits = np.bitwise_or.reduce(act)
-    if not 0 <= bits <= 1:  # a negative value makes the OR negative, a value >= 2 makes it >= 2
-        raise ValueError(f"actions must be 0 (push left) or 1 (push right), got values {np.unique(act)}")
-    return act
-
-
-class _DelayLine:
-    """Actions reach the cart `delay` steps late; an episode starts with the line full of its first action."""
-
-    def __init__(self, delays: npt.NDArray[np.int64]) -> None:
-        n = delays.size
-        self.size = int(delays.max()) + 1
-        self.history = np.zeros((self.size, n), dtype=np.uint8)
-        # applied action at flat index ((pos - delay) % size) * n + env == (offset + pos * n) % (size * n)
-        self.offset = ((self.size - delays) % self.size) * n + np.arange(n)
-        self.pos = 0
-        self.fresh = np.ones(n, dtype=np.bool_)
-
-    def restart(self, idx: IndexArray | None = None) -> None:
-        if idx is None:
-            self.fresh[:] = True
-        else:
-            self.fresh[idx] = True
-
-    def push(self, actions: np.ndarray) -> np.ndarray:
-        n = self.fresh.size
-        self.pos = (self.pos + 1) % self.size
-        if self.fresh.any():
-            cols = np.flatnonzero(self.fresh)
-            self.history[:, cols] = actions[cols]
-            self.fresh[:] = False
-        self.history[self.pos] = actions
-        flat = self.offset + self.pos * n
-        flat %= self.size * n
-        return self.history.ravel()[flat]
-
-
-class _NoiseSource:
-    """Per-step Gaussian noise of the noisy twins, pre-drawn in blocks of steps from each one's generator.
-
-    A twin's stream holds NOISE_SLOTS * envs_per_twin float32 normals per step, in step order, and
-    NumPy's normals do not depend on how a stream is chunked, so the block size (which depends on
-    the env's size) never changes a twin's noise; an explicit reset simply goes on with the stream.
-    """
-
-    def __init__(self, p: TwinPhysics) -> None:
-        self.p = p
-        self.block_steps = max(1, min(256, _NOISE_BLOCK_BYTES // (4 * NOISE_SLOTS * p.n)))
-        # One contiguous block per twin, so each twin's draw lands in place (a scattered write of
-        # every twin's few envs into a (steps, slots, n) block costs more than the draws).
-        shape = (p.num_twins, self.block_steps, NOISE_SLOTS, p.envs_per_twin)
-        self.block = np.zeros(shape, dtype=np.float32)
-        self.step = np.empty((NOISE_SLOTS, p.num_twins, p.envs_per_twin), dtype=np.float32)
-        self.pos = self.block_steps
-        self.generators: dict[int, np.random.Generator] = {}
-
-    def seed(self, generators: dict[int, np.random.Generator]) -> None:
-        self.generators = generators
-        self.pos = self.block_steps
-
-    def next_step(self) -> Float32Array:
-        """(NOISE_SLOTS, n) normals for this step (zero for twins without noise)."""
-        if self.pos == self.block_steps:
-            for k, gen in self.generators.items():
-                gen.standard_normal(dtype=np.float32, out=self.block[k])
-            self.pos = 0
-        np.copyto(self.step, self.block[:, self.pos].transpose(1, 0, 2))
-        self.pos += 1
-        return self.step.reshape(NOISE_SLOTS, self.p.n)
-
-
-def _noise_generators(entropy: int | None) -> tuple[np.random.Generator, np.random.Generator]:
-    """A twin's step-noise and reset-noise generators, derived from its seed, apart from its reset draws."""
-    step_seq, reset_seq = np.random.SeedSequence(entropy, spawn_key=(_NOISE_KEY,)).spawn(2)
-    return np.random.default_rng(step_seq), np.random.default_rng(reset_seq)
-
-
-class _TwinStream:
-    """Each twin's values, drawn ahead in blocks from that twin's own generator, taken as (4, c) blocks.
-
-    A twin whose c sub-envs start over reads its next 4c values as a (4, c) block, as a call
-    `draw(size=(4, c))` would. A NumPy Generator yields the same sequence of values however the
-    draws are chunked (nothing is cached between calls), so drawing ahead changes nothing, and a
-    vectorized gather replaces a Python loop over the twins with finished episodes. Twins without
-    a generator read zeros.
-    """
-
-    def __init__(self, num_twins: int, envs_per_twin: int) -> None:
-        self.num_twins, self.envs_per_twin = num_twins, envs_per_twin
-        self.need = 4 * envs_per_twin  # the most one twin can consume in one step
-        self.size = max(4 * self.need, min(64 * self.need, _STREAM_BUFFER_VALUES // num_twins))
-        self.buf = np.zeros((num_twins, self.size))
-        self.ptr = np.full(num_twins, self.size, dtype=np.intp)
-        self.generators: dict[int, np.random.Generator] = {}
-
-    def seed(self, generators: dict[int, np.random.Generator]) -> None:
-        self.generators = generators
-        self.buf[:] = 0.0
-        self.ptr[:] = self.size
-        self._refill(range(self.num_twins))
-
-    def _draw(self, gen: np.random.Generator, size: int) -> Float64Array:
-        return gen.standard_normal(size)
-
-    def _refill(self, twins: Sequence[int] | range) -> None:
-        for k in twins:
-            left = self.size - int(self.ptr[k])
-            gen = self.generators.get(k)
-            if gen is not None:
-                self.buf[k, :left] = self.buf[k, self.size - left :]
-                self.buf[k, left:] = self._draw(gen, self.size - left)
-            self.ptr[k] = 0
-
-    def _consumed(self, twins: IndexArray, counts: IndexArray) -> None:
-        """Twins `twins` (distinct) used the next 4 * counts values."""
-        self.ptr[twins] += 4 * counts
-        short = twins[self.ptr[twins] > self.size - self.need]
-        if short.size:
-            self._refill(short.tolist())
-
-    def _consumed_one(self, values: int) -> None:
-        """`_consumed` for a single twin, with Python ints: at small N the array calls would dominate."""
-        self.ptr[0] = stop = int(self.ptr[0]) + values
-        if stop > self.size - self.need:
-            self._refill((0,))
-
-    def take_all(self) -> Float64Array:
-        """(4, n) values for every sub-env (an explicit reset)."""
-        k, m = self.num_twins, self.envs_per_twin
-        flat = (np.arange(k) * self.size + self.ptr)[:, None] + np.arange(4 * m)
-        values = self.buf.ravel()[flat].reshape(k, 4, m).transpose(1, 0, 2).reshape(4, k * m)
-        self._consumed(np.arange(k), np.full(k, m, dtype=np.intp))
-        return values
-
-    def take(self, idx: IndexArray) -> Float64Array:
-        """(4, m) values for the sorted sub-envs `idx`, each twin's in sub-env order."""
-        m = idx.size
-        if self.num_twins == 1:
-            start = int(self.ptr[0])
-            values = self.buf[0, start : start + 4 * m].reshape(4, m).copy()  # a refill moves buf
-            self._consumed_one(4 * m)
-            return values
-        # idx is sorted, so each twin's finished envs form a run; all work is O(m), not O(twins).
-        twin = idx // self.envs_per_twin
-        first = np.empty(m, dtype=np.bool_)
-        first[0] = True
-        np.not_equal(twin[1:], twin[:-1], out=first[1:])
-        starts = first.nonzero()[0]
-        counts = np.empty(starts.size, dtype=np.intp)
-        np.subtract(starts[1:], starts[:-1], out=counts[:-1])
-        counts[-1] = m - starts[-1]
-        per_env = np.repeat(counts, counts)
-        rank = np.arange(m) - np.repeat(starts, counts)
-        flat = (twin * self.size + self.ptr[twin] + rank) + np.arange(4)[:, None] * per_env
-        values = self.buf.ravel()[flat]
-        self._consumed(twin[starts], counts)
-        return values
-
-
-class _ResetStream(_TwinStream):
-    """Start states: `uniform(low, high)` from each twin's reset generator (gymnasium's `np_random`).
-
-    uniform() spends exactly one 64-bit draw per value, so new bounds can rewind each generator to
-    its first unconsumed draw (PCG64 `advance`) and the values stay those gymnasium would draw.
-    """
-
-    def __init__(self, num_twins: int, envs_per_twin: int) -> None:
-        super().__init__(num_twins, envs_per_twin)
-        self.low, self.high = RESET_LOW, RESET_HIGH
-        self.origins: dict[int, dict[str, Any]] = {}
-        self.consumed = np.zeros(num_twins, dtype=np.int64)
-
-    def seed(self, generators: dict[int, np.random.Generator]) -> None:
-        self.origins = {k: g.bit_generator.state for k, g in generators.items()}
-        self.consumed[:] = 0
-        super().seed(generators)
-
-    def _draw(self, gen: np.random.Generator, size: int) -> Float64Array:
-        return gen.uniform(self.low, self.high, size=size)
-
-    def _consumed(self, twins: IndexArray, counts: IndexArray) -> None:
-        self.consumed[twins] += 4 * counts
-        super()._consumed(twins, counts)
-
-    def _consumed_one(self, values: int) -> None:
-        self.consumed[0] += values
-        super()._consumed_one(values)
-
-    def set_bounds(self, low: float, high: float) -> None:
-        if (low, high) == (self.low, self.high):
-            return
-        self.low, self.high = low, high
-        for k, gen in self.generators.items():  # forget the values drawn with the old bounds
-            gen.bit_generator.state = self.origins[k]
-            gen.bit_generator.advance(int(self.consumed[k]))
-        self.ptr[:] = self.size
-        self._refill(range(self.num_twins))
-
-
-def _rows(param: Float64Array, idx: IndexArray) -> Float64Array:
-    return param if param.ndim == 0 else param[idx]
-
-
-class _Simulator:
-    """State and imperfections of n sub-envs: the one step path of both env classes."""
-
-    def __init__(self, physics: TwinPhysics) -> None:
-        self.p = physics
-        self.s = _Scratch(physics.n)
-        self.state = np.zeros((4, physics.n))
-        self.delay = _DelayLine(physics.action_delay) if physics.action_delay is not None else None
-        self.noise = _NoiseSource(physics) if physics.noisy_twins else None
-        self.reset_noise = (
-            _TwinStream(physics.num_twins, physics.envs_per_twin)
-            if physics.sensor_noise is not None
-            else None
-        )
-        fm = physics.force_mag
-        # force = ±force_mag is exactly gymnasium's np.sign(action - 0.5) * force_mag: one take() per step.
-        self.force_table = np.array([-fm, fm] if fm.ndim == 0 else [-1.0, 1.0])
-        self.kernel = step_kernel  # the compiled step (fedtwin.sim.cartpole_kernel), or None: the NumPy path
-        self.kernel_args = _kernel_args(physics) if self.kernel is not None else None
-
-    def seed_noise(self, entropies: Sequence[int | None]) -> None:
-        """Noise generators of the noisy twins, from their seeds' entropy (None: fresh entropy)."""
-        if self.noise is None:
-            return
-        step_gens, reset_gens = {}, {}
-        for k in self.p.noisy_twins:
-            step_gens[k], reset_gens[k] = _noise_generators(entropies[k])
-        self.noise.seed(step_gens)
-        if self.reset_noise is not None:
-            sensing = [k for k, t in enumerate(self.p.twins) if t.sensor_noise > 0]
-            self.reset_noise.seed({k: reset_gens[k] for k in sensing})
-
-    def observe(
-        self, state: Float64Array, sensor_z: np.ndarray | None = None, sensor_std: Float64Array | None = None
-    ) -> Float32Array:
-        """(m, 4) float32 observations of (4, m) states; sensor noise never enters the state.
-
-        Like gymnasium's `state.T.astype(np.float32)` the result is the transpose of a C-ordered
-        (4, m) array: a C-ordered (m, 4) copy would cost more than all the rest of the observation.
-        """
-        if sensor_z is None or sensor_std is None:
-            return state.astype(np.float32).T
-        noisy = self.s.noisy if state.shape == self.s.noisy.shape else np.empty(state.shape)
-        np.multiply(sensor_z, sensor_std, noisy)
-        np.add(noisy, state, noisy)
-        return noisy.astype(np.float32).T
-
-    def start_all(self, values: Float64Array) -> Float32Array:
-        """Every sub-env starts over from `values` (4, n): an explicit reset."""
-        self.state[:] = values
-        if self.delay is not None:
-            self.delay.restart()
-        if self.reset_noise is None:
-            return self.observe(self.state)
-        return self.observe(self.state, self.reset_noise.take_all(), self.p.sensor_noise)
-
-    def step(self, actions: np.ndarray) -> tuple[Float32Array, BoolArray]:
-        """Apply checked 0/1 actions: (observations before any reset, terminated)."""
-        p, s = self.p, self.s
-        if self.delay is not None:
-            actions = self.delay.push(actions)
-        z = self.noise.next_step() if self.noise is not None else None
-        force = self.force_table.take(actions, mode="clip")
-        if p.force_mag.ndim:
-            np.multiply(force, p.force_mag, force)
-        if z is not None and p.actuator_noise is not None:
-            np.multiply(z[4], p.actuator_noise, s.tmp)
-            np.add(s.tmp, 1.0, s.tmp)
-            np.multiply(force, s.tmp, force)
-        if self.kernel is not None and self.kernel_args is not None:
-            terminated = np.empty(p.n, dtype=np.bool_)
-            obs = np.empty((4, p.n), dtype=np.float32)  # (4, n) C-ordered, like NumPy's observations
-            self.kernel(self.state, force, *self.kernel_args, obs, z is None, terminated)
-            if z is None:
-                return obs.T, terminated
-        else:
-            cartpole_step(self.state, force, p, s)
-            terminated = _terminated(self.state, s)
-            if z is None:
-                return self.observe(self.state), terminated
-        return self.observe(self.state, z[0:4], p.sensor_noise), terminated
-
-    def restart(self, idx: IndexArray, values: Float64Array, obs: Float32Array) -> Float32Array:
-        """Sub-envs `idx` start over from `values` (4, m); returns `obs` with their reset observations."""
-        self.state[:, idx] = values
-        if self.delay is not None:
-            self.delay.restart(idx)
-        std = self.p.sensor_noise
-        out = obs.T.copy()  # (4, n), C-ordered like every observation; cheaper than a second cast
-        if self.reset_noise is None or std is None:
-            out[:, idx] = values
-        else:
-            out[:, idx] = values + self.reset_noise.take(idx) * _rows(std, idx)
-        return out.T
 
 
 def _twin_seeds(seed: SeedArg, num_twins: int) -> list[int | None]:
@@ -657,8 +154,8 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         self.single_observation_space = _observation_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
-        self._sim = _Simulator(self.physics)
-        self._resets = _ResetStream(self.physics.num_twins, envs_per_twin)
+        self._sim = Simulator(self.physics)
+        self._resets = ResetStream(self.physics.num_twins, envs_per_twin)
         self._seeded = False
         # Episode lengths as (step count - start step): no per-env counter to bump every step. Every
         # step pays 1, so an episode's return is its length: no return accumulator either.
@@ -699,7 +196,7 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
     def step(self, actions: np.ndarray) -> StepResult:
         if not self._seeded:
             raise RuntimeError("call reset() before step()")
-        obs, terminated = self._sim.step(_check_actions(actions, self.num_envs))
+        obs, terminated = self._sim.step(check_actions(actions, self.num_envs))
         reward = self._ones.copy()
         if self._t == _REBASE_STEPS:  # keep the int32 step counts far from overflow
             self._start -= self._t
@@ -731,13 +228,6 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         )
 
 
-def make_vector_env(
-    twins: Sequence[TwinSpec], envs_per_twin: int = 1, max_episode_steps: int = MAX_EPISODE_STEPS
-) -> TwinCartPoleVectorEnv:
-    """Convenience constructor; the trainers' single entry point to the simulator."""
-    return TwinCartPoleVectorEnv(twins, envs_per_twin=envs_per_twin, max_episode_steps=max_episode_steps)
-
-
 class TwinCartPoleEnv(gymnasium.Env[npt.NDArray[np.float32], int]):
     """
     ## Description
@@ -764,7 +254,7 @@ class TwinCartPoleEnv(gymnasium.Env[npt.NDArray[np.float32], int]):
         self.action_space = spaces.Discrete(2)
         self.observation_space = _observation_space()
         self.render_mode = None
-        self._sim = _Simulator(self.physics)
+        self._sim = Simulator(self.physics)
         self._has_state = False
         self.steps_beyond_terminated: int | None = None
 
