@@ -41,8 +41,9 @@ test: $(STAMP) tools  ## Run the whole test suite (unit, integration with real s
 test-fast: $(STAMP)  ## Unit tests only (no servers)
 	$(BIN)/python -m pytest -m "not integration and not slow" $(PYTEST_ARGS)
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and mypy with the pydantic plugin (settings in pyproject.toml)
 	$(BIN)/ruff check fedtwin tests benchmarks workflows
+	$(BIN)/mypy
 
 bench: $(STAMP)  ## Run the benchmarks (see benchmarks/README.md)
 	$(BIN)/python benchmarks/env_throughput.py

@@ -37,6 +37,7 @@ from machine import cpu_model, load_average
 
 from fedtwin import steps
 from fedtwin.config import TrainConfig, load_config
+from fedtwin.run.round import train_round
 from fedtwin.store import LocalStore
 
 RESULTS = Path(__file__).parent / "results" / "time_to_solve.md"
@@ -75,7 +76,7 @@ def run_one(label: str, algo: str, lr: float, seed: int, rounds: int, target: fl
     summary: dict = {}
     for round_index in range(rounds):
         started = time.perf_counter()
-        steps.train(store, init.run_id, round_index, init.twin_ids, engine="fleet")
+        train_round(store, init.run_id, round_index, init.twin_ids, "fleet", 1)
         summary = steps.aggregate(store, init.run_id, round_index)
         seconds += time.perf_counter() - started
         env_steps += summary["num_samples"]

@@ -24,7 +24,6 @@ from pydantic import (
 )
 
 from fedtwin.errors import ConfigError
-from fedtwin.federation.strategies import STRATEGIES, make_strategy
 from fedtwin.formats import check_dns_label, dump_yaml, load_yaml, read_yaml
 from fedtwin.limits import (
     MAX_EVAL_TWINS,
@@ -35,6 +34,13 @@ from fedtwin.limits import (
 )
 
 ENV_PREFIX = "FEDTWIN_"
+
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "median", "trimmed_mean", "krum",
+                  "multikrum")
+"""The aggregation strategies by name (`fedtwin.federation.strategies.STRATEGIES` has one class each;
+a test holds the two equal): the config names strategies without importing them."""
+LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
+"""Strategies that apply a (weighted) mean, so central DP can noise the average they see."""
 
 
 class StrictModel(BaseModel):
@@ -160,19 +166,14 @@ class FederationConfig(StrictModel):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        if value not in STRATEGIES:
-            raise ValueError(f"unknown strategy {value!r}; choose one of: {', '.join(STRATEGIES)}")
+        if value not in STRATEGY_NAMES:
+            raise ValueError(f"unknown strategy {value!r}; choose one of: {', '.join(STRATEGY_NAMES)}")
         return value
 
     def strategy_params(self) -> dict[str, Any]:
         """The strategy hyperparameters, for `fedtwin.federation.strategies.make_strategy`."""
         keys = ("server_lr", "momentum", "beta1", "beta2", "tau", "trim_beta", "krum_f", "multi_krum_m")
         return {k: getattr(self, k) for k in keys}
-
-    def check_strategy(self, fleet_size: int) -> None:
-        """Raise ValueError when the strategy cannot aggregate a quorum-sized or full round."""
-        strategy = make_strategy(self.strategy, self.strategy_params())
-        strategy.check(self.quorum(fleet_size), fleet_size)
 
 
 class ExecutionConfig(StrictModel):
@@ -298,16 +299,6 @@ class Config(StrictModel):
         return None if value is None else check_dns_label(value, "run id")
 
     @model_validator(mode="after")
-    def _check_quorum(self) -> Config:
-        fixed_count = self.federation.min_twins >= 1 and self.fleet.file is None
-        if fixed_count and self.federation.min_twins > self.fleet.count:
-            raise ValueError(
-                    f"federation.min_twins ({self.federation.min_twins:g}) exceeds fleet.count "
-                    f"({self.fleet.count}); lower min_twins or add twins"
-                )
-        return self
-
-    @model_validator(mode="after")
     def _check_multicluster(self) -> Config:
         self.multicluster.check_member_patience()
         return self
@@ -332,13 +323,11 @@ class Config(StrictModel):
             if p.clip_norm is None:
                 raise ValueError("privacy.mode 'central' needs privacy.clip_norm (bound on each twin's "
                                  "update delta, e.g. 1.0)")
-            linear = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi")
-            if self.federation.strategy not in linear:
-                raise ValueError(f"privacy.mode 'central' noises the average, so federation.strategy must "
-                                 f"be one of {', '.join(linear)}, not {self.federation.strategy!r}")
-            if self.fleet.file is None and p.delta >= 1 / self.fleet.count:
-                raise ValueError(f"privacy.delta ({p.delta:g}) must be below 1/fleet.count = "
-                                 f"1/{self.fleet.count} in central mode (one unit = one twin); lower delta")
+            if self.federation.strategy not in LINEAR_STRATEGIES:
+                raise ValueError(
+                    f"privacy.mode 'central' noises the average, so federation.strategy must be one of "
+                    f"{', '.join(LINEAR_STRATEGIES)}, not {self.federation.strategy!r}"
+                )
         return self
 
     @model_validator(mode="after")
@@ -348,9 +337,51 @@ class Config(StrictModel):
                 "federation.strategy 'fedprox' needs train.proximal_mu > 0 (the proximal term of "
                 "local training, e.g. 0.01); with mu = 0 use 'fedavg'"
             )
-        if self.fleet.file is None:  # a fleet file's size is known only at init, which checks it then
-            self.federation.check_strategy(self.fleet.count)
         return self
+
+    @model_validator(mode="after")
+    def _check_fleet(self) -> Config:
+        if self.fleet.file is None:  # a fleet file's size is known only at init, which checks it then
+            problem = fleet_problem(self, self.fleet.count, "fleet.count")
+            if problem:
+                raise ValueError(problem)
+        return self
+
+
+def fleet_problem(config: Config, fleet_size: int, fleet: str = "the fleet size") -> str | None:
+    """What the quorum, the strategy or central DP cannot do with a fleet of `fleet_size` training
+    twins (`fleet` names where the size comes from), or None."""
+    fed, privacy = config.federation, config.privacy
+    quorum = fed.quorum(fleet_size)
+    if quorum > fleet_size:
+        return (f"federation.min_twins ({fed.min_twins:g}) exceeds {fleet} ({fleet_size}); lower min_twins "
+                "or add twins")
+    if fed.strategy == "trimmed_mean" and fed.trim_beta > 0 and int(fed.trim_beta * fleet_size) == 0:
+        return (f"federation.trim_beta ({fed.trim_beta}) cuts floor({fed.trim_beta}*{fleet_size}) = 0 "
+                f"updates even from a full round of {fleet_size}; raise it to at least {1 / fleet_size:.3g} "
+                "or use fedavg")
+    if fed.strategy in ("krum", "multikrum") and quorum < 2 * fed.krum_f + 3:
+        need = 2 * fed.krum_f + 3
+        return (f"{fed.strategy} with federation.krum_f={fed.krum_f} needs every round to have at least "
+                f"2f+3 = {need} updates, but the quorum (federation.min_twins) allows rounds of {quorum}; "
+                f"raise min_twins to {need} or lower krum_f")
+    m = fed.multi_krum_m
+    if fed.strategy == "multikrum" and m is not None and m > quorum - fed.krum_f:
+        return (f"multikrum selects federation.multi_krum_m={m} updates, but a round of {quorum} (the "
+                f"quorum) with krum_f={fed.krum_f} offers only {quorum - fed.krum_f}; lower multi_krum_m or "
+                "raise min_twins")
+    if privacy.mode == "central" and privacy.delta >= 1 / fleet_size:
+        return (f"privacy.delta ({privacy.delta:g}) must be below 1/{fleet} = 1/{fleet_size} "
+                f"({1 / fleet_size:.3g}) in central mode (one unit = one twin); lower delta")
+    return None
+
+
+def validate_for_fleet(config: Config, fleet_size: int) -> None:
+    """The quorum, strategy and central-DP checks against the run's real fleet size (a fleet file's
+    size is known only at init): one ConfigError, before anything is written."""
+    problem = fleet_problem(config, fleet_size)
+    if problem:
+        raise ConfigError(f"invalid config: {problem}")
 
 
 # Keys that change how a run executes but not what it computes: a resume may change them.

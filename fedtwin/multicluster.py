@@ -31,17 +31,19 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import as_completed
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from fedtwin import runner, steps
+from fedtwin import steps
 from fedtwin.config import MulticlusterConfig, env_overrides
-from fedtwin.errors import ConfigError, FedtwinError, QuorumError, RunConflictError, StoreError
+from fedtwin.errors import ConfigError, FedtwinError, QuorumError, StoreError
 from fedtwin.federation.updates import update_twin_ids
 from fedtwin.formats import check_dns_label
+from fedtwin.run.round import make_executor, train_round
+from fedtwin.runstate import reopen
 from fedtwin.store import ArtifactStore, RunLayout
 
 log = logging.getLogger("fedtwin.multicluster")
@@ -218,12 +220,6 @@ class MemberResult:
     """`complete` (the last round is aggregated) or `done` (the run had already finished)."""
 
 
-def _member_train_job(store: ArtifactStore, run_id: str, round_index: int, twin_ids: list[str],
-                      device: str, engine: str) -> list[str]:
-    """One training job (in a worker process for workers > 1): exactly what `fedtwin step train` does."""
-    return [r.twin_id for r in steps.train(store, run_id, round_index, twin_ids, device, engine)]
-
-
 def member(
     store: ArtifactStore,
     run_id: str,
@@ -276,13 +272,13 @@ def member(
     if (first is not None and first.get("status") == "done") or _complete_before(store, layout, round_index):
         return MemberResult(run_id, twin_ids, rounds, "done")
 
-    with runner.make_executor(min(workers, len(twin_ids))) as executor:
+    with make_executor(min(workers, len(twin_ids))) as executor:
         while True:
             opened = [layout.global_model(round_index), layout.summary(round_index)]
             _wait(poller, settings, state, run_id, opened, f"the global model of round {round_index}")
             report = MemberRound(round_index)
             if not store.exists(layout.summary(round_index)):
-                _train_round(store, ctx, round_index, twin_ids, device, engine, workers, executor, report)
+                _train_round(store, run_id, round_index, twin_ids, device, engine, workers, executor, report)
             _wait(poller, settings, state, run_id, [layout.summary(round_index)],
                   f"the aggregation of round {round_index}")
             summary = store.get_json(layout.summary(round_index))
@@ -318,33 +314,14 @@ def _wait(poller: Poller, settings: MulticlusterConfig, state: StateReader, run_
         )
 
 
-def _train_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, twin_ids: list[str],
-                 device: str, engine: str, workers: int, executor: Any, report: MemberRound) -> None:
-    layout = ctx.layout
-    report.present = [t for t in twin_ids if store.exists(layout.update_meta(round_index, t))]
-    pending = [t for t in twin_ids if t not in report.present]
-    # The single-cluster runner's sharding (one job per twin for the pool engine): the same calls,
-    # so the same updates, bit for bit.
-    jobs = {executor.submit(_member_train_job, store, ctx.layout.run_id, round_index, ids, device, engine):
-            ids for ids in runner.shard(pending, engine, workers)}
-    for future in as_completed(jobs):
-        ids = jobs[future]
-        try:
-            report.trained += future.result()
-        except RunConflictError:
-            report.refused += ids
-            log.warning("[ROUND %s] already aggregated; %s not trained (this member came late)",
-                        round_index, ", ".join(ids))
-        except Exception as exc:  # a twin that fails is left out of the round; the quorum decides
-            if runner.is_infrastructure_fault(exc):  # the store or the disk: exit 1, rerun the member
-                for other in jobs:
-                    other.cancel()
-                raise
-            report.failed += ids
-            log.warning("[ROUND %s] training %s failed: %s", round_index, ", ".join(ids), exc)
-    report.trained.sort()
-    report.refused.sort()
-    report.failed.sort()
+def _train_round(store: ArtifactStore, run_id: str, round_index: int, twin_ids: list[str], device: str,
+                 engine: str, workers: int, executor: Executor, report: MemberRound) -> None:
+    """The member's twins through `train_round`, as the single-cluster runner trains them (the same
+    shards and device, so the same updates, bit for bit); a twin refused because the round was
+    aggregated first means this member came late."""
+    done = train_round(store, run_id, round_index, twin_ids, engine, workers, device, executor)
+    report.present, report.trained = done.present, done.trained
+    report.refused, report.failed = done.refused, done.failed
 
 
 def counted_twins(summary: Mapping[str, Any]) -> set[str]:
@@ -482,7 +459,7 @@ def coordinate(
                 f"are intact: rerun with --retry-failed to play round {state['next_round']} again "
                 "(restart the members too), or start a new run"
             )
-        state = ctx.write_state(status="running", reason=None)
+        state = reopen(store, run_id, state)
     expected = [t.id for t in ctx.fleet.train]
     decisions: list[RoundDecision] = []
     round_index = int(state["next_round"])

@@ -9,108 +9,29 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
+from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from typing import Any
 
 from tqdm import tqdm
 
 from fedtwin import steps
 from fedtwin.config import Config
-from fedtwin.errors import FedtwinError, RunConflictError, RunLockedError, StoreError
-from fedtwin.learn.train import resolve_device
+from fedtwin.errors import RunLockedError
+from fedtwin.learn.runtime import resolve_device
+from fedtwin.run.round import RoundTraining, make_executor, train_round
+from fedtwin.runstate import reopen
 from fedtwin.store import ArtifactStore, Lease, LockHeldError, RunLayout, open_store
 
 log = logging.getLogger("fedtwin.runner")
 
 
-def is_infrastructure_fault(exc: BaseException) -> bool:
-    """A failure of the store, the disk, the memory or the worker pool, not of a twin's training.
-
-    It would fail every twin alike, so it must not be counted against the quorum (which fails the run
-    for good, exit 3): it ends the step with exit 1, retryable, and the run stays resumable. Anything
-    else a training job raises is that twin's own failure, and the round goes on without it.
-    """
-    return isinstance(exc, StoreError | RunConflictError | OSError | MemoryError | BrokenExecutor)
-
-
 def new_run_id() -> str:
     return "run-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-
-
-def _init_worker(parent_pid: int | None = None) -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    if parent_pid is not None:
-        exit_with_parent(parent_pid)
-
-
-def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
-    """Make this pool worker exit once its parent is gone.
-
-    A runner killed with SIGKILL cannot stop its pool, and a spawned worker holds both ends of the
-    pool's call queue, so it would wait on it forever (with torch loaded: about 0.5 GiB each). A
-    daemon thread notices the reparenting (getppid changes) and ends the process.
-    """
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="fedtwin-exit-with-parent", daemon=True).start()
-
-
-def _train_job(store: ArtifactStore, run_id: str, round_index: int, twin_ids: list[str], device: str,
-               engine: str) -> list[str]:
-    """Runs in a worker process: the same `steps.train` an Argo pod runs.
-
-    The store travels pickled, with its settings (an S3 store reconnects in the worker).
-    """
-    records = steps.train(store, run_id, round_index, twin_ids, device, engine)
-    return [r.twin_id for r in records]
-
-
-class InlineExecutor(Executor):
-    """Runs jobs in this process (workers=1): no start-up cost, easier to debug."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as exc:  # delivered through the future, like a pool would
-            future.set_exception(exc)
-        return future
-
-
-@contextmanager
-def make_executor(workers: int) -> Iterator[Executor]:
-    if workers <= 1:
-        _init_worker()
-        yield InlineExecutor()
-        return
-    # spawn: torch and fork do not mix safely; the pool lives for the whole run, so it starts once.
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker,
-                             initargs=(os.getpid(),)) as pool:
-        yield pool
-
-
-def shard(twin_ids: list[str], engine: str, workers: int, device: str = "cpu") -> list[list[str]]:
-    """Pool engine: one job per twin. Fleet engine: one batched job per worker (CPU), or one per GPU.
-
-    On a GPU, more shards would only add CUDA contexts contending for the same device.
-    """
-    if engine == "pool":
-        return [[t] for t in twin_ids]
-    count = max(1, min(1 if device.startswith("cuda") else workers, len(twin_ids)))
-    return [twin_ids[i::count] for i in range(count) if twin_ids[i::count]]
 
 
 @dataclass
@@ -168,9 +89,7 @@ def _run(store: ArtifactStore, config: Config, lease: Lease, started: float, pro
     assert config.run_id is not None
     init = steps.init(store, config)
     ctx = steps.RunContext.load(store, config.run_id)
-    state = ctx.state()
-    if state.get("status") == "failed":
-        ctx.write_state(status="running", reason=None)  # a resume is a fresh attempt at the failed round
+    state = reopen(store, config.run_id, ctx.state())
     workers = config.execution.workers or os.cpu_count() or 1
     engine, device = config.execution.engine, config.execution.device
     rounds = config.federation.rounds
@@ -216,41 +135,20 @@ def _run(store: ArtifactStore, config: Config, lease: Lease, started: float, pro
 def _play_round(store: ArtifactStore, ctx: steps.RunContext, round_index: int, executor: Executor,
                 workers: int, engine: str, device: str, bar: tqdm) -> dict[str, Any]:
     twin_ids = [t.id for t in ctx.fleet.train]
-    pending = [t for t in twin_ids if not store.exists(ctx.layout.update_meta(round_index, t))]
-    finished = set(twin_ids) - set(pending)
     bar.set_description(f"round {round_index + 1}/{ctx.config.federation.rounds}")
-    try:
-        futures = [
-            executor.submit(_train_job, store, ctx.layout.run_id, round_index, ids, device, engine)
-            # Fixed shards: a resumed round retrains the same batches, so the updates are bit-identical.
-            for ids in shard(twin_ids, engine, workers, device)
-            if any(twin in pending for twin in ids)
-        ]
-    except BrokenExecutor as exc:  # a worker died while the pool was idle, between rounds
-        raise worker_died(round_index, exc) from exc
-    for future in as_completed(futures):
-        try:
-            finished.update(future.result())
-        except Exception as exc:
-            if is_infrastructure_fault(exc):
-                for other in futures:
-                    other.cancel()
-                if isinstance(exc, BrokenExecutor):
-                    raise worker_died(round_index, exc) from exc
-                raise
-            log.warning("[ROUND %s] a training job failed: %s", round_index, exc)  # the quorum decides
-        bar.set_postfix(twins=f"{len(finished)}/{len(twin_ids)}")
+
+    def progress(done: RoundTraining) -> None:
+        bar.set_postfix(twins=f"{len(done.present) + len(done.trained)}/{len(twin_ids)}")
+
+    trained = train_round(store, ctx.layout.run_id, round_index, twin_ids, engine, workers, device, executor,
+                          on_job=progress)
+    if trained.conflict is not None:  # the runner holds the run's lock: another writer is a fault
+        raise trained.conflict
     summary = steps.aggregate(store, ctx.layout.run_id, round_index)
     log.info("[ROUND %s/%s] participants=%s rejected=%s validation_return=%.1f", round_index + 1,
              ctx.config.federation.rounds, len(summary["participants"]), len(summary["rejected"]),
              summary["validation_return"])
     return summary
-
-
-def worker_died(round_index: int, exc: BaseException) -> FedtwinError:
-    return FedtwinError(f"a training worker process of round {round_index} died ({exc}); if the kernel "
-                        "killed it for memory (see dmesg), lower execution.workers; rerun to resume the "
-                        "round")
 
 
 def _last_summary(store: ArtifactStore, layout: RunLayout, next_round: int) -> dict[str, Any] | None:

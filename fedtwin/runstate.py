@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedtwin.errors import ConfigError, FedtwinError, StoreError
+from fedtwin.errors import ConfigError, FedtwinError, RunConflictError, StoreError
 from fedtwin.store import ArtifactStore, RunLayout, os_error_line
 
 
@@ -49,6 +49,31 @@ def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = 
     if status == "failed" and state.get("status") == "failed" and state.get("reason"):
         return state  # keep the first, most specific reason
     return save_state(store, run_id, state, status=status, reason=reason)
+
+
+def round_status(state: dict[str, Any], run_id: str, round_index: int | None = None) -> dict[str, Any]:
+    """A run's progress (status, next_round, complete) and, for `round_index`, whether to play it now
+    (`play`): the next round, while training is not complete. Rounds run in order, so a round further
+    ahead is a RunConflictError."""
+    next_round, complete = int(state["next_round"]), bool(state.get("training_complete"))
+    values: dict[str, Any] = {"status": state["status"], "next_round": str(next_round), "complete": complete}
+    if round_index is not None:
+        if round_index > next_round and not complete:
+            raise RunConflictError(
+                f"round {round_index} of run {run_id!r} cannot start: round {next_round} is not "
+                "aggregated yet; rounds run in order"
+            )
+        values["play"] = round_index == next_round and not complete
+    return values
+
+
+def reopen(store: ArtifactStore, run_id: str, state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A failed run made `running` again: a resume is a fresh attempt at the failed round (its stored
+    rounds are intact). Any other state is returned as it is."""
+    state = load_state(store, run_id) if state is None else state
+    if state.get("status") != "failed":
+        return state
+    return save_state(store, run_id, state, status="running", reason=None)
 
 
 def write_outputs(directory: str | Path | None, values: dict[str, Any]) -> None:

@@ -107,15 +107,15 @@ class S3Settings:
 
 def _coerce(name: str, value: Any) -> Any:
     if name == "max_attempts":
-        number = int(value)
-        if number < 1:
+        attempts = int(value)
+        if attempts < 1:
             raise ValueError("must be at least 1")
-        return number
+        return attempts
     if name in ("connect_timeout", "read_timeout"):
-        number = float(value)
-        if number <= 0:
+        seconds = float(value)
+        if seconds <= 0:
             raise ValueError("must be positive")
-        return number
+        return seconds
     if name == "addressing_style" and value not in ("auto", "path", "virtual"):
         raise ValueError("use auto, path or virtual")
     return str(value)

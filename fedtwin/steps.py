@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from fedtwin import tracking
-from fedtwin.config import Config, build_config, config_to_yaml, fingerprint
+from fedtwin.config import Config, build_config, config_to_yaml, fingerprint, validate_for_fleet
 from fedtwin.core.seeding import derive_seed
 from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError, StoreError
 from fedtwin.federation.strategies import Strategy, make_strategy
@@ -31,8 +31,9 @@ from fedtwin.federation.updates import (
 from fedtwin.formats import parse_yaml
 from fedtwin.learn import privacy
 from fedtwin.learn.evaluate import evaluate_policy
-from fedtwin.learn.train import train_twins
-from fedtwin.policy.layout import PolicySpec, init_params, params_from_bytes, params_to_bytes, policy_spec
+from fedtwin.learn.train import policy_spec, train_twins
+from fedtwin.policy.layout import PolicySpec, params_from_bytes, params_to_bytes
+from fedtwin.policy.network import init_params
 from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
 from fedtwin.sim.twins import Fleet, TwinSpec, fleet_to_json, load_fleet, make_fleet, parse_fleet
 from fedtwin.store import ArtifactStore, RunLayout, repair_advice, sha256_hex
@@ -159,16 +160,7 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
 
     fleet = build_fleet(config)
     size = fan_out.shard_size(len(fleet.train), config.federation.rounds)
-    quorum = config.federation.quorum(len(fleet.train))
-    if quorum > len(fleet.train):
-        raise ConfigError(
-            f"federation.min_twins needs {quorum} twins but the fleet has {len(fleet.train)}; "
-            "lower min_twins or add twins"
-        )
-    try:
-        config.federation.check_strategy(len(fleet.train))
-    except ValueError as exc:
-        raise ConfigError(f"invalid config: {exc}") from exc
+    validate_for_fleet(config, len(fleet.train))
     privacy.check_run(config, len(fleet.train))
     kept = _kept_state(store, layout, config)
     # Written in dependency order; config.yaml last, because its presence means "initialized".
@@ -271,6 +263,16 @@ def train_seed(config: Config, twin_id: str, round_index: int) -> int:
     return derive_seed(config.seed, "train", twin_id, round_index)
 
 
+def choose_engine(engine: str | None, twin_count: int) -> Literal["pool", "fleet"]:
+    """A train step's engine: the one named, else the pool engine for one twin and the fleet engine
+    (one batched computation) for several."""
+    if engine is None:
+        return "pool" if twin_count == 1 else "fleet"
+    if engine not in ("pool", "fleet"):
+        raise ConfigError(f"unknown engine {engine!r}; use pool or fleet")
+    return "pool" if engine == "pool" else "fleet"
+
+
 def train(
     store: ArtifactStore,
     run_id: str,
@@ -295,7 +297,7 @@ def train(
             f"round {round_index} of run {run_id!r} is already aggregated; a late update would be ignored"
         )
     twins = ctx.twins(twin_ids)
-    engine = engine or ("pool" if len(twins) == 1 else "fleet")
+    engine = choose_engine(engine, len(twins))
     done = [t for t in twins if store.exists(layout.update_meta(round_index, t.id))]
     todo = [t for t in twins if t not in done]
     records = [read_record(store, layout.update_meta(round_index, t.id)) for t in done]

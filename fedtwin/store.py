@@ -6,6 +6,7 @@ torn or tampered file is refused instead of silently trained on.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import fcntl
@@ -360,7 +361,7 @@ class LocalStore(ArtifactStore):
         with self._os_errors("list", prefix):
             return self._list(prefix)
 
-    def _list(self, prefix: str) -> list[str]:
+    def _list(self, prefix: str) -> builtins.list[str]:  # `list` here is the method above
         base = self._path(prefix) if prefix else self.root
         search = base if base.is_dir() else base.parent
         if not search.is_dir():

@@ -15,7 +15,7 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,12 @@ def template(
     The release is named after the chart, as `make single-cluster-setup` installs it."""
     text = _template(str(chart), tuple(args), release or chart.name, namespace)
     return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def render(cases: Mapping[str, tuple[Path, Sequence[str]]], case: str) -> list[dict[str, Any]]:
+    """The objects of a named test case: `cases` maps a case to its chart and helm arguments."""
+    chart, args = cases[case]
+    return template(chart, *args)
 
 
 def template_error(chart: Path, *args: str) -> str:

@@ -7,13 +7,24 @@ so unit-test runs (`-m "not integration"`) never pay for it, nor need its binary
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import tiny_config as make_tiny_config
 from tests.servers import MlflowProcess, MlflowServer, S3Server, SeaweedS3
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Callable[..., Any]:
+    """`tiny_config(run_id="demo", **{"dotted.key": value})`: the tiny config of a run stored in tmp_path."""
+
+    def make(run_id: str = "demo", **overrides: Any) -> Any:
+        return make_tiny_config(tmp_path, run_id, **overrides)
+
+    return make
 
 
 def serve(name: str, server: SeaweedS3 | MlflowProcess, workdir: Path) -> Iterator[Any]:

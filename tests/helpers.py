@@ -1,14 +1,20 @@
-"""Shared test helpers: a tiny-budget config so end-to-end runs take seconds."""
+"""Shared test helpers: a tiny-budget config so end-to-end runs take seconds, the final model's hash, the CLI
+in a subprocess."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from fedtwin.config import Config
+    from fedtwin.store import ArtifactStore
 
 TINY: dict[str, Any] = {
     "seed": 0,
@@ -31,6 +37,23 @@ def write_tiny_config(directory: Path, **overrides: Any) -> Path:
     path = directory / "tiny.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def tiny_config(directory: Path, run_id: str = "demo", **overrides: Any) -> Config:
+    """The tiny config (with dotted `overrides`) for run `run_id`, stored under `directory`/store."""
+    from fedtwin.config import load_config
+
+    path = write_tiny_config(directory, **overrides)
+    return load_config(path, {"run_id": run_id, "store": str(directory / "store")}, environ={})
+
+
+def final_model_hash(store: ArtifactStore | Path, run_id: str) -> str:
+    """The sha256 of a run's `report/final.safetensors`: in a store, or under a local store's directory."""
+    from fedtwin.store import LocalStore, RunLayout
+
+    if isinstance(store, Path):
+        store = LocalStore(store)
+    return hashlib.sha256(store.get_bytes(RunLayout(run_id).report("final.safetensors"))).hexdigest()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -26,6 +26,7 @@ from tests.chart_helpers import (
     by_kind,
     one,
     pod_specs,
+    render,
     restricted_violations,
     run_helm,
     template,
@@ -56,11 +57,6 @@ CASES = {
 }
 
 
-def render(case: str) -> list[dict[str, Any]]:
-    chart, args = CASES[case]
-    return template(chart, *args)
-
-
 def secret_value(secret: dict[str, Any], key: str) -> str:
     return base64.b64decode(secret["data"][key]).decode()
 
@@ -80,7 +76,7 @@ def test_helm_lint_strict_with_every_ci_values_file(chart: Path):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_rendered_object_validates(case: str):
-    objects = render(case)
+    objects = render(CASES, case)
 
     validate_all(objects)
 
@@ -93,7 +89,7 @@ def test_every_rendered_object_validates(case: str):
 
 
 def test_platform_generates_passwords_instead_of_fixed_defaults():
-    first = one(render("platform-defaults"), "Secret", "fedtwin-platform-minio-root")
+    first = one(render(CASES, "platform-defaults"), "Secret", "fedtwin-platform-minio-root")
     result = run_helm("template", "fedtwin-platform", str(PLATFORM), "-n", "fedtwin")
     again = one([d for d in yaml.safe_load_all(result.stdout) if d], "Secret", "fedtwin-platform-minio-root")
 
@@ -103,7 +99,7 @@ def test_platform_generates_passwords_instead_of_fixed_defaults():
     assert password != secret_value(again, "rootPassword"), "a fixed default password"
     assert first["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     for identity in ("twin", "aggregator", "logs", "mlflow"):
-        secret = one(render("platform-defaults"), "Secret", f"fedtwin-platform-s3-{identity}")
+        secret = one(render(CASES, "platform-defaults"), "Secret", f"fedtwin-platform-s3-{identity}")
         assert len(secret_value(secret, "secretKey")) >= 32
 
 
@@ -135,7 +131,7 @@ def test_platform_existing_secrets_are_used_and_not_generated():
 
 
 def test_platform_policies_scope_twins_to_reading_models_and_writing_updates():
-    cm = one(render("platform-kubeovn"), "ConfigMap", "fedtwin-platform-s3-policies")
+    cm = one(render(CASES, "platform-kubeovn"), "ConfigMap", "fedtwin-platform-s3-policies")
     twin = json.loads(cm["data"]["fedtwin-twin.json"])
     own = json.loads(cm["data"]["fedtwin-twin-own.json"])
     aggregator = json.loads(cm["data"]["fedtwin-aggregator.json"])
@@ -164,7 +160,7 @@ def test_platform_policies_scope_twins_to_reading_models_and_writing_updates():
 
 
 def test_platform_bucket_job_creates_bucket_users_and_policies_as_a_hook():
-    objects = render("platform-kubeovn")
+    objects = render(CASES, "platform-kubeovn")
     job = one(objects, "Job")
     script = one(objects, "ConfigMap", "fedtwin-platform-buckets")["data"]["setup.sh"]
     env = {e["name"]: e.get("value") for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -191,7 +187,7 @@ def test_platform_bucket_job_creates_bucket_users_and_policies_as_a_hook():
 
 
 def test_platform_external_s3_has_no_minio_and_points_everything_at_the_endpoint():
-    objects = render("platform-external-s3")
+    objects = render(CASES, "platform-external-s3")
     assert not [o for o in objects if "minio" in o["metadata"]["name"] and o["kind"] != "ConfigMap"]
     mlflow = one(objects, "Deployment", "fedtwin-platform-mlflow")
     env = {e["name"]: e for e in mlflow["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -204,19 +200,19 @@ def test_platform_external_s3_has_no_minio_and_points_everything_at_the_endpoint
 
 
 def test_platform_mlflow_backend_store_external_db_from_secret():
-    objects = render("platform-mlflow-external-db")
+    objects = render(CASES, "platform-mlflow-external-db")
     mlflow = one(objects, "Deployment", "fedtwin-platform-mlflow")
     env = {e["name"]: e for e in mlflow["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"] == {"name": "mlflow-db", "key": "url"}
     assert not [p for p in by_kind(objects, "PersistentVolumeClaim") if "mlflow" in p["metadata"]["name"]]
-    default = one(render("platform-defaults"), "Deployment", "fedtwin-platform-mlflow")
+    default = one(render(CASES, "platform-defaults"), "Deployment", "fedtwin-platform-mlflow")
     args = default["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--artifacts-destination=s3://fedtwin/mlflow" in args
 
 
 def test_platform_storage_subnet_only_with_the_kubeovn_api():
-    assert not by_kind(render("platform-defaults"), "Subnet")
-    objects = render("platform-kubeovn")
+    assert not by_kind(render(CASES, "platform-defaults"), "Subnet")
+    objects = render(CASES, "platform-kubeovn")
     subnet = one(objects, "Subnet")
     minio = one(objects, "Deployment", "fedtwin-platform-minio")
     annotations = minio["spec"]["template"]["metadata"]["annotations"]
@@ -304,7 +300,7 @@ def test_restricted_checker_reads_annotations_and_user_namespaces():
 
 def test_images_are_pinned():
     for case in ("platform-defaults", "app-defaults"):
-        for obj in render(case):
+        for obj in render(CASES, case):
             pod = obj.get("spec", {}).get("template", {}).get("spec", {})
             for container in pod.get("containers", []):
                 repo, _, tag = container["image"].rpartition(":")
@@ -332,7 +328,7 @@ def egress_ports(policy: dict[str, Any]) -> set[tuple[str, int]]:
 
 
 def test_twin_network_policy_denies_ingress_and_limits_egress():
-    policy = one(render("app-defaults"), "NetworkPolicy", "fedtwin-twin")
+    policy = one(render(CASES, "app-defaults"), "NetworkPolicy", "fedtwin-twin")
 
     assert policy["spec"]["podSelector"] == {"matchLabels": {"fedtwin.io/role": "twin"}}
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
@@ -350,14 +346,14 @@ def test_twin_network_policy_denies_ingress_and_limits_egress():
 
 
 def test_aggregator_network_policy_reaches_s3_and_mlflow():
-    policy = one(render("app-defaults"), "NetworkPolicy", "fedtwin-aggregator")
+    policy = one(render(CASES, "app-defaults"), "NetworkPolicy", "fedtwin-aggregator")
     assert policy["spec"]["podSelector"] == {"matchLabels": {"fedtwin.io/role": "aggregator"}}
     assert policy["spec"]["ingress"] == []
     assert {("TCP", 9000), ("TCP", 5000), ("UDP", 53), ("TCP", 443)} <= egress_ports(policy)
 
 
 def test_external_s3_network_policies_use_ip_blocks():
-    objects = render("app-external-s3")
+    objects = render(CASES, "app-external-s3")
     twin = one(objects, "NetworkPolicy", "fedtwin-twin")
     peers = [peer for rule in twin["spec"]["egress"] for peer in rule["to"]]
     assert {"ipBlock": {"cidr": "192.0.2.10/32"}} in peers
@@ -447,7 +443,7 @@ def test_api_egress_value_overrides_the_lookup_and_karmada_never_looks_up(tmp_pa
 
 def test_dns_and_platform_peers_are_pods_not_service_ips():
     for case in ("app-defaults", "app-kubeovn", "app-privacy"):
-        objects = render(case)
+        objects = render(CASES, case)
         for name in ("fedtwin-twin", "fedtwin-aggregator"):
             policy = one(objects, "NetworkPolicy", name)
             for rule in policy["spec"]["egress"]:
@@ -474,7 +470,7 @@ def test_cilium_gets_the_kube_apiserver_entity_and_needs_no_addresses():
     ports = [{"port": "443", "protocol": "TCP"}, {"port": "6443", "protocol": "TCP"}]
     assert rule["toPorts"] == [{"ports": ports}]
     assert not api_rules(objects, "fedtwin-twin")
-    assert not by_kind(render("app-defaults"), "CiliumNetworkPolicy")
+    assert not by_kind(render(CASES, "app-defaults"), "CiliumNetworkPolicy")
     off = template(APP, *CILIUM, *API, "--set", "networkPolicy.cilium.apiServerEntity=false")
     assert not by_kind(off, "CiliumNetworkPolicy") and api_rules(off, "fedtwin-twin")
 
@@ -562,7 +558,7 @@ def test_chart_fails_with_one_line_naming_the_value_and_the_readme_shows_it(
 
 
 def test_rbac_is_least_privilege_for_the_argo_executor():
-    objects = render("app-defaults")
+    objects = render(CASES, "app-defaults")
     twin = one(objects, "Role", "fedtwin-twin")
     aggregator = one(objects, "Role", "fedtwin-aggregator")
 
@@ -587,7 +583,7 @@ def test_rbac_is_least_privilege_for_the_argo_executor():
 
 
 def test_artifact_repository_configmap_is_the_default_for_argo():
-    cm = one(render("app-defaults"), "ConfigMap", "artifact-repositories")
+    cm = one(render(CASES, "app-defaults"), "ConfigMap", "artifact-repositories")
     assert cm["metadata"]["annotations"] == {
         "workflows.argoproj.io/default-artifact-repository": "default-v1-s3-artifact-repository"
     }
@@ -629,7 +625,7 @@ def test_twin_logs_are_archived_with_the_logs_identity_never_the_aggregators():
     """Argo mounts the archive location's Secret into the wait container (workflowpod.go,
     createSecretVolumesAndMounts, v4.0.7), never into main; a twin template without a location of
     its own would get the workflow's repository, i.e. the aggregator identity, in its wait container."""
-    objects = render("app-defaults")
+    objects = render(CASES, "app-defaults")
     cm = one(objects, "ConfigMap", "artifact-repositories")
     logs = yaml.safe_load(cm["data"]["fedtwin-logs-s3-artifact-repository"])
     templates = by_kind(objects, "WorkflowTemplate")
@@ -658,7 +654,7 @@ def test_twin_logs_are_archived_with_the_logs_identity_never_the_aggregators():
 
 def test_twin_logs_off_never_falls_back_to_the_aggregator_repository():
     off = template(APP, *API, "--set", "artifactRepository.archiveLogs=false")
-    external = render("app-external-s3")  # not the platform's S3: off by default
+    external = render(CASES, "app-external-s3")  # not the platform's S3: off by default
 
     for objects in (off, external):
         assert "fedtwin-logs-s3-artifact-repository" not in one(objects, "ConfigMap")["data"]
@@ -684,7 +680,7 @@ def test_member_logs_follow_each_member_clusters_s3_endpoint():
 
 
 def test_platform_logs_identity_writes_and_reads_only_logs():
-    objects = render("platform-defaults")
+    objects = render(CASES, "platform-defaults")
     policies = one(objects, "ConfigMap", "fedtwin-platform-s3-policies")["data"]
     logs = json.loads(policies["fedtwin-logs.json"])
     job = one(objects, "Job")
@@ -706,10 +702,10 @@ def test_platform_logs_identity_writes_and_reads_only_logs():
 
 
 def test_twin_subnet_only_when_the_cluster_has_kubeovn():
-    assert not by_kind(render("app-defaults"), "Subnet")
+    assert not by_kind(render(CASES, "app-defaults"), "Subnet")
     assert not by_kind(template(APP, "-f", "charts/fedtwin/ci/kubeovn-values.yaml"), "Subnet")
 
-    subnet = one(render("app-kubeovn"), "Subnet")
+    subnet = one(render(CASES, "app-kubeovn"), "Subnet")
 
     assert subnet["metadata"]["name"] == "fedtwin-twins"
     assert subnet["spec"]["private"] is True
@@ -720,13 +716,13 @@ def test_twin_subnet_only_when_the_cluster_has_kubeovn():
 
 
 def test_karmada_propagation_policy_sends_templates_configmaps_and_secrets():
-    policy = one(render("app-karmada"), "PropagationPolicy")
+    policy = one(render(CASES, "app-karmada"), "PropagationPolicy")
     kinds = {s["kind"] for s in policy["spec"]["resourceSelectors"]}
 
     assert {"WorkflowTemplate", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding"} <= kinds
     assert policy["spec"]["placement"]["clusterAffinity"]["clusterNames"] == ["member1", "member2"]
     assert Path(APP / "templates" / "karmada" / "karmada-propagationpolicy.yaml").exists()
-    assert not by_kind(render("app-defaults"), "PropagationPolicy")
+    assert not by_kind(render(CASES, "app-defaults"), "PropagationPolicy")
 
 
 def test_helpers_truncate_names_to_63_characters():
@@ -973,7 +969,10 @@ DEFAULT_PARAMETERS = {
 
 
 def chart_templates(case_or_args: str | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    objects = render(case_or_args) if isinstance(case_or_args, str) else template(APP, *API, *case_or_args)
+    if isinstance(case_or_args, str):
+        objects = render(CASES, case_or_args)
+    else:
+        objects = template(APP, *API, *case_or_args)
     return {wt["metadata"]["name"]: wt for wt in by_kind(objects, "WorkflowTemplate")}
 
 
@@ -1083,7 +1082,7 @@ def pod_templates(wt: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_every_workflow_pod_is_covered_by_a_network_policy_and_a_service_account():
-    objects = render("app-defaults")
+    objects = render(CASES, "app-defaults")
     selected = {
         p["spec"]["podSelector"]["matchLabels"]["fedtwin.io/role"] for p in by_kind(objects, "NetworkPolicy")
     }
@@ -1097,7 +1096,7 @@ def test_every_workflow_pod_is_covered_by_a_network_policy_and_a_service_account
 
 
 def test_twin_pods_land_on_the_subnet_the_chart_creates():
-    objects = render("app-kubeovn")
+    objects = render(CASES, "app-kubeovn")
     subnet = one(objects, "Subnet")["metadata"]["name"]
     federated = one(objects, "WorkflowTemplate", "fedtwin-federated")
     params = {p["name"]: p.get("value") for p in federated["spec"]["arguments"]["parameters"]}
@@ -1107,7 +1106,7 @@ def test_twin_pods_land_on_the_subnet_the_chart_creates():
     assert params["subnet"] == subnet
     assert "ovn.kubernetes.io/logical_switch" in key and "subnet" in key
     assert value == "{{workflow.parameters.subnet}}"
-    default = one(render("app-defaults"), "WorkflowTemplate", "fedtwin-federated")
+    default = one(render(CASES, "app-defaults"), "WorkflowTemplate", "fedtwin-federated")
     assert {p["name"]: p.get("value") for p in default["spec"]["arguments"]["parameters"]}["subnet"] == ""
 
 

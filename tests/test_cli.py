@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import subprocess
@@ -15,11 +14,7 @@ import pytest
 
 from fedtwin.cli import cli
 from tests.faultfs import read_only_view, required, small_tmpfs
-from tests.helpers import clean_env, fedtwin, write_tiny_config
-
-
-def final_sha(store: Path, run_id: str) -> str:
-    return hashlib.sha256((store / "runs" / run_id / "report" / "final.safetensors").read_bytes()).hexdigest()
+from tests.helpers import clean_env, fedtwin, final_model_hash, write_tiny_config
 
 
 def test_run_end_to_end_then_inspect(tmp_path):
@@ -71,7 +66,7 @@ def test_killed_run_resumes_to_the_same_model(tmp_path):
     fedtwin("run", "--config", str(config), "--store", str(store), "--run-id", "killed", "--no-progress",
             check=True)
 
-    assert final_sha(store, "killed") == final_sha(store, "clean")
+    assert final_model_hash(store, "killed") == final_model_hash(store, "clean")
 
 
 @pytest.mark.parametrize(
@@ -248,7 +243,8 @@ def bad_models(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     """name -> (model file, what the one-line error must say)."""
     import numpy as np
 
-    from fedtwin.policy.layout import PolicySpec, init_params, params_to_bytes
+    from fedtwin.policy.layout import PolicySpec, params_to_bytes
+    from fedtwin.policy.network import init_params
 
     models: dict[str, tuple[Path, str]] = {}
     huge = '{"act_dim": 2, "hidden": [1000000000, 1000000000], "kind": "actor_critic", "obs_dim": 4}'

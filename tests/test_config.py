@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedtwin.config import Config, fingerprint, load_config
+from fedtwin.config import Config, fingerprint, load_config, validate_for_fleet
 from fedtwin.errors import ConfigError
 
 
@@ -117,3 +117,23 @@ def test_yaml_1_2_floats_in_a_config_file_and_the_environment_are_numbers(tmp_pa
     config = load_config(path, environ={"FEDTWIN_PRIVACY__DELTA": "1e-7"})
     assert config.train.learning_rate == 0.001 and config.federation.target_return == 450.0
     assert config.privacy.delta == 1e-7
+
+
+def test_the_config_names_every_strategy_the_federation_has():
+    from fedtwin.config import STRATEGY_NAMES
+    from fedtwin.federation.strategies import STRATEGIES
+
+    assert tuple(STRATEGIES) == STRATEGY_NAMES
+
+
+def test_validate_for_fleet_checks_the_real_fleet_size():
+    federation = {"strategy": "krum", "min_twins": 5}
+    config = load_config(overrides={"fleet": {"count": 10}, "federation": federation}, environ={})
+    validate_for_fleet(config, 10)
+    with pytest.raises(ConfigError, match=r"min_twins \(5\) exceeds the fleet size \(4\)"):
+        validate_for_fleet(config, 4)
+    central = load_config(overrides={"fleet": {"count": 30}, "privacy": {
+        "mode": "central", "target_epsilon": 3, "clip_norm": 1, "delta": 0.02}}, environ={})
+    validate_for_fleet(central, 40)
+    with pytest.raises(ConfigError, match=r"privacy.delta \(0.02\) must be below 1/the fleet size = 1/100"):
+        validate_for_fleet(central, 100)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from fedtwin.s3store import S3Settings, S3Store
 from fedtwin.store import RunLayout
-from tests.helpers import clean_env, write_tiny_config
+from tests.helpers import clean_env, final_model_hash, write_tiny_config
 
 pytestmark = pytest.mark.integration
 RUN_ID = "e2e"
@@ -34,10 +33,6 @@ def command(config, url):
 def admin_store(s3_server, prefix):
     return S3Store(s3_server.bucket, prefix, S3Settings(endpoint=s3_server.endpoint, region=s3_server.region),
                    client=s3_server.client())
-
-
-def final_sha(store):
-    return hashlib.sha256(store.get_bytes(RunLayout(RUN_ID).report("final.safetensors"))).hexdigest()
 
 
 def mlflow_runs(mlflow_server, store):
@@ -93,7 +88,7 @@ def test_run_on_s3_with_mlflow_killed_in_round_two_resumes_to_the_same_weights(
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
 
-    assert final_sha(killed) == final_sha(clean)
+    assert final_model_hash(killed, RUN_ID) == final_model_hash(clean, RUN_ID)
     assert killed.get_json(layout.state)["status"] == "done"
     for name in ("report.html", "report.md", "validation_return.png", "twin_returns.png"):
         assert killed.exists(layout.report(name)), name

@@ -13,23 +13,18 @@ from fedtwin import steps
 from fedtwin.cli import main
 from fedtwin.config import TrainConfig, load_config
 from fedtwin.errors import ConfigError
-from fedtwin.learn.train import DeviceError, StackedPolicy
-from fedtwin.policy.layout import PolicyNet, init_params, layout_for, params_from_bytes, policy_spec
-from fedtwin.runner import shard
+from fedtwin.learn.batched import StackedPolicy
+from fedtwin.learn.runtime import DeviceError
+from fedtwin.learn.train import policy_spec
+from fedtwin.policy.layout import layout_for, params_from_bytes
+from fedtwin.policy.network import PolicyNet, init_params
+from fedtwin.run.round import shard
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
 torch.set_num_threads(1)
 
 TOLERANCE = 1e-5
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    def make(run_id: str, **overrides):
-        path = write_tiny_config(tmp_path, **overrides)
-        return load_config(path, {"run_id": run_id, "store": str(tmp_path / "store")}, environ={})
-    return make
 
 
 def update_params(store: LocalStore, run_id: str, round_index: int, twin_id: str) -> np.ndarray:
@@ -39,10 +34,10 @@ def update_params(store: LocalStore, run_id: str, round_index: int, twin_id: str
 
 # ------------------------------------------------------------------------- step/store level
 @pytest.mark.parametrize("algo", ["ppo", "reinforce"])
-def test_fleet_step_writes_the_pool_steps_updates(tiny, algo):
+def test_fleet_step_writes_the_pool_steps_updates(tiny_config, algo):
     # Prepare: two runs with the same config (so the same twins, seeds and global model), 3 twins.
     overrides = {"train.algo": algo, "train.updates": 2, "train.epochs": 2}
-    pool_cfg, fleet_cfg = tiny("pool-run", **overrides), tiny("fleet-run", **overrides)
+    pool_cfg, fleet_cfg = tiny_config("pool-run", **overrides), tiny_config("fleet-run", **overrides)
     store = LocalStore(pool_cfg.store)
     twin_ids = steps.init(store, pool_cfg).twin_ids
     assert steps.init(store, fleet_cfg).twin_ids == twin_ids == ["twin-000", "twin-001", "twin-002"]
@@ -73,8 +68,8 @@ def test_fleet_step_writes_the_pool_steps_updates(tiny, algo):
         params_from_bytes(store.get_bytes(RunLayout("pool-run").global_model(1)))[0], rtol=0, atol=TOLERANCE)
 
 
-def test_fleet_step_skips_twins_that_already_have_an_update(tiny):
-    config = tiny("demo")
+def test_fleet_step_skips_twins_that_already_have_an_update(tiny_config):
+    config = tiny_config("demo")
     store = LocalStore(config.store)
     twin_ids = steps.init(store, config).twin_ids
     first = steps.train(store, "demo", 0, twin_ids[:1])[0]

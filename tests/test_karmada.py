@@ -36,6 +36,7 @@ from tests.chart_helpers import (
     helm,
     manifest_files,
     one,
+    render,
     template,
     template_error,
     validate,
@@ -50,23 +51,20 @@ EXAMPLE_VALUES = ("-f", "karmada/example-values.yaml")
 POLICY_KINDS = {"PropagationPolicy", "ClusterPropagationPolicy", "OverridePolicy", "ClusterOverridePolicy"}
 KARMADA_OBJECTS = POLICY_KINDS | {"Workflow"}
 CASES = {
-    "ci": CI_VALUES,
-    "ci-run": (*CI_VALUES, "--set", "karmada.runId=demo"),
-    "example": EXAMPLE_VALUES,
-    "three-members": (
+    "ci": (APP, CI_VALUES),
+    "ci-run": (APP, (*CI_VALUES, "--set", "karmada.runId=demo")),
+    "example": (APP, EXAMPLE_VALUES),
+    "three-members": (APP, (
         "--set", "karmada.enabled=true", "--set", "karmada.clusters={edge-a,edge-b,edge-c,spare}",
         "--set", "karmada.members.edge-a.twins={twin-000,twin-003}",
         "--set", "karmada.members.edge-b.twins={twin-001}",
         "--set", "karmada.members.edge-b.s3Endpoint=https://s3.edge-b.example",
         "--set", "karmada.members.edge-c.twins={twin-002}", "--set", "karmada.runId=fleet-7",
         "--set", "networkPolicy.kubernetesApi.cidrs={192.0.2.1/32,192.0.2.2/32,192.0.2.3/32}",
-    ),
-    "long-names": (*CI_VALUES, "--set", "karmada.runId=" + "r" * 40, "--set", "fullnameOverride=" + "f" * 63),
+    )),
+    "long-names": (APP, (*CI_VALUES, "--set", "karmada.runId=" + "r" * 40,
+                         "--set", "fullnameOverride=" + "f" * 63)),
 }
-
-
-def render(case: str) -> list[dict[str, Any]]:
-    return template(APP, *CASES[case])
 
 
 def karmada_objects(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -95,7 +93,7 @@ def validate_karmada(obj: dict[str, Any]) -> None:
 # --- the rendered objects validate ---------------------------------------------------------------
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_rendered_karmada_object_validates_against_the_vendored_schemas(case: str):
-    objects = karmada_objects(render(case))
+    objects = karmada_objects(render(CASES, case))
 
     for obj in objects:
         validate_karmada(obj)
@@ -107,7 +105,7 @@ def test_every_rendered_karmada_object_validates_against_the_vendored_schemas(ca
 
 
 def test_the_closed_schema_rejects_unknown_fields():
-    policy = copy.deepcopy(one(render("ci"), "OverridePolicy", "fedtwin-member-member1"))
+    policy = copy.deepcopy(one(render(CASES, "ci"), "OverridePolicy", "fedtwin-member-member1"))
     policy["spec"]["overrideRules"][0]["overriders"]["plaintext"][0]["valu"] = "x"
     with pytest.raises(AssertionError, match="valu"):
         validate(policy)
@@ -148,7 +146,7 @@ def coordinator_workflow() -> dict[str, Any]:
 
 
 def test_policies_send_the_member_pieces_and_keep_the_coordinator_and_aggregator_identity_on_the_host():
-    objects = render("ci-run")
+    objects = render(CASES, "ci-run")
     policies = [o for o in objects if o["kind"] in POLICY_KINDS]
     propagation = [p for p in policies if p["kind"] in ("PropagationPolicy", "ClusterPropagationPolicy")]
     templates = {wt["metadata"]["name"]: wt for wt in by_kind(objects, "WorkflowTemplate")}
@@ -225,7 +223,7 @@ def arguments(workflow: dict[str, Any]) -> dict[str, str]:
     ],
 )
 def test_each_member_gets_its_twins_and_storage_endpoint(case: str, expected: dict[str, tuple[str, str]]):
-    objects = render(case)
+    objects = render(CASES, case)
     workflow = one(objects, "Workflow")
     assert arguments(workflow)["twins"] == ""  # nothing to train until a cluster's override applies
 
@@ -246,7 +244,7 @@ def test_propagated_member_workflows_are_never_deleted_behind_karmadas_back():
     """A ttlStrategy would delete the finished member Workflow in each member cluster, and Karmada
     would create it again (and run it again) from the copy it holds: the member template that goes
     out through Karmada carries none; the Workflow is deleted through Karmada (delete-run.sh)."""
-    objects = render("ci-run")
+    objects = render(CASES, "ci-run")
     templates = {wt["metadata"]["name"]: wt for wt in by_kind(objects, "WorkflowTemplate")}
     workflow = one(objects, "Workflow")
     member = templates[workflow["spec"]["workflowTemplateRef"]["name"]]
@@ -260,7 +258,7 @@ def test_propagated_member_workflows_are_never_deleted_behind_karmadas_back():
 
 
 def test_member_workflow_runs_the_member_template_with_parameters_it_declares():
-    objects = render("ci-run")
+    objects = render(CASES, "ci-run")
     workflow = one(objects, "Workflow")
     member = one(objects, "WorkflowTemplate", workflow["spec"]["workflowTemplateRef"]["name"])
     declared = {p["name"] for p in member["spec"]["arguments"]["parameters"]}

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from fedtwin import steps
-from fedtwin.config import load_config
-from fedtwin.store import LocalStore, RunLayout, sha256_hex
-from tests.helpers import write_tiny_config
+from fedtwin.run.round import train_round
+from fedtwin.store import LocalStore, RunLayout
+from tests.helpers import final_model_hash
 
 torch.set_num_threads(1)
 ROUNDS = 3
@@ -25,31 +25,21 @@ class Killed(BaseException):
     """The process died here."""
 
 
-@pytest.fixture
-def config_for(tmp_path):
-    path = write_tiny_config(tmp_path, **{"federation.strategy": "fedadam", "federation.rounds": ROUNDS,
-                                          "federation.server_lr": 0.01})
-
-    def make(run_id: str):
-        return load_config(path, {"run_id": run_id, "store": str(tmp_path / "store")}, environ={})
-    return make
+FEDADAM = {"federation.strategy": "fedadam", "federation.rounds": ROUNDS, "federation.server_lr": 0.01}
 
 
 def play(store: LocalStore, run_id: str, start: int = 0) -> None:
-    """Rounds `start`.. as the runner plays them: one train step per twin still without an update
-    (the pool engine), then the aggregate step (which returns the summary if it exists)."""
-    layout = RunLayout(run_id)
-    twins = steps.RunContext.load(store, run_id).fleet.train
+    """Rounds `start`.. as the runner plays them (`train_round`, the pool engine, then the aggregate
+    step, which returns the summary if it exists)."""
+    twin_ids = [t.id for t in steps.RunContext.load(store, run_id).fleet.train]
     for round_index in range(start, ROUNDS):
-        for twin in twins:
-            if not store.exists(layout.update_meta(round_index, twin.id)):
-                steps.train(store, run_id, round_index, [twin.id])
+        train_round(store, run_id, round_index, twin_ids, "pool", 1)
         steps.aggregate(store, run_id, round_index)
 
 
 def final_hash(store: LocalStore, run_id: str) -> str:
     steps.evaluate(store, run_id)
-    return sha256_hex(store.get_bytes(RunLayout(run_id).report("final.safetensors")))
+    return final_model_hash(store, run_id)
 
 
 def kill_on(store: LocalStore, method: str, predicate: Callable[[str], bool]) -> None:
@@ -78,14 +68,14 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_killed_step_reruns_to_the_clean_final_model(config_for, point):
+def test_killed_step_reruns_to_the_clean_final_model(tiny_config, point):
     # Prepare: a clean run, and the same config started under another run id
-    clean = config_for("clean")
+    clean = tiny_config("clean", **FEDADAM)
     store = LocalStore(clean.store)
     steps.init(store, clean)
     play(store, "clean")
     expected = final_hash(store, "clean")
-    killed = config_for("killed")
+    killed = tiny_config("killed", **FEDADAM)
     steps.init(store, killed)
 
     # Execute: play until the kill, then rerun from where the store says the run is

@@ -5,7 +5,6 @@ one runner per run."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from pathlib import Path
 
@@ -17,13 +16,9 @@ from fedtwin.config import load_config
 from fedtwin.errors import QuorumError
 from fedtwin.store import LocalStore, RunLayout
 from tests.faultfs import grow, required, small_tmpfs
-from tests.helpers import fedtwin, write_tiny_config
+from tests.helpers import fedtwin, final_model_hash, write_tiny_config
 
 torch.set_num_threads(1)
-
-
-def final_sha(store: Path, run_id: str) -> str:
-    return hashlib.sha256((store / "runs" / run_id / "report" / "final.safetensors").read_bytes()).hexdigest()
 
 
 def state_of(store: Path, run_id: str) -> dict:
@@ -48,7 +43,7 @@ def test_a_full_disk_during_training_is_exit_1_not_a_lost_quorum_and_the_rerun_f
 
         grow(disk, "16m")  # space freed
         fedtwin(*run, "--store", str(disk), check=True)
-        assert final_sha(disk, "r") == final_sha(clean, "r")
+        assert final_model_hash(disk, "r") == final_model_hash(clean, "r")
 
 
 def crash_twins(monkeypatch: pytest.MonkeyPatch, bad: set[str]) -> None:
@@ -147,7 +142,7 @@ def test_a_killed_pool_worker_is_exit_1_in_one_line_and_the_rerun_finishes_the_r
     assert line.startswith("Error: a training worker process of round ") and "rerun to resume" in line
     assert state_of(tmp_path / "store", "r")["status"] == "running"
     fedtwin(*args, "--store", str(tmp_path / "store"), check=True)
-    assert final_sha(tmp_path / "store", "r") == final_sha(tmp_path / "clean", "r")
+    assert final_model_hash(tmp_path / "store", "r") == final_model_hash(tmp_path / "clean", "r")
 
 
 # --------------------------------------------------------------- item 7: one runner per run id
@@ -171,7 +166,7 @@ def test_two_runners_on_one_run_id_one_refuses_and_the_other_finishes_the_clean_
     [line] = errors[loser].strip().splitlines()
     assert line.startswith(f"Error: run 'r' is being run by another runner (pid {runners[winner].pid} on ")
     assert line.endswith("; wait for it to finish, or stop that process, then rerun")
-    assert final_sha(store, "r") == final_sha(tmp_path / "clean", "r")
+    assert final_model_hash(store, "r") == final_model_hash(tmp_path / "clean", "r")
     assert fedtwin(*args[3:], "--store", str(store)).returncode == 0  # free again once the first is done
 
 

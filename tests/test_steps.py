@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 import torch
 
 from fedtwin import steps
-from fedtwin.config import load_config
 from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError
 from fedtwin.store import LocalStore, RunLayout
-from tests.helpers import write_tiny_config
+from tests.helpers import final_model_hash
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    def make(run_id="demo", **overrides):
-        path = write_tiny_config(tmp_path, **overrides)
-        return load_config(path, {"run_id": run_id, "store": str(tmp_path / "store")}, environ={})
-    return make
 
 
 def play(store, config):
@@ -35,12 +24,8 @@ def play(store, config):
     return steps.evaluate(store, init.run_id)
 
 
-def final_hash(store, run_id):
-    return hashlib.sha256(store.get_bytes(RunLayout(run_id).report("final.safetensors"))).hexdigest()
-
-
-def test_init_writes_the_run_layout(tiny):
-    config = tiny()
+def test_init_writes_the_run_layout(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
 
     result = steps.init(store, config)
@@ -52,19 +37,19 @@ def test_init_writes_the_run_layout(tiny):
     assert store.get_json(layout.state)["next_round"] == 0
 
 
-def test_same_seed_gives_bit_identical_final_model(tiny, tmp_path):
-    a, b = tiny("run-a"), tiny("run-b")
+def test_same_seed_gives_bit_identical_final_model(tiny_config, tmp_path):
+    a, b = tiny_config("run-a"), tiny_config("run-b")
     store = LocalStore(a.store)
     play(store, a)
     play(store, b)
-    assert final_hash(store, "run-a") == final_hash(store, "run-b")
-    c = tiny("run-c", seed=1)
+    assert final_model_hash(store, "run-a") == final_model_hash(store, "run-b")
+    c = tiny_config("run-c", seed=1)
     play(store, c)
-    assert final_hash(store, "run-c") != final_hash(store, "run-a")
+    assert final_model_hash(store, "run-c") != final_model_hash(store, "run-a")
 
 
-def test_train_is_idempotent(tiny):
-    config = tiny()
+def test_train_is_idempotent(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
     steps.init(store, config)
     first = steps.train(store, "demo", 0, ["twin-000"])[0]
@@ -77,8 +62,8 @@ def test_train_is_idempotent(tiny):
     assert store.get_bytes(key) == before
 
 
-def test_aggregate_records_round_and_is_idempotent(tiny):
-    config = tiny()
+def test_aggregate_records_round_and_is_idempotent(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
     init = steps.init(store, config)
     steps.train(store, "demo", 0, init.twin_ids)
@@ -93,9 +78,9 @@ def test_aggregate_records_round_and_is_idempotent(tiny):
     assert store.exists(RunLayout("demo").global_model(1))
 
 
-def test_aggregate_of_a_round_that_is_not_next_leaves_the_run_alone(tiny):
+def test_aggregate_of_a_round_that_is_not_next_leaves_the_run_alone(tiny_config):
     """A workflow engine that starts the wrong round (argoproj/argo-workflows#14774) changes nothing."""
-    config = tiny()
+    config = tiny_config()
     store = LocalStore(config.store)
     init = steps.init(store, config)
     layout = RunLayout("demo")
@@ -110,8 +95,8 @@ def test_aggregate_of_a_round_that_is_not_next_leaves_the_run_alone(tiny):
     assert steps.aggregate(store, "demo", 0)["last_round"] == 1  # the final round may still start
 
 
-def test_below_quorum_fails_the_round_and_keeps_the_store(tiny):
-    config = tiny()  # min_twins = 2
+def test_below_quorum_fails_the_round_and_keeps_the_store(tiny_config):
+    config = tiny_config()  # min_twins = 2
     store = LocalStore(config.store)
     steps.init(store, config)
     steps.train(store, "demo", 0, ["twin-000"])
@@ -125,8 +110,8 @@ def test_below_quorum_fails_the_round_and_keeps_the_store(tiny):
     assert store.get_json(layout.state)["status"] == "failed"
 
 
-def test_bad_update_is_rejected_with_a_reason_not_a_crash(tiny, tmp_path):
-    config = tiny(**{"federation.min_twins": 1})
+def test_bad_update_is_rejected_with_a_reason_not_a_crash(tiny_config, tmp_path):
+    config = tiny_config(**{"federation.min_twins": 1})
     store = LocalStore(config.store)
     init = steps.init(store, config)
     steps.train(store, "demo", 0, init.twin_ids)
@@ -142,8 +127,8 @@ def test_bad_update_is_rejected_with_a_reason_not_a_crash(tiny, tmp_path):
     assert "round 5" in summary["rejected"][0]["reason"]
 
 
-def test_tampered_global_model_is_refused(tiny):
-    config = tiny()
+def test_tampered_global_model_is_refused(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
     steps.init(store, config)
     path = store.root / RunLayout("demo").global_model(0)
@@ -155,21 +140,21 @@ def test_tampered_global_model_is_refused(tiny):
         steps.train(store, "demo", 0, ["twin-000"])
 
 
-def test_reusing_a_run_id_with_another_config_is_refused(tiny):
-    config = tiny()
+def test_reusing_a_run_id_with_another_config_is_refused(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
     steps.init(store, config)
     before = store.get_text(RunLayout("demo").config)
 
     with pytest.raises(RunConflictError, match=r"differs in: train.learning_rate"):
-        steps.init(store, tiny(**{"train.learning_rate": 0.1}))
+        steps.init(store, tiny_config(**{"train.learning_rate": 0.1}))
 
     assert store.get_text(RunLayout("demo").config) == before
     assert steps.init(store, config).resumed is True
 
 
-def test_evaluate_reports_heldout_and_gap(tiny):
-    config = tiny()
+def test_evaluate_reports_heldout_and_gap(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
 
     evaluation = play(store, config)
@@ -190,8 +175,8 @@ def test_shard_size_keeps_a_round_within_its_parallelism(fleet, request_, parall
     assert -(-fleet // size) <= (parallelism or steps.DEFAULT_PARALLELISM) or request_ > 0
 
 
-def test_a_fan_out_wider_than_the_parallelism_is_refused_before_anything_is_written(tiny):
-    config = tiny()
+def test_a_fan_out_wider_than_the_parallelism_is_refused_before_anything_is_written(tiny_config):
+    config = tiny_config()
     store = LocalStore(config.store)
     message = (r"1 twin\(s\) per pod makes 3 training pods per round for 3 twins, "
                r"more than the parallelism of 2;")
@@ -211,9 +196,9 @@ def test_a_run_too_large_for_one_workflow_object_is_refused_with_a_parallelism_t
     assert steps.FanOut(0, 27, 12_000).shard_size(1000, rounds=200) == 38  # 27 pods: 11613 nodes
 
 
-def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny, monkeypatch):
+def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny_config, monkeypatch):
     """A pool worker runs one job per twin: the largest fleet's copy takes about a second to parse."""
-    config = tiny()
+    config = tiny_config()
     store = LocalStore(config.store)
     steps.init(store, config)
     steps._FLEET_CACHE.clear()
@@ -228,14 +213,14 @@ def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny, monkeypatch):
     assert steps.RunContext.load(store, "demo").fleet == first and len(parsed) == 2
 
 
-def test_evaluate_killed_between_its_two_writes_leaves_a_final_model_on_the_rerun(tiny):
+def test_evaluate_killed_between_its_two_writes_leaves_a_final_model_on_the_rerun(tiny_config):
     """Found by benchmarks/faults.py: a kill -9 after evaluation.json, before final.safetensors, left the
     rerun (which found evaluation.json) without a final model, for good."""
 
     class Killed(BaseException):
         pass
 
-    config = tiny()
+    config = tiny_config()
     store = LocalStore(config.store)
     init = steps.init(store, config)
     for round_index in range(config.federation.rounds):

@@ -198,20 +198,10 @@ def status_cmd(run_id: str, round_index: int | None, store: str, outputs_dir: st
 
     Example: fedtwin step status --run demo --round 3
     """
-    from fedtwin.errors import RunConflictError
-    from fedtwin.runstate import load_state, write_outputs
+    from fedtwin.runstate import load_state, round_status, write_outputs
     from fedtwin.store import open_store
 
-    state = load_state(open_store(store), run_id)
-    next_round, complete = int(state["next_round"]), bool(state.get("training_complete"))
-    values: dict[str, Any] = {"status": state["status"], "next_round": str(next_round), "complete": complete}
-    if round_index is not None:
-        if round_index > next_round and not complete:
-            raise RunConflictError(
-                f"round {round_index} of run {run_id!r} cannot start: round {next_round} is not "
-                "aggregated yet; rounds run in order"
-            )
-        values["play"] = round_index == next_round and not complete
+    values = round_status(load_state(open_store(store), run_id), run_id, round_index)
     write_outputs(outputs_dir, values)
     click.echo(json.dumps({"run_id": run_id, **values}))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import click
 
 from fedtwin.limits import MAX_TRAINING_TWINS
@@ -22,7 +24,8 @@ def twins_group() -> None:
               help="`hard` also varies friction, sensor/actuator noise and action delay.")
 @click.option("--prefix", default="twin", show_default=True, help="Id prefix (ids are PREFIX-NNN).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="YAML file to write.")
-def generate_cmd(count: int, seed: int, spread: float | None, preset: str, prefix: str, output: str) -> None:
+def generate_cmd(count: int, seed: int, spread: float | None, preset: Literal["default", "hard"], prefix: str,
+                 output: str) -> None:
     """Generate a fleet deterministically from a seed and write it as YAML.
 
     Example: fedtwin twins generate --count 16 --seed 3 --preset hard -o fleet.yaml

@@ -1,0 +1,1 @@
+"""Orchestration: the step functions, one round's training, the local runner, the multi-cluster protocol."""
