@@ -1,0 +1,111 @@
+"""The example user kind (examples/thermal-twin): installed as its own package, found through the
+`fedtwin.twins` entry point and as module:Class, its fleet file read, its twins simulated."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedtwin.errors import ConfigError
+from fedtwin.formats import read_yaml
+from fedtwin.sim.kind_env import make_vector_env
+from fedtwin.sim.kinds import generate_twins, get_kind, twin_from_dict
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "thermal-twin"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pip install --target` of a copy of the example (a build writes into its source tree)."""
+    tmp = tmp_path_factory.mktemp("thermal")
+    source = tmp / "src"
+    shutil.copytree(EXAMPLE, source)
+    target = tmp / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--target",
+            str(target),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    return target
+
+
+@pytest.fixture
+def installed(site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The installed package on sys.path for one test; its module forgotten afterwards."""
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    yield site
+    sys.modules.pop("fedtwin_thermal", None)
+
+
+def test_the_kind_is_found_by_its_entry_point_name_from_the_installed_package(installed: Path) -> None:
+    kind = get_kind("thermal")
+    assert kind.name == "thermal"
+    # the installed copy, not the source tree, answered
+    assert Path(sys.modules[type(kind).__module__].__file__ or "").is_relative_to(installed)
+    assert [p.name for p in kind.params][:4] == ["capacity", "resistance", "outside_temp", "heater_power"]
+
+
+def test_the_kind_is_found_as_module_class(installed: Path) -> None:
+    assert get_kind("fedtwin_thermal:ThermalKind").name == "thermal"
+
+
+def test_without_the_package_the_name_is_unknown() -> None:
+    with pytest.raises(ConfigError, match="unknown twin kind 'thermal'"):
+        get_kind("thermal")
+
+
+def test_the_fleet_file_loads_and_its_twins_heat_towards_their_setpoints(installed: Path) -> None:
+    # Prepare: the example's fleet file
+    data = read_yaml(EXAMPLE / "fleet.yaml", "fleet file")
+    kind = get_kind(data["kind"])
+    twins = [twin_from_dict(kind, entry) for entry in data["twins"] + data["validation"] + data["heldout"]]
+    env = make_vector_env(kind, twins)
+
+    def run(policy: Any) -> np.ndarray:
+        obs, _ = env.reset(seed=0)
+        errors = []
+        for _ in range(kind.max_episode_steps):
+            obs, _, _, truncated, info = env.step(policy(obs))
+            errors.append(np.abs(env.state[0] - 21.0))
+        assert truncated.all() and info["episode_length"].tolist() == [96] * len(twins)
+        return np.mean(errors[48:], axis=0)  # the second half of the day
+
+    # Execute: a thermostat (full power below the setpoint) against a heater left off
+    thermostat = run(lambda o: (o[:, :1] < 0).astype(np.float32))
+    off = run(lambda o: np.zeros((len(o), 1), dtype=np.float32))
+    # Assert: every zone holds its setpoint within 1.5 K with the thermostat (15-minute steps), none without
+    assert (thermostat < 1.5).all(), thermostat
+    assert (off > 5.0).all(), off
+    assert len(set(np.round(off, 6))) == len(twins)  # each zone its own physics
+
+
+def test_range_errors_and_fleet_generation_work_for_a_user_kind(installed: Path) -> None:
+    kind = get_kind("thermal")
+    with pytest.raises(
+        ConfigError, match=r"twin 'office-9': resistance = 0 is outside the valid range \(0, inf\)"
+    ):
+        twin_from_dict(kind, {"id": "office-9", "resistance": 0})
+    twins = generate_twins(kind, 6, seed=4, preset="hard")
+    assert len({t["capacity"] for t in twins}) == 6 and all(t["setpoint"] == 21.0 for t in twins)
+    assert any(t["sensor_noise"] > 0 for t in twins)
