@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedtwin.errors import ConfigError
+from fedtwin.sim import kind_env
 from fedtwin.sim.acrobot import AcrobotKind
 from fedtwin.sim.gym_kind import GymnasiumKind
 from fedtwin.sim.kind_env import KindVectorEnv, make_vector_env
@@ -186,8 +187,12 @@ def test_square_like_scalar_is_the_scalar_power_where_x_times_x_is_not() -> None
 
 
 @pytest.mark.parametrize("kind", [PENDULUM, ACROBOT], ids=lambda k: k.name)
-def test_twins_differ_and_a_twin_is_the_same_alone_or_in_a_fleet(kind: Any) -> None:
-    # Prepare: hard-preset twins (noise, delay, damping) with distinct physics
+def test_twins_differ_and_a_twin_is_the_same_alone_or_in_a_fleet(
+    kind: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: hard-preset twins (noise, delay, damping) with distinct physics; noise blocks so small
+    # that the fleet draws a block per step and the lone twin one per few steps
+    monkeypatch.setattr(kind_env, "_NOISE_BLOCK_VALUES", kind.noise_slots * 2 * 7)
     twins = generate_twins(kind, 5, seed=3, preset="hard")
     fleet = make_vector_env(kind, twins, envs_per_twin=2)
     alone = make_vector_env(kind, [twins[2]], envs_per_twin=2)
@@ -384,6 +389,25 @@ def test_a_user_class_that_breaks_the_protocol_is_refused_with_the_part_to_fix(
         ConfigError, match=r"step\(\) returned obs as float32 \(1, 2\), expected float32 \(1, 1\)"
     ):
         env.step(np.zeros(1, dtype=np.int64))
+
+
+def test_a_kind_that_brings_its_own_vector_env_is_used_as_is(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: the schema of _Sketch and a vector_env (as CartPole's adapter will have), no reset/step
+    made: list[tuple[Any, ...]] = []
+
+    class OwnEnv:
+        name, params, max_episode_steps = "own", _Sketch.params, 5
+        observation_space, action_space = _Sketch.observation_space, _Sketch.action_space
+
+        def vector_env(self, twins: Any, envs_per_twin: int = 1, max_episode_steps: int | None = None) -> str:
+            made.append((tuple(t.id for t in twins), envs_per_twin, max_episode_steps))
+            return "its env"
+
+    module = _register(monkeypatch, OwnEnv=OwnEnv)
+    kind = get_kind(f"{module}:OwnEnv")
+    # Execute / Assert
+    assert make_vector_env(kind, [make_twin(kind, "o-0")], envs_per_twin=3) == "its env"
+    assert made == [(("o-0",), 3, None)]
 
 
 def test_a_run_has_one_kind() -> None:

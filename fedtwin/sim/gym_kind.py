@@ -33,7 +33,8 @@ class GymnasiumKind:
     def __init__(
         self, name: str, factory: Factory, params: Sequence[Param], max_episode_steps: int, source: str = ""
     ) -> None:
-        self.name, self.factory, self.params = name, factory, tuple(params)
+        self.name, self.factory = name, factory
+        self.params: tuple[Param, ...] = tuple(params)
         self.max_episode_steps = max_episode_steps
         where = source or name
         if (
@@ -57,16 +58,17 @@ class GymnasiumKind:
                 f"twin kind {where}: the factory returned {type(probe).__name__}, "
                 "not a gymnasium.Env; return an env"
             )
-        self.observation_space = probe.observation_space
-        self.action_space = probe.action_space
+        obs_space, action_space = probe.observation_space, probe.action_space
         probe.close()
-        if not isinstance(self.observation_space, spaces.Box) or not isinstance(
-            self.action_space, spaces.Box | spaces.Discrete
+        if not isinstance(obs_space, spaces.Box) or not isinstance(
+            action_space, spaces.Box | spaces.Discrete
         ):
             raise ConfigError(
                 f"twin kind {where}: spaces must be a Box observation and a Box or Discrete "
-                f"action, got {self.observation_space} and {self.action_space}"
+                f"action, got {obs_space} and {action_space}"
             )
+        self.observation_space: spaces.Box = obs_space
+        self.action_space: spaces.Space[Any] = action_space
 
     @classmethod
     def from_factory(cls, factory: Factory, name: str, source: str) -> GymnasiumKind:

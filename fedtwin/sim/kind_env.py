@@ -15,7 +15,7 @@ i // envs_per_twin) and does everything that is not the kind's physics, as the C
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -25,7 +25,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from fedtwin.errors import ConfigError
-from fedtwin.sim.kinds import KindTwin, TwinKind
+from fedtwin.sim.kinds import AnyKind, KindTwin, TwinKind, VectorKind
 
 Float64Array = npt.NDArray[np.float64]
 IndexArray = npt.NDArray[np.intp]
@@ -354,10 +354,12 @@ class KindVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
 
 
 def make_vector_env(
-    kind: Any, twins: Sequence[KindTwin], envs_per_twin: int = 1, max_episode_steps: int | None = None
+    kind: AnyKind, twins: Sequence[KindTwin], envs_per_twin: int = 1, max_episode_steps: int | None = None
 ) -> VectorEnv:
-    """The trainers' one entry point for any kind: `KindVectorEnv`, or gymnasium's for a `GymnasiumKind`."""
-    vector_env = getattr(kind, "vector_env", None)
-    if callable(vector_env):
-        return vector_env(twins, envs_per_twin=envs_per_twin, max_episode_steps=max_episode_steps)
+    """The trainers' one entry point for any kind: `KindVectorEnv`, or the env a `VectorKind` brings."""
+    if isinstance(kind, VectorKind):
+        return cast(
+            VectorEnv,
+            kind.vector_env(twins, envs_per_twin=envs_per_twin, max_episode_steps=max_episode_steps),
+        )
     return KindVectorEnv(kind, twins, envs_per_twin=envs_per_twin, max_episode_steps=max_episode_steps)

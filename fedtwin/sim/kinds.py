@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn, Protocol, runtime_checkable
+from typing import Any, Literal, NoReturn, Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -143,6 +143,26 @@ class TwinKind(Protocol):
     ) -> tuple[Float64Array, np.ndarray, Float64Array, BoolArray]: ...
 
 
+@runtime_checkable
+class VectorKind(Protocol):
+    """A kind that brings its own vector env (CartPole's tuned env, a `GymnasiumKind`): the schema,
+    spaces and limit of `TwinKind`, and `vector_env`, which must honour `KindVectorEnv`'s contract
+    (seeds twin k with seed + k, SAME_STEP autoreset, the same info keys)."""
+
+    name: str
+    params: tuple[Param, ...]
+    observation_space: spaces.Box
+    action_space: spaces.Space[Any]
+    max_episode_steps: int
+
+    def vector_env(
+        self, twins: Sequence[KindTwin], envs_per_twin: int = 1, max_episode_steps: int | None = None
+    ) -> Any: ...
+
+
+AnyKind = TwinKind | VectorKind
+
+
 @dataclass(frozen=True)
 class KindTwin:
     """One device of a kind: its id and every parameter's value, in the schema's order."""
@@ -161,7 +181,7 @@ class KindTwin:
     def as_dict(self) -> dict[str, float]:
         return dict(zip(self.names, self.values, strict=True))
 
-    def to_dict(self, kind: TwinKind) -> dict[str, Any]:
+    def to_dict(self, kind: AnyKind) -> dict[str, Any]:
         """The id plus every parameter that differs from its default: short fleet files."""
         out: dict[str, Any] = {"id": self.id}
         for param, value in zip(kind.params, self.values, strict=True):
@@ -170,7 +190,7 @@ class KindTwin:
         return out
 
 
-def make_twin(kind: TwinKind, twin_id: str, **values: Any) -> KindTwin:
+def make_twin(kind: AnyKind, twin_id: str, **values: Any) -> KindTwin:
     """A twin with the kind's defaults overridden by `values`; each value is checked against its range."""
     if not isinstance(twin_id, str):
         raise ConfigError(f"twin id must be a string, got {twin_id!r}; fix it in the fleet file")
@@ -198,7 +218,7 @@ def make_twin(kind: TwinKind, twin_id: str, **values: Any) -> KindTwin:
     return KindTwin(id=twin_id, kind=kind.name, names=names, values=tuple(out))
 
 
-def twin_from_dict(kind: TwinKind, data: Mapping[str, Any]) -> KindTwin:
+def twin_from_dict(kind: AnyKind, data: Mapping[str, Any]) -> KindTwin:
     """A twin from a fleet file's mapping (`id` plus parameters); a typo is an error, not a default."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"a twin must be a mapping of fields, got {data!r}; see the fleet file format")
@@ -209,7 +229,7 @@ def twin_from_dict(kind: TwinKind, data: Mapping[str, Any]) -> KindTwin:
 
 
 def generate_twin(
-    kind: TwinKind, twin_id: str, seed: int, spread: float = 0.15, preset: str = "default"
+    kind: AnyKind, twin_id: str, seed: int, spread: float = 0.15, preset: str = "default"
 ) -> KindTwin:
     """One twin from (seed, id) alone, like CartPole's: first the `scale` factors, then the `hard` draws,
     in schema order, from a generator seeded by the fleet seed and the id."""
@@ -233,7 +253,7 @@ def generate_twin(
 
 
 def generate_twins(
-    kind: TwinKind,
+    kind: AnyKind,
     count: int,
     seed: int,
     spread: float = 0.15,
@@ -250,10 +270,11 @@ def generate_twins(
 # --- finding a kind -------------------------------------------------------------------------------
 
 
-def get_kind(spec: str) -> TwinKind | Any:
+def get_kind(spec: str) -> AnyKind:
     """The kind named `spec`: a built-in, `module:attr`, or an entry point of group `fedtwin.twins`.
 
-    Returns a checked `TwinKind` or a `GymnasiumKind` (a gymnasium env class or factory, wrapped).
+    Returns a checked `TwinKind` or `VectorKind` (a gymnasium env class or factory comes wrapped in a
+    `GymnasiumKind`).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"twin kind must be a name or module:Class, got {spec!r}")
@@ -300,7 +321,7 @@ def _import(target: str, spec: str) -> Any:
     return obj
 
 
-def _as_kind(obj: Any, source: str, name: str | None) -> Any:
+def _as_kind(obj: Any, source: str, name: str | None) -> AnyKind:
     """A kind object from what a name pointed at: a kind class or instance, or a gymnasium env factory."""
     import gymnasium
 
@@ -323,11 +344,12 @@ def _as_kind(obj: Any, source: str, name: str | None) -> Any:
             obj, name=name or obj.__name__.lower().replace("_", "-"), source=source
         )
     check_kind(obj, source)
-    return obj
+    return cast(AnyKind, obj)
 
 
 def check_kind(kind: Any, source: str) -> None:
-    """Refuse, with one line naming the part and the fix, an object that breaks the `TwinKind` protocol."""
+    """Refuse, with one line naming the part and the fix, an object that is neither a `TwinKind` nor a
+    `VectorKind`."""
 
     def fail(what: str) -> NoReturn:
         raise ConfigError(f"twin kind {source} breaks the protocol: {what}; see fedtwin.sim.kinds.TwinKind")
@@ -347,7 +369,16 @@ def check_kind(kind: Any, source: str) -> None:
         fail("observation_space must be a gymnasium.spaces.Box (one twin's observation)")
     if not isinstance(getattr(kind, "action_space", None), spaces.Box | spaces.Discrete):
         fail("action_space must be a gymnasium.spaces.Box or Discrete (one twin's action)")
-    for attr, minimum in (("max_episode_steps", 1), ("state_dim", 1), ("noise_slots", 0)):
+    steps = getattr(kind, "max_episode_steps", None)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        fail(f"max_episode_steps must be an integer >= 1, got {steps!r}")
+    if callable(getattr(kind, "vector_env", None)):
+        try:
+            inspect.signature(kind.vector_env).bind([], envs_per_twin=1, max_episode_steps=None)
+        except TypeError:
+            fail("vector_env() must take (twins, envs_per_twin=..., max_episode_steps=...) (see VectorKind)")
+        return  # a VectorKind brings its own env
+    for attr, minimum in (("state_dim", 1), ("noise_slots", 0)):
         value = getattr(kind, attr, None)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             fail(f"{attr} must be an integer >= {minimum}, got {value!r}")
@@ -371,7 +402,7 @@ def check_kind(kind: Any, source: str) -> None:
         fail("derive must be a method taking a dict of parameter values")
 
 
-def kind_params_table(kind: TwinKind) -> list[dict[str, Any]]:
+def kind_params_table(kind: AnyKind) -> list[dict[str, Any]]:
     """The schema as plain rows (docs, `twins` CLI output, the report's physics plot in phase 2)."""
     return [
         {"name": p.name, "default": p.default, "range": p.range_text(), "vary": p.vary, "doc": p.doc}
