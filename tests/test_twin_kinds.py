@@ -330,6 +330,29 @@ def test_a_gymnasium_env_class_is_a_kind_through_gymnasiums_vector_env() -> None
             np.testing.assert_array_equal(i1["episode_length"], [200, 200])
 
 
+def test_a_gymnasium_factory_function_needs_its_episode_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: a factory taking its physics as keywords, bare and wrapped with its limit
+    def windy_pendulum(g: float = 10.0, render_mode: str | None = None) -> gymnasium.Env:
+        return gymnasium.envs.classic_control.pendulum.PendulumEnv(g=g)
+
+    wrapped = GymnasiumKind("windy", windy_pendulum, [Param("g", 10.0, low=0.0, low_open=True)], 50)
+    module = _register(monkeypatch, windy_pendulum=windy_pendulum, windy=wrapped)
+    # Execute / Assert
+    with pytest.raises(
+        ConfigError, match=r"no episode limit known for windy_pendulum; wrap it as GymnasiumKind"
+    ):
+        get_kind(f"{module}:windy_pendulum")
+    kind = get_kind(f"{module}:windy")
+    assert kind is wrapped
+    env = make_vector_env(kind, [make_twin(kind, "w-0", g=3.0)])
+    env.reset(seed=0)
+    for _ in range(50):
+        *_, truncated, info = env.step(np.zeros((1, 1), dtype=np.float32))
+    assert truncated.all() and info["episode_length"].tolist() == [50]
+    with pytest.raises(ConfigError, match=r"'w-1': g = -1.0 is outside the valid range \(0, inf\)"):
+        make_twin(kind, "w-1", g=-1.0)
+
+
 class _Sketch:
     """A minimal valid kind; tests break one part at a time."""
 
