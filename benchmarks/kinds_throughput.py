@@ -30,7 +30,8 @@ from machine import cpu_model, load_average
 
 from fedtwin.sim.gym_kind import GymnasiumKind
 from fedtwin.sim.kind_env import make_vector_env
-from fedtwin.sim.kinds import generate_twins, get_kind
+from fedtwin.sim.kind_registry import get_kind
+from fedtwin.sim.kinds import generate_twins
 
 RESULTS = Path(__file__).parent / "results" / "kinds_throughput.md"
 GYM = {"pendulum": "Pendulum-v1", "acrobot": "Acrobot-v1"}

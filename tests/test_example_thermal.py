@@ -16,7 +16,8 @@ import pytest
 from fedtwin.errors import ConfigError
 from fedtwin.formats import read_yaml
 from fedtwin.sim.kind_env import make_vector_env
-from fedtwin.sim.kinds import generate_twins, get_kind, twin_from_dict
+from fedtwin.sim.kind_registry import get_kind
+from fedtwin.sim.kinds import generate_twins, twin_from_dict
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "thermal-twin"
 

@@ -1,4 +1,4 @@
-"""Twin kinds (fedtwin/sim/kinds.py, kind_env.py, pendulum.py, acrobot.py, gym_kind.py): gymnasium
+"""Twin kinds (fedtwin/sim/: kinds, kind_registry, kind_env, pendulum, acrobot, gym_kind): gymnasium
 parity step by step, per-twin physics, range errors, finding kinds, the protocol check, seeds."""
 
 from __future__ import annotations
@@ -17,14 +17,8 @@ from fedtwin.sim import kind_env
 from fedtwin.sim.acrobot import AcrobotKind
 from fedtwin.sim.gym_kind import GymnasiumKind
 from fedtwin.sim.kind_env import KindVectorEnv, make_vector_env
-from fedtwin.sim.kinds import (
-    Param,
-    generate_twin,
-    generate_twins,
-    get_kind,
-    make_twin,
-    twin_from_dict,
-)
+from fedtwin.sim.kind_registry import get_kind
+from fedtwin.sim.kinds import Param, generate_twin, generate_twins, make_twin, twin_from_dict
 from fedtwin.sim.pendulum import PendulumKind
 from fedtwin.sim.scalar_math import square_like_scalar
 
