@@ -57,8 +57,8 @@ def _warm(hold: float, device: str = "cpu") -> float:
 
     from fedtwin import steps  # noqa: F401
     from fedtwin.config import TrainConfig
-    from fedtwin.learn.train import train_twin
-    from fedtwin.policy.layout import init_params, policy_spec
+    from fedtwin.learn.train import policy_spec, train_twin
+    from fedtwin.policy.network import init_params
     from fedtwin.sim.twins import TwinSpec
 
     cfg = TrainConfig(num_steps=8, num_envs=1, updates=1, epochs=1, minibatches=1)

@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from fedtwin.federation.updates import UpdateRecord, load_and_validate, write_updates  # noqa: E402
-from fedtwin.policy.layout import PolicySpec, init_params, params_to_bytes  # noqa: E402
+from fedtwin.policy.layout import PolicySpec, params_to_bytes  # noqa: E402
+from fedtwin.policy.network import init_params  # noqa: E402
 from fedtwin.store import LocalStore, RunLayout, sha256_hex  # noqa: E402
 
 TWINS = 512

@@ -43,7 +43,7 @@ from machine import cpu_model, load_average
 
 from fedtwin import runner
 from fedtwin.config import build_config, deep_merge, set_path
-from fedtwin.learn import privacy
+from fedtwin.learn import accounting
 from fedtwin.store import LocalStore, RunLayout
 
 RESULTS = Path(__file__).parent / "results"
@@ -65,7 +65,7 @@ NOTES = """\
 ## How to read this
 
 - Epsilon is per twin and per *transition* (one sample = one transition), composed over every
-  DP-SGD step of the run; it is not a per-episode or per-device guarantee (see `fedtwin/learn/privacy.py`).
+  DP-SGD step of the run; it is not a per-episode or per-device guarantee (see `docs/privacy.md`).
   Held-out twins never train; their return is the utility.
 - The clip bound interacts with the noise. Setup A's bound (6) is above most transitions' gradient
   norms: little clipping bias, and at epsilon 8 the noise is small enough. At epsilon 3 and 1 the
@@ -124,7 +124,7 @@ def run_one(setup: str, budget: float | None, seed: int, root: Path, args: argpa
     for r in range(result.rounds_played):
         values = [e for e in store.get_json(layout.summary(r))["twin_epsilon"].values() if e is not None]
         eps_rounds.append(max(values) if values else float("nan"))
-    plan = privacy.make_plan(config)
+    plan = accounting.make_plan(config)
     row = Row(setup, budget, seed, result.heldout_return, eps_rounds[-1] if plan else None,
               plan.noise_multiplier if plan else None, seconds, result.rounds_played,
               eps_rounds if plan else [])
@@ -202,7 +202,7 @@ def render(rows: list[Row], setups: list[str], budgets: list[float | None], args
     ]
     for setup in setups:
         config = build_config(config_for(setup, 8.0, 0, Path("store"), args))
-        plan = privacy.make_plan(config)
+        plan = accounting.make_plan(config)
         assert plan is not None
         t, f = config.train, config.federation
         transitions = f.rounds * t.updates * t.num_envs * t.num_steps
@@ -263,10 +263,10 @@ def main() -> None:
     setups = args.setups or (["A"] if args.quick else ["A", "B"])
     seeds = args.seeds or (1 if args.quick else 3)
     torch.set_num_threads(1)
-    os.environ.setdefault(privacy.NOISE_KEY_ENV, "benchmark")  # reproducible noise for the table
+    os.environ.setdefault(accounting.NOISE_KEY_ENV, "benchmark")  # reproducible noise for the table
     budgets: list[float | None] = [*([] if args.no_baseline else [None]), *sorted(args.budgets, reverse=True)]
     started = time.perf_counter()
-    privacy.new_accountant("rdp")  # import Opacus (seconds, once per process) before any run is timed
+    accounting.new_accountant("rdp")  # import Opacus (seconds, once per process) before any run is timed
     import_seconds = time.perf_counter() - started
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedtwin-privacy-") as tmp:

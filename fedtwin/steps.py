@@ -29,11 +29,12 @@ from fedtwin.federation.updates import (
     write_updates,
 )
 from fedtwin.formats import parse_yaml
-from fedtwin.learn import privacy
+from fedtwin.learn import accounting, central_dp
 from fedtwin.learn.evaluate import evaluate_policy
 from fedtwin.learn.train import policy_spec, train_twins
 from fedtwin.policy.layout import PolicySpec, params_from_bytes, params_to_bytes
 from fedtwin.policy.network import init_params
+from fedtwin.run import dp_state
 from fedtwin.runstate import finish, now_iso, require_run, save_state, write_outputs
 from fedtwin.sim.twins import Fleet, TwinSpec, fleet_to_json, load_fleet, make_fleet, parse_fleet
 from fedtwin.store import ArtifactStore, RunLayout, repair_advice, sha256_hex
@@ -161,7 +162,7 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
     fleet = build_fleet(config)
     size = fan_out.shard_size(len(fleet.train), config.federation.rounds)
     validate_for_fleet(config, len(fleet.train))
-    privacy.check_run(config, len(fleet.train))
+    accounting.check_run(config, len(fleet.train))
     kept = _kept_state(store, layout, config)
     # Written in dependency order; config.yaml last, because its presence means "initialized".
     store.put_text(layout.twins, fleet_to_json(fleet))
@@ -304,7 +305,7 @@ def train(
     if not todo:
         return records
     params, base = ctx.global_model(round_index)
-    dp_round = privacy.LocalRound.restore(ctx.config, store, layout, round_index, [t.id for t in todo])
+    dp_round = dp_state.LocalRound.restore(ctx.config, store, layout, round_index, [t.id for t in todo])
     if dp_round is not None and dp_round.blocked:
         for twin in [t for t in todo if t.id in dp_round.blocked]:
             skip = dp_round.skip_record(twin.id, round_index, sha256_hex(base), engine)
@@ -318,7 +319,7 @@ def train(
     # (with local DP the missing twins train alone: their accountants are restored per twin).
     batch = twins if done and len(twins) > 1 and dp_round is None else todo
     seeds = [train_seed(ctx.config, t.id, round_index) for t in batch]
-    dp = dp_round.mechanism([t.id for t in batch], seeds, device) if dp_round else None
+    dp = dp_round.mechanism(seeds, device) if dp_round else None
     started = time.perf_counter()
     results = train_twins(params, batch, seeds, ctx.config.train, device, dp)
     seconds = (time.perf_counter() - started) / len(batch)
@@ -326,6 +327,8 @@ def train(
     for twin, result in zip(batch, results, strict=True):
         if twin not in todo:
             continue
+        if dp_round:
+            dp_round.spend(twin.id, result.dp_steps)
         record = UpdateRecord(
             twin_id=twin.id,
             round=round_index,
@@ -374,7 +377,7 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     accepted, rejected = load_and_validate(store, layout, round_index, fleet_ids, ctx.spec, sha256_hex(base),
                                            global_params, config.federation.norm_bound_factor,
                                            train_cfg.updates * train_cfg.num_steps * train_cfg.num_envs)
-    rejected, skipped = privacy.split_skipped(store, layout, round_index, rejected)
+    rejected, skipped = dp_state.split_skipped(store, layout, round_index, rejected)
     quorum = config.federation.quorum(len(ctx.fleet.train))
     if len(accepted) < quorum:
         reasons = "; ".join(f"{r.twin_id}: {r.reason}" for r in rejected) or "none rejected"
@@ -401,8 +404,8 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     reached = target is not None and validation.mean_return >= target
     more_rounds = round_index + 1 < config.federation.rounds
     if more_rounds and not reached and stop_reason is None:
-        stop_reason = privacy.local_budget_stop(config, store, layout, sorted(fleet_ids), round_index + 1,
-                                                quorum)
+        stop_reason = dp_state.local_budget_stop(config, store, layout, sorted(fleet_ids), round_index + 1,
+                                                 quorum)
     summary = {
         "round": round_index,
         "participants": [a.record.twin_id for a in accepted],
@@ -462,8 +465,8 @@ def combine(ctx: RunContext, round_index: int, global_params: np.ndarray,
     agg_updates, agg_weights, dp_summary, stop_reason = updates, weights, None, None
     if config.privacy.mode == "central":  # DP-FedAvg: the strategy sees only the noised average
         previous = store.get_json(layout.summary(round_index - 1)) if round_index > 0 else None
-        average, dp_summary, stop_reason = privacy.central_round(config, previous, round_index, global_params,
-                                                                 updates, len(ctx.fleet.train))
+        average, dp_summary, stop_reason = central_dp.central_round(
+            config, previous, round_index, global_params, updates, len(ctx.fleet.train))
         agg_updates, agg_weights = average[None, :], np.ones(1)
     new_params, server_state = strategy.aggregate(global_params, agg_updates, agg_weights, server_state)
     return Combined(strategy, new_params, server_state, weights, dp_summary, stop_reason)

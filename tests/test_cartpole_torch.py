@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from fedtwin.learn.batched import Params, StackedPolicy
 from fedtwin.learn.device_rollout import DeviceCollector
 from fedtwin.learn.rollout import sample_actions
-from fedtwin.learn.train import Params, StackedPolicy
-from fedtwin.policy.layout import PolicyNet, PolicySpec, init_params, layout_for
+from fedtwin.policy.layout import PolicySpec, layout_for
+from fedtwin.policy.network import PolicyNet, init_params
 from fedtwin.sim.cartpole_torch import (
     STREAM_POLICY,
     TorchTwinCartPole,
@@ -269,7 +270,7 @@ def test_device_rollout_matches_a_step_by_step_loop(kind: str) -> None:
 def test_device_rollout_of_the_fleet_engine_trains_with_ppo() -> None:
     """The device rollout feeds the fleet engine's PPO update as it is: the hook the torch backend needs."""
     from fedtwin.config import TrainConfig
-    from fedtwin.learn.train import ppo_update
+    from fedtwin.learn.ppo import ppo_update
 
     cfg = TrainConfig(num_envs=2, num_steps=16, epochs=1, minibatches=2)
     twins = generate_twins(3, seed=0)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from fedtwin.config import TrainConfig
-from fedtwin.learn import privacy
-from fedtwin.learn.train import LocalResult, train_twins
-from fedtwin.policy.layout import init_params, params_from_bytes, policy_spec
+from fedtwin.learn import dp_sgd
+from fedtwin.learn.train import LocalResult, policy_spec, train_twins
+from fedtwin.policy.layout import params_from_bytes
+from fedtwin.policy.network import init_params
 from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import fedtwin, write_tiny_config
@@ -30,7 +31,7 @@ TOLERANCE = 1e-4
 """float32 on two devices: the same maths in a different summation order, over a few optimizer steps."""
 
 
-def fleet(cfg: TrainConfig, device: str, dp: privacy.LocalDP | None = None) -> list[LocalResult]:
+def fleet(cfg: TrainConfig, device: str, dp: dp_sgd.LocalDP | None = None) -> list[LocalResult]:
     twins, seeds = make_fleet(3, seed=7).train, [11, 22, 33]
     return train_twins(init_params(policy_spec(cfg), 0), twins, seeds, cfg, device, dp)
 
@@ -58,9 +59,8 @@ def test_dp_sgd_on_cuda_clips_like_the_cpu_and_noises_reproducibly(cfg: TrainCon
     same update. The noise itself comes from a CUDA generator (another stream than the CPU's)."""
     rate = 1 / cfg.minibatches if cfg.algo == "ppo" else 1.0
 
-    def dp(sigma: float, device: str) -> privacy.LocalDP:
-        return privacy.LocalDP(sigma, 0.5, rate, [privacy.new_accountant("rdp") for _ in range(3)],
-                               [privacy.noise_generator(100 + i, device) for i in range(3)])
+    def dp(sigma: float, device: str) -> dp_sgd.LocalDP:
+        return dp_sgd.LocalDP(sigma, 0.5, rate, [dp_sgd.noise_generator(100 + i, device) for i in range(3)])
 
     assert_same_updates(fleet(cfg, "cuda", dp(0.0, "cuda")), fleet(cfg, "cpu", dp(0.0, "cpu")), TOLERANCE)
     noisy = dp(1.0, "cuda")

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from fedtwin.config import Config
-from fedtwin.policy.layout import init_params, policy_spec
+from fedtwin.learn.train import policy_spec
+from fedtwin.policy.network import init_params
 
 
 def test_initial_model_is_the_same_on_one_thread_and_on_many() -> None:

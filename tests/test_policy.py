@@ -13,18 +13,17 @@ from safetensors.numpy import save as st_save
 
 from fedtwin.config import TrainConfig
 from fedtwin.errors import FedtwinError
+from fedtwin.learn.train import policy_spec
 from fedtwin.policy.layout import (
     LayoutError,
     PolicySpec,
-    build_policy,
     greedy_actions,
-    init_params,
     layout_for,
     params_from_bytes,
     params_to_bytes,
-    policy_spec,
     read_header,
 )
+from fedtwin.policy.network import build_policy, init_params
 
 PPO = PolicySpec("actor_critic", (64, 64))
 REF = PolicySpec("reinforce", (32, 16))

@@ -16,9 +16,10 @@ from fedtwin import runner, steps, tracking
 from fedtwin.config import Config, TrainConfig, build_config, deep_merge
 from fedtwin.errors import ConfigError, QuorumError
 from fedtwin.federation.updates import update_twin_ids
-from fedtwin.learn import privacy
-from fedtwin.learn.train import train_twin, train_twins
-from fedtwin.policy.layout import init_params, params_from_bytes, policy_spec
+from fedtwin.learn import accounting, central_dp, dp_sgd
+from fedtwin.learn.train import policy_spec, train_twin, train_twins
+from fedtwin.policy.layout import params_from_bytes
+from fedtwin.policy.network import init_params
 from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import TINY, clean_env, fedtwin, write_tiny_config
@@ -29,7 +30,7 @@ SIGMA = 1.0
 @pytest.fixture(autouse=True)
 def _setup(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
-    monkeypatch.setenv(privacy.NOISE_KEY_ENV, "test-key")  # reproducible noise
+    monkeypatch.setenv(accounting.NOISE_KEY_ENV, "test-key")  # reproducible noise
 
 
 def tiny(tmp_path: Path, run_id: str = "dp", **changes: Any) -> Config:
@@ -44,7 +45,7 @@ def record(store: LocalStore, run_id: str, round_index: int, twin_id: str) -> di
 
 def accountant_after(steps_taken: int, kind: str = "rdp", sigma: float = SIGMA, rate: float = 0.5) -> Any:
     """One accountant fed the same steps directly: the reference the stored numbers must equal."""
-    accountant = privacy.new_accountant(kind)
+    accountant = accounting.new_accountant(kind)
     for _ in range(steps_taken):
         accountant.step(noise_multiplier=sigma, sample_rate=rate)
     return accountant
@@ -78,8 +79,8 @@ def test_per_sample_clip_and_noise_equal_opacus_dpoptimizer(noise: float, functo
 
     per_sample = torch.vmap(torch.vmap(torch.func.grad(sample_loss), in_dims=(None, 0, 0)))(
         params, x.unsqueeze(0), y.unsqueeze(0))
-    summed = privacy.clip_and_sum(per_sample, clip, torch.ones(1, 6))
-    ours = privacy.noise_and_scale(summed, noise, clip, expected_batch, [torch.Generator().manual_seed(42)])
+    summed = dp_sgd.clip_and_sum(per_sample, clip, torch.ones(1, 6))
+    ours = dp_sgd.noise_and_scale(summed, noise, clip, expected_batch, [torch.Generator().manual_seed(42)])
 
     norms = torch.cat([g[0].reshape(6, -1) for g in per_sample.values()], dim=1).norm(dim=1)
     assert (norms > clip).any() and (norms < clip).any()  # some samples are clipped, some are not
@@ -94,10 +95,10 @@ def test_twin_batching_and_padding_equal_separate_opacus_style_steps() -> None:
     per_sample = {"w": torch.randn(2, 5, 3, generator=g), "b": torch.randn(2, 5, generator=g)}
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.float32)  # twin 0: 3 real samples
 
-    both = privacy.noise_and_scale(privacy.clip_and_sum(per_sample, 1.0, mask), 0.7, 1.0, 4.0,
+    both = dp_sgd.noise_and_scale(dp_sgd.clip_and_sum(per_sample, 1.0, mask), 0.7, 1.0, 4.0,
                                    [torch.Generator().manual_seed(10), torch.Generator().manual_seed(20)])
-    alone = privacy.noise_and_scale(
-        privacy.clip_and_sum({n: v[:1, :3] for n, v in per_sample.items()}, 1.0, torch.ones(1, 3)),
+    alone = dp_sgd.noise_and_scale(
+        dp_sgd.clip_and_sum({n: v[:1, :3] for n, v in per_sample.items()}, 1.0, torch.ones(1, 3)),
         0.7, 1.0, 4.0, [torch.Generator().manual_seed(10)])
 
     for name in per_sample:
@@ -112,9 +113,8 @@ def test_dp_trainer_same_update_alone_or_batched(cfg: TrainConfig) -> None:
     params = init_params(policy_spec(cfg), 0)
     rate = 1 / cfg.minibatches if cfg.algo == "ppo" else 1.0
 
-    def dp(ids: list[int]) -> privacy.LocalDP:
-        return privacy.LocalDP(SIGMA, 1.0, rate, [privacy.new_accountant("rdp") for _ in ids],
-                               [privacy.noise_generator(100 + i) for i in ids])
+    def dp(ids: list[int]) -> dp_sgd.LocalDP:
+        return dp_sgd.LocalDP(SIGMA, 1.0, rate, [dp_sgd.noise_generator(100 + i) for i in ids])
 
     fleet_dp = dp([0, 1, 2])
     together = train_twins(params, twins, seeds, cfg, dp=fleet_dp)
@@ -125,7 +125,8 @@ def test_dp_trainer_same_update_alone_or_batched(cfg: TrainConfig) -> None:
     for batched, single in zip(together, alone, strict=True):
         np.testing.assert_allclose(batched.params, single.params, rtol=0, atol=1e-6)
     steps_per_round = cfg.updates * (cfg.epochs * cfg.minibatches if cfg.algo == "ppo" else 1)
-    assert fleet_dp.accountants[0].history == [(SIGMA, rate, steps_per_round)]
+    assert [r.dp_steps for r in together] == [steps_per_round] * 3  # what each accountant is charged
+    assert [r.dp_steps for r in plain] == [0, 0, 0]
     assert not np.allclose(together[0].params, plain[0].params, atol=1e-3)  # the noise is really there
 
 
@@ -144,9 +145,9 @@ def test_epsilon_accumulates_across_rounds_exactly_like_one_accountant(tmp_path:
         assert eps[0] > 0 and eps[0] < eps[1] < eps[2]
         for r, value in enumerate(eps):
             reference = accountant_after(steps_per_round * (r + 1), kind)
-            assert value == privacy.epsilon(reference, 1e-6)  # restored state is exact, not close
+            assert value == accounting.epsilon(reference, 1e-6)  # restored state is exact, not close
             state = record(store, "dp", r, twin_id)["extra"]["privacy"]["accountant"]
-            assert state == privacy.accountant_state(reference)
+            assert state == accounting.accountant_state(reference)
         summary = store.get_json(RunLayout("dp").summary(2))
         assert summary["twin_epsilon"][twin_id] == eps[2]
 
@@ -174,22 +175,23 @@ def test_a_twin_refuses_to_train_when_its_accountant_state_is_gone(tmp_path: Pat
     del tampered["extra"]["privacy"]
     store.put_json(layout.update_meta(0, "twin-000"), tampered)
 
-    with pytest.raises(privacy.PrivacyError, match="would restart from zero"):
+    with pytest.raises(accounting.PrivacyError, match="would restart from zero"):
         steps.train(store, "dp", 1, ["twin-000"])
     assert not store.exists(layout.update_meta(1, "twin-000"))
 
 
 def test_noise_is_not_reproducible_without_the_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(privacy.NOISE_KEY_ENV)
-    assert privacy.noise_seed("local", 1) != privacy.noise_seed("local", 1)
-    monkeypatch.setenv(privacy.NOISE_KEY_ENV, "k")
-    assert privacy.noise_seed("local", 1) == privacy.noise_seed("local", 1) != privacy.noise_seed("local", 2)
+    monkeypatch.delenv(accounting.NOISE_KEY_ENV)
+    assert accounting.noise_seed("local", 1) != accounting.noise_seed("local", 1)
+    monkeypatch.setenv(accounting.NOISE_KEY_ENV, "k")
+    keyed = accounting.noise_seed
+    assert keyed("local", 1) == keyed("local", 1) != keyed("local", 2)
 
 
 # ------------------------------------------------------------------------------------ budget stop
 def test_budget_stop_twins_drop_out_at_the_right_round_and_the_run_ends_cleanly(tmp_path: Path) -> None:
     # Budget for exactly two rounds of training per twin: between epsilon after 2 and after 3 rounds.
-    eps2, eps3 = (privacy.epsilon(accountant_after(2 * n), 1e-6) for n in (2, 3))
+    eps2, eps3 = (accounting.epsilon(accountant_after(2 * n), 1e-6) for n in (2, 3))
     target = (eps2 + eps3) / 2
     config = tiny(tmp_path, privacy={"mode": "local", "noise_multiplier": SIGMA, "target_epsilon": target},
                   federation={"rounds": 6, "min_twins": 1})
@@ -208,9 +210,9 @@ def test_budget_stop_twins_drop_out_at_the_right_round_and_the_run_ends_cleanly(
     skipped = {r.twin_id: r for r in records if r.extra.get("skipped")}
     assert sorted(skipped) == ["twin-000", "twin-001"]
     for twin_id, rec in skipped.items():
-        assert rec.extra["skipped"] == privacy.SKIPPED_BUDGET and rec.num_samples == 0
+        assert rec.extra["skipped"] == accounting.SKIPPED_BUDGET and rec.num_samples == 0
         assert not store.exists(layout.update_weights(2, twin_id))  # no weights: nothing released
-        assert rec.epsilon == privacy.epsilon(accountant_after(4), 1e-6) <= target  # unchanged
+        assert rec.epsilon == accounting.epsilon(accountant_after(4), 1e-6) <= target  # unchanged
     assert summary["participants"] == ["twin-002"]
     assert [s["twin_id"] for s in summary["skipped"]] == ["twin-000", "twin-001"]
     assert "privacy budget" in summary["skipped"][0]["reason"] and summary["rejected"] == []
@@ -240,7 +242,7 @@ def test_budget_stop_twins_drop_out_at_the_right_round_and_the_run_ends_cleanly(
 
 
 def test_a_round_whose_trained_twins_all_skipped_fails_its_quorum_saying_why(tmp_path: Path) -> None:
-    eps2, eps3 = (privacy.epsilon(accountant_after(2 * n), 1e-6) for n in (2, 3))
+    eps2, eps3 = (accounting.epsilon(accountant_after(2 * n), 1e-6) for n in (2, 3))
     config = tiny(tmp_path, privacy={"mode": "local", "noise_multiplier": SIGMA,
                                      "target_epsilon": (eps2 + eps3) / 2},
                   federation={"rounds": 6, "min_twins": 1})
@@ -257,7 +259,7 @@ def test_a_round_whose_trained_twins_all_skipped_fails_its_quorum_saying_why(tmp
 
 
 def test_run_with_a_small_budget_stops_early_and_finishes(tmp_path: Path) -> None:
-    target = privacy.epsilon(accountant_after(2 * 2), 1e-6) * 1.01  # two rounds fit, not three
+    target = accounting.epsilon(accountant_after(2 * 2), 1e-6) * 1.01  # two rounds fit, not three
     config = tiny(tmp_path, privacy={"mode": "local", "noise_multiplier": SIGMA, "target_epsilon": target},
                   federation={"rounds": 5})
 
@@ -340,7 +342,7 @@ def test_central_noise_std_is_multiplier_times_clip_over_participants() -> None:
     updates = np.repeat(global_params[None, :], 4, axis=0)  # every delta 0: what is left is the noise
     z, clip, n = 1.3, 0.8, 4
 
-    new, info = privacy.dp_fedavg(global_params, updates, clip, z, n, np.random.default_rng(123))
+    new, info = central_dp.dp_fedavg(global_params, updates, clip, z, n, np.random.default_rng(123))
 
     measured = float(np.std(new.astype(np.float64) - global_params))
     assert info["noise_std"] == pytest.approx(z * clip / n)
@@ -351,7 +353,7 @@ def test_central_clipping_and_fixed_denominator() -> None:
     global_params = np.zeros(3, dtype=np.float32)
     updates = np.array([[3.0, 0, 0], [0, 0.5, 0]], dtype=np.float32)  # norms 3 (clipped to 1) and 0.5
 
-    new, info = privacy.dp_fedavg(global_params, updates, 1.0, 0.0, 4, np.random.default_rng(0))
+    new, info = central_dp.dp_fedavg(global_params, updates, 1.0, 0.0, 4, np.random.default_rng(0))
 
     np.testing.assert_allclose(new, [1.0 / 4, 0.5 / 4, 0.0])  # sum of clipped deltas / fixed N = 4
     assert info["clipped"] == 1
@@ -367,7 +369,7 @@ def test_central_dp_run_tracks_server_epsilon_over_rounds(tmp_path: Path) -> Non
     infos = [store.get_json(RunLayout("dp").summary(r))["privacy"] for r in range(3)]
     for r, info in enumerate(infos):
         reference = accountant_after(r + 1, rate=1.0)
-        assert info["epsilon"] == privacy.epsilon(reference, 1e-2)
+        assert info["epsilon"] == accounting.epsilon(reference, 1e-2)
         assert info["noise_std"] == pytest.approx(SIGMA * 0.5 / 3) and info["denominator"] == 3
     assert infos[0]["epsilon"] < infos[1]["epsilon"] < infos[2]["epsilon"]
 
@@ -421,7 +423,7 @@ def test_a_damaged_earlier_record_of_a_dp_twin_is_refused_with_advice_that_keeps
     path = store.root / RunLayout("dp").update_meta(0, "twin-001")
     path.write_text(path.read_text().replace('"round": 0', '"round": 0 '))  # bytes no longer match
 
-    with pytest.raises(privacy.PrivacyError) as err:
+    with pytest.raises(accounting.PrivacyError) as err:
         steps.train(store, "dp", 1, ["twin-001"])
 
     message = str(err.value)

@@ -11,17 +11,14 @@ import torch
 
 from fedtwin.config import TrainConfig
 from fedtwin.errors import FedtwinError
+from fedtwin.learn.batched import StackedPolicy, optimizer_step
 from fedtwin.learn.evaluate import evaluate_policy
+from fedtwin.learn.ppo import rollout_values
 from fedtwin.learn.rollout import collect_rollout, gae, sample_actions
-from fedtwin.learn.train import (
-    DeviceError,
-    StackedPolicy,
-    optimizer_step,
-    rollout_values,
-    train_twin,
-    train_twins,
-)
-from fedtwin.policy.layout import PolicyNet, init_params, layout_for, policy_spec
+from fedtwin.learn.runtime import DeviceError
+from fedtwin.learn.train import policy_spec, train_twin, train_twins
+from fedtwin.policy.layout import layout_for
+from fedtwin.policy.network import PolicyNet, init_params
 from fedtwin.sim.envs import TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec, make_fleet
 

@@ -31,7 +31,8 @@ from fedtwin.federation.updates import (
     load_and_validate,
     write_update,
 )
-from fedtwin.policy.layout import PolicySpec, init_params, params_from_bytes, params_to_bytes
+from fedtwin.policy.layout import PolicySpec, params_from_bytes, params_to_bytes
+from fedtwin.policy.network import init_params
 from fedtwin.store import LocalStore, RunLayout, sha256_hex
 from tests.helpers import write_tiny_config
 

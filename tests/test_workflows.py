@@ -655,7 +655,7 @@ def secret_env(container: dict[str, Any]) -> dict[str, str]:
 ])
 def test_dp_noise_keys_reach_only_the_steps_that_draw_noise(name: str, twin_steps: list[str],
                                                            aggregator_steps: list[str]) -> None:
-    from fedtwin.learn.privacy import NOISE_KEY_ENV
+    from fedtwin.learn.accounting import NOISE_KEY_ENV
 
     assert common.DP_NOISE_KEY_ENV == NOISE_KEY_ENV
     wanted = {**{s: "{{workflow.parameters.twin-dp-noise-secret}}" for s in twin_steps},

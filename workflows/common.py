@@ -189,7 +189,7 @@ TARGET_RETURN = WorkflowParam(
     "target-return", _number(DEFAULTS.federation.target_return or 0),
     "Stop early when the (global) model's validation return reaches this; empty = always spend all rounds.")
 DP_NOISE_KEY_ENV = "FEDTWIN_DP_NOISE_KEY"
-"""fedtwin.learn.privacy.NOISE_KEY_ENV (not imported: that module imports torch)."""
+"""fedtwin.learn.accounting.NOISE_KEY_ENV (not imported: that module imports torch)."""
 TWIN_DP_NOISE_SECRET = WorkflowParam(
     "twin-dp-noise-secret", "fedtwin-dp-noise-twin",
     "Secret (key `key`) that keys the twins' local-DP noise seeds: a retried pod draws the same noise, and "

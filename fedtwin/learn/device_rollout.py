@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from fedtwin.learn.batched import Params, StackedPolicy
 from fedtwin.learn.rollout import Rollout, sample_actions
-from fedtwin.learn.train import Params, StackedPolicy
 from fedtwin.sim.cartpole_torch import STREAM_POLICY, TorchTwinCartPole, counter_bits, to_uniform
 
 OBS_DIM = 4

@@ -1,7 +1,8 @@
-"""Policy networks and the flat float32 parameter vector that moves between steps.
+"""The policy's spec and the flat float32 parameter vector that moves between steps (NumPy, no torch).
 
 Updates travel as one vector with a fixed, named layout, so aggregation is one matrix operation
-and model files are safetensors with the policy spec in their metadata (never pickle).
+and model files are safetensors with the policy spec in their metadata (never pickle). The torch
+network these vectors belong to is in `network.py`; this module names its parameters without it.
 """
 
 from __future__ import annotations
@@ -13,19 +14,14 @@ import struct
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
-import torch
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
-from torch import nn
 
 from fedtwin.errors import FedtwinError
 from fedtwin.limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
-
-if TYPE_CHECKING:
-    from fedtwin.config import TrainConfig
 
 PolicyKind = Literal["actor_critic", "reinforce"]
 
@@ -75,57 +71,6 @@ class PolicySpec:
             return cls(data["kind"], tuple(hidden), int(data["obs_dim"]), int(data["act_dim"]))
         except (ValueError, KeyError, TypeError) as exc:
             raise LayoutError(f"policy metadata {text!r} is not a valid policy spec ({exc})") from exc
-
-
-def policy_spec(train_cfg: TrainConfig) -> PolicySpec:
-    """PPO trains an actor-critic; REINFORCE the reference systems' actor-only net (4-32-16-2)."""
-    kind: PolicyKind = "actor_critic" if train_cfg.algo == "ppo" else "reinforce"
-    return PolicySpec(kind, train_cfg.hidden_sizes)
-
-
-# ------------------------------------------------------------------------------------- network
-def _linear(n_in: int, n_out: int, std: float, generator: torch.Generator | None) -> nn.Linear:
-    """CleanRL's `layer_init` (orthogonal weights, zero bias); `generator=None` leaves it uninitialized."""
-    layer = nn.utils.skip_init(nn.Linear, n_in, n_out)
-    if generator is not None:
-        nn.init.orthogonal_(layer.weight, std, generator=generator)
-        nn.init.zeros_(layer.bias)
-    return layer
-
-
-def _mlp(sizes: tuple[int, ...], out_std: float, generator: torch.Generator | None) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-        last = i == len(sizes) - 2
-        layers.append(_linear(n_in, n_out, out_std if last else math.sqrt(2), generator))
-        if not last:
-            layers.append(nn.Tanh())
-    return nn.Sequential(*layers)
-
-
-class PolicyNet(nn.Module):
-    """Tanh MLP actor (logits) and, for actor-critic, a separate critic MLP (one value)."""
-
-    def __init__(self, spec: PolicySpec, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.spec = spec
-        self.actor = _mlp((spec.obs_dim, *spec.hidden, spec.act_dim), 0.01, generator)
-        self.critic = (
-            _mlp((spec.obs_dim, *spec.hidden, 1), 1.0, generator) if spec.kind == "actor_critic" else None
-        )
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.actor(obs)
-
-    def value(self, obs: torch.Tensor) -> torch.Tensor:
-        if self.critic is None:
-            raise LayoutError("a REINFORCE policy has no value head")
-        return self.critic(obs).squeeze(-1)
-
-
-def build_policy(spec: PolicySpec, seed: int = 0) -> PolicyNet:
-    """A network initialized from its own generator: no global RNG is read or advanced."""
-    return PolicyNet(spec, torch.Generator().manual_seed(seed))
 
 
 # --------------------------------------------------------------------------------- flat layout
@@ -211,19 +156,6 @@ def layout_for(spec: PolicySpec) -> ParamLayout:
             names += [f"{head}.{2 * i}.weight", f"{head}.{2 * i}.bias"]  # Linear, Tanh, Linear, ...
             shapes += [(n_out, n_in), (n_out,)]
     return ParamLayout(tuple(names), tuple(shapes))
-
-
-def init_params(spec: PolicySpec, seed: int) -> np.ndarray:
-    """Initial global parameters, a pure function of (spec, seed), computed on one thread: the
-    orthogonal init's QR rounds differently on more threads, and an init pod, a laptop and a test
-    process with any number of cores must all start from the same model."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        named = {n: p.detach().numpy() for n, p in build_policy(spec, seed).named_parameters()}
-    finally:
-        torch.set_num_threads(threads)
-    return layout_for(spec).from_dict(named)
 
 
 # ----------------------------------------------------------------------------- safetensors I/O
