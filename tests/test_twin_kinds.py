@@ -152,6 +152,23 @@ def test_non_default_physics_equal_gymnasium_with_the_same_constants() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("kind", "env_id", "options"),
+    [
+        (PENDULUM, "Pendulum-v1", {"x_init": 0.5, "y_init": 0.25}),
+        (ACROBOT, "Acrobot-v1", {"low": -0.3, "high": 0.2}),
+    ],
+    ids=["pendulum", "acrobot"],
+)
+def test_reset_options_draw_what_gymnasium_draws(kind: Any, env_id: str, options: dict[str, float]) -> None:
+    env = make_vector_env(kind, [make_twin(kind, f"t-{k}") for k in range(3)])
+    theirs = [gymnasium.make(env_id) for _ in range(3)]
+    obs, _ = env.reset(seed=30, options=options)
+    expected = np.stack([e.reset(seed=30 + k, options=options)[0] for k, e in enumerate(theirs)])
+    np.testing.assert_array_equal(obs, expected)
+    np.testing.assert_array_equal(env.state.T, np.stack([e.unwrapped.state for e in theirs]))
+
+
 def test_several_envs_per_twin_draw_from_the_twins_generator_in_sub_env_order() -> None:
     # Prepare: one twin, 3 sub-envs; gymnasium's Acrobot reset draws 4 values per call
     env = KindVectorEnv(ACROBOT, [make_twin(ACROBOT, "a-0")], envs_per_twin=3)

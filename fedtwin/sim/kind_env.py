@@ -176,7 +176,8 @@ class KindVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
     finished sub-env and the observation it ended in as `info["final_obs"]` (mask `info["_final_obs"]`);
     `info["episode_return"]` (float64), `info["episode_length"]` and `info["_episode"]` report finished
     episodes. These keys are present only when some sub-env finished. Truncation after
-    `max_episode_steps` (the kind's by default).
+    `max_episode_steps` (the kind's by default). `reset(options=...)` passes the options to the
+    kind for that reset only; autoresets use the kind's defaults, as gymnasium's SyncVectorEnv does.
     """
 
     def __init__(
