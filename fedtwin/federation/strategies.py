@@ -192,9 +192,6 @@ class Strategy:
         return {k: np.asarray(state[k], dtype=np.float64) for k in self.state_keys}
 
 
-FedAvg = Strategy
-
-
 @dataclass
 class FedProx(Strategy):
     """FedProx (Li et al. 2020): server side is FedAvg; `train.proximal_mu` > 0 does the rest."""

@@ -81,8 +81,3 @@ def evaluate_policy(
         mean_return=float(means.mean()),
         episodes=episodes,
     )
-
-
-def generalization_gap(train: EvalResult, heldout: EvalResult) -> float:
-    """Positive when the model does better on the twins it trained on than on unseen ones."""
-    return train.mean_return - heldout.mean_return
