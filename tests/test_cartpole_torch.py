@@ -114,15 +114,16 @@ def episode_lengths_numpy(twins: list[TwinSpec], envs_per_twin: int, steps: int)
     return np.concatenate(lengths)
 
 
-def episode_lengths_torch(twins: list[TwinSpec], envs_per_twin: int, steps: int, dtype: torch.dtype
-                          ) -> np.ndarray:
-    env = TorchTwinCartPole(twins, envs_per_twin=envs_per_twin, dtype=dtype)
+def episode_lengths_torch(twins: list[TwinSpec], envs_per_twin: int, steps: int, dtype: torch.dtype,
+                          device: str = "cpu") -> np.ndarray:
+    env = TorchTwinCartPole(twins, envs_per_twin=envs_per_twin, dtype=dtype, device=device)
     env.reset(seed=5)
     gen = torch.Generator().manual_seed(6)
-    lengths = torch.zeros(steps, env.num_envs, dtype=torch.int32)
+    actions = torch.randint(0, 2, (steps, env.num_envs), generator=gen).to(device)
+    lengths = torch.zeros(steps, env.num_envs, dtype=torch.int32, device=device)
     for t in range(steps):
-        lengths[t] = env.step(torch.randint(0, 2, (env.num_envs,), generator=gen)).episode_length
-    return lengths[lengths > 0].numpy()
+        lengths[t] = env.step(actions[t]).episode_length
+    return lengths[lengths > 0].cpu().numpy()
 
 
 @pytest.mark.parametrize("preset", ["default", "hard"])
@@ -233,6 +234,7 @@ def test_device_rollout_matches_a_step_by_step_loop(kind: str) -> None:
 
     env = TorchTwinCartPole(twins, envs_per_twin=e, max_episode_steps=25)
     obs = env.reset(seed=4)
+    assert env.keys is not None
     lengths: list[list[int]] = [[] for _ in range(k)]
     for t in range(2 * steps):
         expect = first if t < steps else {n: getattr(ro, n) for n in names}
@@ -284,3 +286,50 @@ def test_device_rollout_of_the_fleet_engine_trains_with_ppo() -> None:
                        [np.random.default_rng(s) for s in range(3)], cfg)
     assert all(torch.isfinite(torch.stack(v)).all() for v in stats.values())
     assert all(not torch.equal(params[n].detach(), before[n]) for n in params)
+
+
+# --- on a GPU (skipped without CUDA; benchmarks/gpu_check.sh runs them) ---
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@cuda
+def test_cuda_float64_follows_the_cpu() -> None:
+    """Same streams (integer hashing is exact on both), same equations: CUDA's sin/cos differ by ulps only."""
+    twins = generate_twins(64, seed=4, preset="hard")
+    cpu, gpu = (TorchTwinCartPole(twins, envs_per_twin=2, dtype=torch.float64, device=d)
+                for d in ("cpu", "cuda"))
+    torch.testing.assert_close(gpu.reset(seed=3).cpu(), cpu.reset(seed=3))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        actions = torch.randint(0, 2, (cpu.num_envs,), generator=gen)
+        a, b = cpu.step(actions), gpu.step(actions.cuda())
+        torch.testing.assert_close(b.final_obs.cpu(), a.final_obs, rtol=1e-5, atol=1e-5)
+        assert torch.equal(b.terminated.cpu(), a.terminated) and torch.equal(b.truncated.cpu(), a.truncated)
+
+
+@cuda
+@pytest.mark.parametrize("preset", ["default", "hard"])
+def test_cuda_float32_episode_statistics_agree_with_numpy(preset: str) -> None:
+    twins = generate_twins(256, seed=9, preset=preset)  # type: ignore[arg-type]
+    ref = episode_lengths_numpy(twins, 4, 80)
+    got = episode_lengths_torch(twins, 4, 80, torch.float32, "cuda")
+    standard_error = np.hypot(ref.std() / np.sqrt(ref.size), got.std() / np.sqrt(got.size))
+    assert abs(got.mean() - ref.mean()) < 4 * standard_error, (got.mean(), ref.mean(), standard_error)
+
+
+@cuda
+def test_cuda_graph_replay_equals_the_eager_rollout() -> None:
+    twins = generate_twins(8, seed=2, preset="hard")
+    net, params = fleet_policy("actor_critic", len(twins))
+    params = {n: p.cuda() for n, p in params.items()}
+    eager, graphed = (DeviceCollector(TorchTwinCartPole(twins, envs_per_twin=3, device="cuda"), net, 16)
+                      for _ in range(2))
+    eager.reset(seed=1)
+    graphed.reset(seed=1)
+    graphed.capture(params, warmup=2)  # the warm-up collects advance it by two rollouts
+    for _ in range(2):
+        eager.collect(params)
+    for _ in range(2):
+        want, got = eager.collect(params), graphed.collect(params)
+        for name in ("obs", "actions", "logprobs", "values", "next_obs", "dones", "episode_lengths"):
+            torch.testing.assert_close(getattr(got, name), getattr(want, name), msg=name)

@@ -57,14 +57,17 @@ class DeviceRollout:
         total = self.episode_lengths.sum(dim=(0, 2), dtype=torch.float64)
         return count, (total / count).to(torch.float32)
 
-    def to_rollout(self) -> Rollout:
+    def to_rollout(self, episodes: bool = True) -> Rollout:
         """The trainers' `Rollout` (tensors shared, not copied); its episode lists cost one host read.
 
-        Episodes are listed per twin in (step, sub-env) order, as the host rollout appends them.
+        Episodes are listed per twin in (step, sub-env) order, as the host rollout appends them;
+        `episodes=False` leaves the lists empty (the updates do not read them; `episode_stats` has them).
         """
         t, k, e = self.rewards.shape
-        lengths = self.episode_lengths.permute(1, 0, 2).reshape(k, t * e).cpu()
-        per_twin = [[int(v) for v in row[row > 0]] for row in lengths]
+        per_twin: list[list[int]] = [[] for _ in range(k)]
+        if episodes:
+            lengths = self.episode_lengths.permute(1, 0, 2).reshape(k, t * e).cpu().numpy()
+            per_twin = [row[row > 0].tolist() for row in lengths]
         return Rollout(obs=self.obs, actions=self.actions, logprobs=self.logprobs, rewards=self.rewards,
                        next_obs=self.next_obs, terminated=self.terminated, dones=self.dones,
                        episode_returns=[[float(v) for v in twin] for twin in per_twin],

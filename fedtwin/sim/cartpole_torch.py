@@ -136,7 +136,7 @@ class TorchPhysics:
         if isinstance(envs_per_twin, bool) or not isinstance(envs_per_twin, int) or envs_per_twin < 1:
             raise ValueError(f"envs_per_twin must be an integer >= 1, got {envs_per_twin!r}")
 
-        def per_env(values: list[float], kind: torch.dtype = dtype) -> torch.Tensor:
+        def per_env(values: Sequence[float], kind: torch.dtype = dtype) -> torch.Tensor:
             # Built in float64 on the CPU (TwinSpec's properties are gymnasium's float64 expressions),
             # then cast once: float32 parameters are the float64 ones rounded, as a float32 env would.
             t = torch.tensor(values, dtype=torch.float64 if kind.is_floating_point else kind)
