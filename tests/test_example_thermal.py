@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,15 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "thermal-twin"
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`pip install --target` of a copy of the example (a build writes into its source tree)."""
+    """`pip install --target` of a copy of the example (a build writes into its source tree), offline:
+    no index, no build isolation, so the venv's setuptools builds it."""
+    if importlib.util.find_spec("setuptools") is None:
+        pytest.fail("building the example needs setuptools in this environment: pip install setuptools")
     tmp = tmp_path_factory.mktemp("thermal")
     source = tmp / "src"
     shutil.copytree(EXAMPLE, source)
     target = tmp / "site"
-    subprocess.run(
+    done = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -43,15 +48,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(target),
             str(source),
         ],
-        check=True,
         capture_output=True,
+        text=True,
         timeout=300,
     )
+    if done.returncode != 0:
+        pytest.fail(
+            f"pip could not install examples/thermal-twin: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+        )
     return target
 
 
 @pytest.fixture
-def installed(site: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def installed(site: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """The installed package on sys.path for one test; its module forgotten afterwards."""
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
