@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedtwin.errors import ConfigError
-from fedtwin.sim import kind_env
+from fedtwin.sim import kind_env, kind_registry
 from fedtwin.sim.acrobot import AcrobotKind
 from fedtwin.sim.gym_kind import GymnasiumKind
 from fedtwin.sim.kind_env import KindVectorEnv, make_vector_env
@@ -416,6 +416,9 @@ def test_a_user_class_that_breaks_the_protocol_is_refused_with_the_part_to_fix(
         get_kind(f"{module}:BadStep")
     with pytest.raises(ConfigError, match=r"observation_space must be a gymnasium\.spaces\.Box"):
         get_kind(f"{module}:BadSpace")
+    monkeypatch.setitem(kind_registry.BUILTIN_KINDS, "other", f"{module}:Sketch")
+    with pytest.raises(ConfigError, match=r"calls itself 'sketch'; register it under that name"):
+        get_kind("other")
     kind = get_kind(f"{module}:BadOut")
     env = make_vector_env(kind, [make_twin(kind, "s-0")])
     env.reset(seed=0)

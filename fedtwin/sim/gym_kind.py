@@ -51,7 +51,8 @@ class GymnasiumKind:
         except Exception as exc:
             raise ConfigError(
                 f"twin kind {where}: {getattr(factory, '__name__', factory)}(**defaults) failed "
-                f"({type(exc).__name__}: {exc}); it must build an env from keyword parameters"
+                f"({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}); "
+                "it must build an env from keyword parameters"
             ) from None
         if not isinstance(probe, gymnasium.Env):
             raise ConfigError(

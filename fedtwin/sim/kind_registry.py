@@ -52,7 +52,7 @@ def get_kind(spec: str) -> AnyKind:
             except Exception as exc:
                 raise ConfigError(
                     f"twin kind {spec!r}: entry point {ep.value!r} failed to load "
-                    f"({type(exc).__name__}: {exc}); reinstall the package that provides it"
+                    f"({_line(exc)}); reinstall the package that provides it"
                 ) from None
             return _as_kind(obj, f"entry point {spec!r} ({ep.value})", name=spec)
     known = sorted(
@@ -64,6 +64,12 @@ def get_kind(spec: str) -> AnyKind:
     )
 
 
+def _line(exc: BaseException) -> str:
+    """An exception as one short line (a user's import error can span many)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
 def _import(target: str, spec: str) -> Any:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
@@ -72,7 +78,7 @@ def _import(target: str, spec: str) -> Any:
         module = importlib.import_module(module_name)
     except Exception as exc:
         raise ConfigError(
-            f"twin kind {spec!r}: cannot import {module_name!r} ({type(exc).__name__}: {exc}); "
+            f"twin kind {spec!r}: cannot import {module_name!r} ({_line(exc)}); "
             "install the package that provides it or fix the name"
         ) from None
     obj: Any = module
@@ -84,7 +90,20 @@ def _import(target: str, spec: str) -> Any:
 
 
 def _as_kind(obj: Any, source: str, name: str | None) -> AnyKind:
-    """A kind object from what a name pointed at: a kind class or instance, or a gymnasium env factory."""
+    """A kind object from what a name pointed at: a kind class or instance, or a gymnasium env factory.
+
+    A kind found by a name (built-in, entry point) must be called that name: twins and runs record it.
+    """
+    kind = _make_kind(obj, source, name)
+    if name is not None and kind.name != name:
+        raise ConfigError(
+            f"twin kind {source} calls itself {kind.name!r}; register it under that name "
+            f"(or set its name to {name!r})"
+        )
+    return kind
+
+
+def _make_kind(obj: Any, source: str, name: str | None) -> AnyKind:
     if isinstance(obj, GymnasiumKind):
         return obj
     if isinstance(obj, type) and issubclass(obj, gymnasium.Env):
@@ -94,7 +113,7 @@ def _as_kind(obj: Any, source: str, name: str | None) -> AnyKind:
             obj = obj()
         except Exception as exc:
             raise ConfigError(
-                f"twin kind {source}: {obj.__name__}() failed ({type(exc).__name__}: {exc}); "
+                f"twin kind {source}: {obj.__name__}() failed ({_line(exc)}); "
                 "a kind class must be constructible without arguments"
             ) from None
     elif callable(obj) and not hasattr(obj, "params") and inspect.isfunction(obj):
