@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -120,7 +120,8 @@ class LocalRound:
         return {"privacy": {**self.plan.to_json(), "steps": steps, "noise_seed": noise_seed_kind(),
                             "accountant": accountant_state(self.accountants[twin_id])}}
 
-    def skip_record(self, twin_id: str, round_index: int, base_sha256: str, engine: str) -> UpdateRecord:
+    def skip_record(self, twin_id: str, round_index: int, base_sha256: str, engine: Literal["pool", "fleet"]
+                    ) -> UpdateRecord:
         """The record a twin writes instead of training: no weights, the reason, its unchanged state."""
         target = self.plan.target_epsilon
         reason = (f"{SKIPPED_BUDGET}: this round would bring epsilon to {self.blocked[twin_id]:.4g} > "

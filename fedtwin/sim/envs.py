@@ -9,7 +9,7 @@ single-env form (`gymnasium.make("fedtwin/TwinCartPole-v0")`) and runs the very 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -47,11 +47,12 @@ def _observation_space() -> spaces.Box:
     return spaces.Box(-high, high, dtype=np.float32)
 
 
-
 def _twin_seeds(seed: SeedArg, num_twins: int) -> list[int | None]:
     if seed is None:
         return [None] * num_twins
-    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+    if isinstance(seed, bool):
+        raise TypeError(f"reset(seed=...) takes an int, one int per twin, or None; got {seed!r}")
+    if isinstance(seed, int | np.integer):
         return [int(seed) + k for k in range(num_twins)]
     seeds = list(seed)
     if len(seeds) != num_twins:
@@ -127,7 +128,7 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
     drawn ahead in blocks, so `np_random` (twin 0's generator) runs ahead of what was consumed.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {
+    metadata: dict[str, Any] = {  # noqa: RUF012 (gymnasium's own attribute, not a ClassVar)
         "render_modes": [],
         "render_fps": 50,
         "autoreset_mode": AutoresetMode.SAME_STEP,
@@ -228,7 +229,7 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
         )
 
 
-class TwinCartPoleEnv(gymnasium.Env[npt.NDArray[np.float32], int]):
+class TwinCartPoleEnv(gymnasium.Env[np.ndarray, np.int64]):
     """
     ## Description
 
@@ -244,7 +245,7 @@ class TwinCartPoleEnv(gymnasium.Env[npt.NDArray[np.float32], int]):
     episodes are restarted with `reset()` as they end.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": [], "render_fps": 50}
+    metadata: dict[str, Any] = {"render_modes": [], "render_fps": 50}  # noqa: RUF012 (as gymnasium)
 
     def __init__(self, twin: TwinSpec | None = None, render_mode: str | None = None) -> None:
         if render_mode is not None:

@@ -154,7 +154,8 @@ class ResetStream(TwinStream):
     def __init__(self, num_twins: int, envs_per_twin: int) -> None:
         super().__init__(num_twins, envs_per_twin)
         self.low, self.high = RESET_LOW, RESET_HIGH
-        self.origins: dict[int, dict[str, Any]] = {}
+        self.origins: dict[int, Any] = {}
+        """Each twin's generator state when seeded (opaque: PCG64's state dict)."""
         self.consumed = np.zeros(num_twins, dtype=np.int64)
 
     def seed(self, generators: dict[int, np.random.Generator]) -> None:
@@ -178,7 +179,10 @@ class ResetStream(TwinStream):
             return
         self.low, self.high = low, high
         for k, gen in self.generators.items():  # forget the values drawn with the old bounds
-            gen.bit_generator.state = self.origins[k]
-            gen.bit_generator.advance(int(self.consumed[k]))
+            bits = gen.bit_generator
+            if not isinstance(bits, np.random.PCG64):  # gymnasium's seeding makes PCG64 generators
+                raise TypeError(f"new reset bounds rewind PCG64 generators, got {type(bits).__name__}")
+            bits.state = self.origins[k]
+            bits.advance(int(self.consumed[k]))
         self.ptr[:] = self.size
         self._refill(range(self.num_twins))
