@@ -12,17 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fedtwin.learn.accounting import (
-    SKIPPED_BUDGET,
-    PrivacyError,
-    accountant_state,
-    epsilon,
-    load_accountant,
-    make_plan,
-    new_accountant,
-    noise_seed,
-    noise_seed_kind,
-)
+from fedtwin.learn import accounting
 
 if TYPE_CHECKING:
     from fedtwin.config import Config
@@ -47,26 +37,26 @@ def central_round(config: Config, previous_summary: Mapping[str, Any] | None, ro
                   global_params: np.ndarray, updates: np.ndarray, fleet_size: int
                   ) -> tuple[np.ndarray, dict[str, Any], str | None]:
     """One DP-FedAvg round: (noised average model, summary["privacy"], stop reason or None)."""
-    plan = make_plan(config)
+    plan = accounting.make_plan(config)
     assert plan is not None and plan.mode == "central"
     if round_index == 0:
-        accountant = new_accountant(plan.accountant)
+        accountant = accounting.new_accountant(plan.accountant)
     else:
         state = (previous_summary or {}).get("privacy", {}).get("accountant")
         if not isinstance(state, dict):
-            raise PrivacyError(
+            raise accounting.PrivacyError(
                 f"central DP needs the server accountant from round {round_index - 1}'s summary, which "
                 "lacks it; refusing to aggregate (epsilon would restart from zero)"
             )
-        accountant = load_accountant(state, plan.accountant)
-    rng = np.random.default_rng(noise_seed("central", config.seed, round_index))
+        accountant = accounting.load_accountant(state, plan.accountant)
+    rng = np.random.default_rng(accounting.noise_seed("central", config.seed, round_index))
     average, info = dp_fedavg(global_params, updates, plan.clip, plan.noise_multiplier, fleet_size, rng)
     accountant.step(noise_multiplier=plan.noise_multiplier, sample_rate=plan.sample_rate)
-    eps = epsilon(accountant, plan.delta)
+    eps = accounting.epsilon(accountant, plan.delta)
     stop = None
     if plan.target_epsilon is not None and plan.epsilon_after_round(accountant) > plan.target_epsilon:
-        stop = (f"{SKIPPED_BUDGET}: another central-DP round would bring the server epsilon above "
+        stop = (f"{accounting.SKIPPED_BUDGET}: another central-DP round would bring the server epsilon above "
                 f"{plan.target_epsilon:g} (delta {plan.delta:g})")
-    summary = {**plan.to_json(), **info, "epsilon": eps, "noise_seed": noise_seed_kind(),
-               "accountant": accountant_state(accountant)}
+    summary = {**plan.to_json(), **info, "epsilon": eps, "noise_seed": accounting.noise_seed_kind(),
+               "accountant": accounting.accountant_state(accountant)}
     return average, summary, stop
