@@ -10,7 +10,8 @@ time, for fleets of 256..4096 twins x 4 sub-envs with ±15 % physics, on every d
   per step) against `DeviceCollector` (env, policy and buffers on the device; on CUDA also as a
   CUDA graph), both with the default PPO network (64, 64), K twins' parameters stacked.
 
-Ratios are against the NumPy row of the same kind in the same command. Optionally (`--round-twins`)
+Ratios, in the same command: env rows against the NumPy fleet env, rollout rows against the fleet
+engine's rollout with its policy on the same device. Optionally (`--round-twins`)
 one local training round on the device: default TrainConfig, device rollouts feeding the fleet
 engine's `ppo_update`.
 
@@ -222,10 +223,12 @@ def compiled_rows(twins: list[TwinSpec], e: int, device: torch.device, actions: 
 
 
 def with_ratios(rows: list[Row]) -> list[Row]:
+    """env rows against the NumPy env; rollout rows against the fleet engine's rollout on the same device."""
     for row in rows:
-        base = next(r for r in rows if r.twins == row.twins and r.kind == row.kind and r.device == "cpu"
-                    and r.contender.startswith(("NumPy", "fleet engine")))
-        row.ratio = row.rate / base.rate
+        base = next((r for r in rows if r.twins == row.twins and r.kind == row.kind
+                     and r.contender.startswith(("NumPy", "fleet engine"))
+                     and (row.kind == "env" or r.device == row.device)), None)
+        row.ratio = row.rate / base.rate if base is not None else None
     return rows
 
 
@@ -276,8 +279,9 @@ def machine() -> dict[str, str]:
 def render(rows: list[Row], rounds: list[dict[str, float]], info: dict[str, str], command: str) -> str:
     lines = ["# Device env throughput", "", f"`{command}`", "", "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in info.items()]
-    lines += ["", "Twin env-steps/s (wall); ratio against the NumPy row of the same kind on the CPU, "
-              "same command.", "",
+    lines += ["", "Twin env-steps/s (wall), same command: env rows against the NumPy fleet env, rollout rows "
+              "against the fleet engine's rollout (NumPy env, host loop) with the policy on the same device.",
+              "",
               "| twins | sub-envs | kind | contender | device | twin env-steps/s | ratio | note |",
               "|---:|---:|---|---|---|---:|---:|---|"]
     for r in rows:
@@ -312,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Also time the env step through torch.compile on these devices.")
     parser.add_argument("--quick", action="store_true", help="256 twins, short timings, nothing written.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown to write ('-' for none).")
+    parser.add_argument("--json", type=Path, help="Also write every row and the machine as JSON here.")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
@@ -334,8 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     if str(args.out) != "-":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
-        args.out.with_suffix(".json").write_text(json.dumps(
-            {"rows": [asdict(r) for r in rows], "rounds": rounds, "machine": machine()}, indent=1))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "rounds": rounds,
+                                         "machine": machine()}, indent=1))
     if args.min_env_rate and rows:
         largest = max(r.twins for r in rows)
         best = max((r.rate for r in rows if r.kind == "env" and r.device.startswith("cuda")

@@ -64,12 +64,13 @@ if part device-tests; then
 fi
 if part device-env; then
   # exit 1 (recorded in the log) when the best env row at the largest size is under 20 M twin env-steps/s
-  timeout 300 python3 benchmarks/device_env.py --devices cpu,cuda --twins "$DEVICE_TWINS" --compile cuda \
-    --seconds 1 --min-env-rate 20e6 --out "$OUT/device_env_gpu.md" 2>&1 | tee "$OUT/device_env.log"
+  timeout 300 python3 benchmarks/device_env.py --devices cuda --twins "$DEVICE_TWINS" --compile cuda \
+    --seconds 1 --min-env-rate 20e6 --out "$OUT/device_env_gpu.md" --json "$OUT/device_env_gpu.json" 2>&1 \
+    | tee "$OUT/device_env.log"
   echo "device_env exit ${PIPESTATUS[0]}" | tee -a "$OUT/device_env.log"
 fi
 if part round; then
   timeout 240 python3 benchmarks/device_env.py --devices cuda --twins "" --round-twins "$ROUND_TWINS" \
-    --out "$OUT/device_round_gpu.md" 2>&1 | tee "$OUT/device_round.log"
+    --out "$OUT/device_round_gpu.md" --json "$OUT/device_round_gpu.json" 2>&1 | tee "$OUT/device_round.log"
 fi
 ls -la "$OUT"
