@@ -23,16 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
+from fedtwin.sim.cartpole import RESET_HIGH, RESET_LOW, THETA_THRESHOLD_RADIANS, X_THRESHOLD, TwinPhysics
+from fedtwin.sim.streams import NOISE_SLOTS
 from fedtwin.sim.twins import TwinSpec
 
 MAX_EPISODE_STEPS = 500
-X_THRESHOLD = 2.4
-THETA_THRESHOLD_RADIANS = 12 * 2 * math.pi / 360
-RESET_LOW, RESET_HIGH = -0.05, 0.05
-NOISE_SLOTS = 5
-"""Normals per sub-env per step: 4 sensor, 1 actuator (as the NumPy env)."""
+"""gymnasium's CartPole-v1 limit, as in fedtwin.sim.envs (which imports gymnasium; this module does not)."""
 
 # Stream tags of the counter-based generator: each (stream, counter, slot) is used at most once.
 STREAM_RESET = 1
@@ -131,36 +130,25 @@ class TorchPhysics:
     def from_twins(
         cls, twins: Sequence[TwinSpec], envs_per_twin: int, device: torch.device, dtype: torch.dtype
     ) -> TorchPhysics:
-        if not twins or not all(isinstance(t, TwinSpec) for t in twins):
-            raise ValueError(f"twins must be a non-empty sequence of TwinSpec, got {twins!r}")
-        if isinstance(envs_per_twin, bool) or not isinstance(envs_per_twin, int) or envs_per_twin < 1:
-            raise ValueError(f"envs_per_twin must be an integer >= 1, got {envs_per_twin!r}")
+        """The NumPy env's `TwinPhysics` (its checks, its float64 values) as (n,) tensors.
 
-        def per_env(values: Sequence[float], kind: torch.dtype = dtype) -> torch.Tensor:
-            # Built in float64 on the CPU (TwinSpec's properties are gymnasium's float64 expressions),
-            # then cast once: float32 parameters are the float64 ones rounded, as a float32 env would.
-            t = torch.tensor(values, dtype=torch.float64 if kind.is_floating_point else kind)
-            return t.repeat_interleave(envs_per_twin).to(device=device, dtype=kind)
+        Cast once from float64: float32 parameters are the float64 ones rounded, as a float32 env's.
+        """
+        p = TwinPhysics.from_twins(twins, envs_per_twin)
 
-        def optional(name: str) -> torch.Tensor | None:
-            values = [getattr(t, name) for t in twins]
-            return per_env(values) if any(values) else None
+        def per_env(values: np.ndarray) -> torch.Tensor:
+            kind = torch.int64 if values.dtype.kind in "iu" else dtype
+            return torch.from_numpy(np.array(np.broadcast_to(values, (p.n,)))).to(device=device, dtype=kind)
 
-        delays = [t.action_delay for t in twins]
+        def optional(values: np.ndarray | None) -> torch.Tensor | None:
+            return None if values is None else per_env(values)
+
         return cls(
-            n=len(twins) * envs_per_twin,
-            gravity=per_env([t.gravity for t in twins]),
-            masspole=per_env([t.masspole for t in twins]),
-            total_mass=per_env([t.total_mass for t in twins]),
-            polemass_length=per_env([t.polemass_length for t in twins]),
-            length=per_env([t.length for t in twins]),
-            force_mag=per_env([t.force_mag for t in twins]),
-            tau=per_env([t.tau for t in twins]),
-            friction_cart=optional("friction_cart"),
-            friction_pole=optional("friction_pole"),
-            sensor_noise=optional("sensor_noise"),
-            actuator_noise=optional("actuator_noise"),
-            action_delay=per_env(delays, torch.int64) if any(delays) else None,
+            n=p.n, gravity=per_env(p.gravity), masspole=per_env(p.masspole), total_mass=per_env(p.total_mass),
+            polemass_length=per_env(p.polemass_length), length=per_env(p.length),
+            force_mag=per_env(p.force_mag), tau=per_env(p.tau), friction_cart=optional(p.friction_cart),
+            friction_pole=optional(p.friction_pole), sensor_noise=optional(p.sensor_noise),
+            actuator_noise=optional(p.actuator_noise), action_delay=optional(p.action_delay),
         )
 
 
