@@ -5,7 +5,7 @@ time, for fleets of 256..4096 twins x 4 sub-envs with ±15 % physics, on every d
 
 - env: `TwinCartPoleVectorEnv` (the fleet engine's env, compiled step when numba is installed)
   against `TorchTwinCartPole` (eager; on CUDA also replayed from a CUDA graph of 32 steps; with
-  `--compile` also through `torch.compile`);
+  `--compile` also through `torch.compile`, at the largest size);
 - rollout: the fleet engine's `collect_rollout` (NumPy env, policy on the device, a host round-trip
   per step) against `DeviceCollector` (env, policy and buffers on the device; on CUDA also as a
   CUDA graph), both with the default PPO network (64, 64), K twins' parameters stacked.
@@ -153,7 +153,7 @@ def bench_torch(twins: list[TwinSpec], e: int, name: str, args: argparse.Namespa
     rows = [Row(k, n, "env", "torch env, eager", name, GRAPH_STEPS * n / seconds, note=dtype)]
     if device.type == "cuda":
         rows += graph_rows(env, actions, k, n, dtype, args)
-    if name in args.compile:
+    if name in args.compile and k == args.largest:  # each size compiles anew: the largest only
         rows += compiled_rows(twins, e, device, actions, dtype, args)
     net, params = policy(k, device)
     collector = DeviceCollector(TorchTwinCartPole(twins, envs_per_twin=e, device=device), net,
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-env-rate", type=float, default=0.0,
                         help="Exit 1 when the best torch env row on CUDA at the largest size is below this.")
     parser.add_argument("--compile", default="", metavar="DEVICES",
-                        help="Also time the env step through torch.compile on these devices.")
+                        help="Also time the env step through torch.compile on these devices (largest size).")
     parser.add_argument("--quick", action="store_true", help="256 twins, short timings, nothing written.")
     parser.add_argument("--out", type=Path, default=RESULTS, help="Markdown to write ('-' for none).")
     parser.add_argument("--json", type=Path, help="Also write every row and the machine as JSON here.")
@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     if any(d.startswith("cuda") for d in args.devices) and not torch.cuda.is_available():
         parser.error("--devices names cuda but torch.cuda.is_available() is False; use --devices cpu")
     rows: list[Row] = []
-    for k in (int(x) for x in args.twins.split(",") if x.strip()):
+    sizes = [int(x) for x in args.twins.split(",") if x.strip()]
+    args.largest = max(sizes, default=0)
+    for k in sizes:
         twins = generate_twins(k, seed=0)
         rows += bench_numpy(twins, args.envs_per_twin, args)
         for name in args.devices:
