@@ -336,7 +336,7 @@ OPTIMIZED = """\
 
 py-spy, cProfile and `torch.profiler` on the fleet engine (K=128 to 1024, default budget) showed
 the round to be bound by the policy's batched matrix products and by memory traffic on its
-[K, 128, 64] activations, plus avoidable costs, removed in `fedtwin/learn/train.py` without changing the
+[K, 128, 64] activations, plus avoidable costs, removed in `fedtwin/learn/` without changing the
 maths (`tests/test_train.py` and `tests/test_engines.py` check pool/fleet equality to 1e-5):
 
 1. `vmap(functional_call(module))` decomposed each `Linear` into a batched matmul and a separate

@@ -184,7 +184,7 @@ class ExecutionConfig(StrictModel):
 
 
 class PrivacyConfig(StrictModel):
-    """Differential privacy (see `fedtwin.learn.privacy` for what the guarantee covers)."""
+    """Differential privacy (docs/privacy.md says what the guarantee covers)."""
 
     mode: Literal["off", "local", "central"] = "off"
     """off; local: DP-SGD on each twin's update (per-transition epsilon per twin, budget stop);

@@ -189,7 +189,7 @@ def kernel_args(p: TwinPhysics) -> tuple[Any, ...]:
     """`step_kernel`'s physics arguments: every parameter as an (n,) C-contiguous array.
 
     Always the same array type, shared value or not: numba compiles one machine-code version per
-    combination of argument types, and each costs ~1 s.
+    combination of argument types, and each compilation takes a while.
     """
 
     def per_env(values: Float64Array | None) -> Float64Array:

@@ -313,7 +313,7 @@ def parse_fleet(text: str, source: str) -> Fleet:
     """A fleet from YAML text read elsewhere (e.g. a run's twins.yaml in S3); errors name `source`.
 
     Text in JSON form (YAML 1.2 is a superset; `fleet_to_json` writes a run's copy so) takes the JSON
-    parser: about 80x faster than YAML for the largest fleet, whose copy every step reads.
+    parser, much faster than YAML for a large fleet, whose copy every step reads.
     """
     if text.startswith("{"):
         try:
