@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fedtwin.errors import ConfigError
-from fedtwin.sim import kind_env, kind_registry
+from fedtwin.sim import kind_env, kind_registry, kinds
 from fedtwin.sim.acrobot import AcrobotKind
 from fedtwin.sim.gym_kind import GymnasiumKind
 from fedtwin.sim.kind_env import KindVectorEnv, make_vector_env
@@ -472,3 +472,49 @@ def test_a_seed_reproduces_a_noisy_fleet_and_another_seed_does_not(kind: Any) ->
     np.testing.assert_array_equal(first, rollout(21))
     assert not np.array_equal(first, rollout(22))
     assert math.isfinite(float(first.sum()))
+
+
+# ------------------------------------------------------------------- CartPole as a kind (phase 2)
+def test_cartpole_kind_generates_the_twins_cartpole_generates() -> None:
+    from fedtwin.sim import twins as cp_twins
+    from fedtwin.sim.cartpole_kind import CartPoleKind, to_kind_twin, to_twin_spec
+
+    kind = get_kind("cartpole")
+    assert isinstance(kind, CartPoleKind)
+    for preset in ("default", "hard"):
+        ours = kinds.generate_twins(kind, 200, seed=11, spread=0.2, preset=preset)
+        theirs = cp_twins.generate_twins(200, seed=11, spread=0.2, preset=preset)
+        assert [to_twin_spec(t) for t in ours] == theirs
+        assert [to_kind_twin(t) for t in theirs] == ours
+
+
+@pytest.mark.parametrize(("field", "value"), [("gravity", 0.0), ("masspole", -1.0), ("tau", 0.0),
+                                              ("friction_cart", -0.1), ("action_delay", 501),
+                                              ("action_delay", 1.5), ("sensor_noise", float("nan"))])
+def test_cartpole_kind_refuses_what_twinspec_refuses(field: str, value: float) -> None:
+    from fedtwin.sim.twins import TwinSpec
+
+    with pytest.raises(ConfigError, match=f"twin 'p': {field}"):
+        kinds.make_twin(get_kind("cartpole"), "p", **{field: value})
+    with pytest.raises(ConfigError, match=f"twin 'p': {field}"):
+        TwinSpec(id="p", **{field: value})
+
+
+def test_cartpole_kind_env_is_the_cartpole_env() -> None:
+    from fedtwin.sim.envs import TwinCartPoleVectorEnv
+    from fedtwin.sim.twins import generate_twins as cp_generate
+
+    kind = get_kind("cartpole")
+    specs = cp_generate(3, seed=2, preset="hard")
+    ours = make_vector_env(kind, kinds.generate_twins(kind, 3, seed=2, preset="hard"), envs_per_twin=2)
+    theirs = TwinCartPoleVectorEnv(specs, envs_per_twin=2)
+    a, _ = ours.reset(seed=4)
+    b, _ = theirs.reset(seed=4)
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        act = rng.integers(0, 2, size=6)
+        a, ra, ta, ua, _ = ours.step(act)
+        b, rb, tb, ub, _ = theirs.step(act)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ra, rb)
+        np.testing.assert_array_equal(ta | ua, tb | ub)

@@ -58,6 +58,8 @@ class AcrobotKind:
     """
 
     name = "acrobot"
+    solved_return = -100.0
+    """gymnasium's reward_threshold (a held-out mean return at or above it: solved)."""
     params: tuple[Param, ...] = (
         _positive("link_mass_1", 1.0, "mass of link 1, kg"),
         _positive("link_mass_2", 1.0, "mass of link 2, kg"),

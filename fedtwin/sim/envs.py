@@ -42,7 +42,7 @@ SeedArg = int | Sequence[int] | None
 StepResult = tuple[Float32Array, Float32Array, BoolArray, BoolArray, dict[str, Any]]
 
 
-def _observation_space() -> spaces.Box:
+def observation_space() -> spaces.Box:
     high = np.array([X_THRESHOLD * 2, np.inf, THETA_THRESHOLD_RADIANS * 2, np.inf], dtype=np.float32)
     return spaces.Box(-high, high, dtype=np.float32)
 
@@ -152,7 +152,7 @@ class TwinCartPoleVectorEnv(VectorEnv[Float32Array, np.ndarray, np.ndarray]):
 
         self.single_action_space = spaces.Discrete(2)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.single_observation_space = _observation_space()
+        self.single_observation_space = observation_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
 
         self._sim = Simulator(self.physics)
@@ -253,7 +253,7 @@ class TwinCartPoleEnv(gymnasium.Env[np.ndarray, np.int64]):
         self.twin = twin if twin is not None else TwinSpec(id="default")
         self.physics = TwinPhysics.from_twins([self.twin], 1)
         self.action_space = spaces.Discrete(2)
-        self.observation_space = _observation_space()
+        self.observation_space = observation_space()
         self.render_mode = None
         self._sim = Simulator(self.physics)
         self._has_state = False

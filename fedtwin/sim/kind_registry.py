@@ -14,6 +14,7 @@ import importlib
 import importlib.metadata
 import inspect
 import re
+from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 import gymnasium
@@ -26,9 +27,14 @@ from fedtwin.sim.kinds import AnyKind, Param
 ENTRY_POINT_GROUP = "fedtwin.twins"
 BUILTIN_KINDS: dict[str, str] = {
     "acrobot": "fedtwin.sim.acrobot:AcrobotKind",
+    "cartpole": "fedtwin.sim.cartpole_kind:CartPoleKind",
     "pendulum": "fedtwin.sim.pendulum:PendulumKind",
 }
-"""Built-in kinds by name, imported on first use. `cartpole` joins when fleets and config take kinds."""
+"""Built-in kinds by name, imported on first use."""
+DEFAULT_KIND = "cartpole"
+_BY_NAME: dict[str, AnyKind] = {}
+"""The kind this process last resolved under each kind name: a `module:Class` kind's twins carry only
+the kind's name, and the trainers find the run's kind object by it (`kind_of`)."""
 _KIND_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 
@@ -41,6 +47,23 @@ def get_kind(spec: str) -> AnyKind:
     if not isinstance(spec, str) or not spec.strip():
         raise ConfigError(f"twin kind must be a name or module:Class, got {spec!r}")
     spec = spec.strip()
+    kind = _find_kind(spec)
+    _BY_NAME[kind.name] = kind
+    return kind
+
+
+def kind_of(twins: Sequence[Any]) -> AnyKind:
+    """The kind of a run's twins: cartpole for `TwinSpec`s, else the kind named by the `KindTwin`s (the
+    object this process resolved for the run, so a `module:Class` kind is found by its name)."""
+    names = {getattr(t, "kind", DEFAULT_KIND) for t in twins}
+    if len(names) != 1:
+        raise ConfigError(f"twins of kinds {', '.join(sorted(names))} cannot train together; "
+                          "a run has one kind")
+    name = names.pop()
+    return _BY_NAME.get(name) or get_kind(name)
+
+
+def _find_kind(spec: str) -> AnyKind:
     if spec in BUILTIN_KINDS:
         return _as_kind(_import(BUILTIN_KINDS[spec], spec), spec, name=spec)
     if ":" in spec:

@@ -62,6 +62,8 @@ class PendulumKind:
     """
 
     name = "pendulum"
+    solved_return = -200.0
+    """Held-out mean return at which a Pendulum-v1 policy is commonly called solved (gymnasium sets none)."""
     params: tuple[Param, ...] = (
         Param("mass", 1.0, low=0.0, low_open=True, vary="scale", doc="rod mass m, kg"),
         Param("length", 1.0, low=0.0, low_open=True, vary="scale", doc="rod length l, m"),
