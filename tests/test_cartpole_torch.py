@@ -333,3 +333,21 @@ def test_cuda_graph_replay_equals_the_eager_rollout() -> None:
         want, got = eager.collect(params), graphed.collect(params)
         for name in ("obs", "actions", "logprobs", "values", "next_obs", "dones", "episode_lengths"):
             torch.testing.assert_close(getattr(got, name), getattr(want, name), msg=name)
+
+
+@cuda
+def test_device_rollout_never_waits_for_the_host() -> None:
+    """No step of a rollout reads a value back (an .item(), a nonzero, a copy to the CPU would raise here)."""
+    twins = generate_twins(16, seed=2, preset="hard")
+    net, params = fleet_policy("actor_critic", len(twins))
+    params = {n: p.cuda() for n, p in params.items()}
+    collector = DeviceCollector(TorchTwinCartPole(twins, envs_per_twin=4, device="cuda"), net, 32)
+    collector.reset(seed=0)
+    collector.collect(params)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        ro = collector.collect(params)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert ro.dones.sum().item() > 0
