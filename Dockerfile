@@ -11,7 +11,7 @@
 #         EXTRAS       fedtwin extras to install (default s3,privacy,fast; not `tracking`, which is the
 #                      whole MLflow server: the image logs through the light client below).
 #         MLFLOW_VERSION  the mlflow-skinny client (MlflowClient over the REST API, all that
-#                      fedtwin/tracking.py uses) pinned to the platform chart's MLflow server
+#                      fedtwin/observe/tracking.py uses) pinned to the platform chart's MLflow server
 #                      (`mlflow.image.tag` in charts/fedtwin-platform/values.yaml; a test checks).
 # Layers go from least to most often changed: base, user, torch, dependencies (from pyproject.toml
 # only), then the source, so editing code rebuilds only the last small layer.

@@ -91,7 +91,7 @@ def measure(engine: str, twins: int, workers: int, device: str, budget: dict[str
     """Train round 0 of a fresh `twins`-twin run with `engine`; seconds and, for `fleet`, aggregation."""
     import torch
 
-    from fedtwin import steps
+    from fedtwin.run import steps
     from fedtwin.run.round import InlineExecutor, make_executor, shard, train_round
     from fedtwin.store import LocalStore, RunLayout
 

@@ -1,6 +1,6 @@
 """Local differential privacy: what it costs in wall time and in held-out return (utility-privacy curve).
 
-Every row is a whole federated run through the product (`fedtwin.runner.run`: fleet engine, one
+Every row is a whole federated run through the product (`fedtwin.run.runner.run`: fleet engine, one
 process, `steps.init/train/aggregate/evaluate`), on the same fleet and seeds; within a setup only
 `privacy` changes: off, or local DP-SGD with the noise calibrated (Opacus `get_noise_multiplier`
 over all planned rounds) to a target epsilon per twin at delta. Runs play every round
@@ -41,9 +41,9 @@ import torch
 import yaml
 from machine import cpu_model, load_average
 
-from fedtwin import runner
 from fedtwin.config import build_config, deep_merge, set_path
 from fedtwin.learn import accounting
+from fedtwin.run import runner
 from fedtwin.store import LocalStore, RunLayout
 
 RESULTS = Path(__file__).parent / "results"

@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from machine import cpu_model, load_average
 
-from fedtwin import steps
 from fedtwin.config import build_config
-from fedtwin.errors import QuorumError
+from fedtwin.core.errors import QuorumError
 from fedtwin.federation.updates import UpdateRecord, write_update
 from fedtwin.policy.layout import params_from_bytes, params_to_bytes
+from fedtwin.run import steps
 from fedtwin.run.round import train_round
 from fedtwin.store import LocalStore, RunLayout
 

@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fedtwin.federation.updates import UpdateRecord, write_updates  # noqa: E402
-from fedtwin.s3store import S3Store  # noqa: E402
 from fedtwin.store import ArtifactStore, LocalStore, RunLayout  # noqa: E402
+from fedtwin.store.s3 import S3Store  # noqa: E402
 from tests.servers import SeaweedS3  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "store_writes.md"

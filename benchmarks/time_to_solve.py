@@ -47,8 +47,8 @@ import torch
 import yaml
 from machine import cpu_model, load_average
 
-from fedtwin import steps
 from fedtwin.config import TrainConfig, load_config
+from fedtwin.run import steps
 from fedtwin.run.round import train_round
 from fedtwin.store import LocalStore
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fedtwin import steps
-from fedtwin.baseline import BaselineLayout, list_baselines, run_baseline
 from fedtwin.cli import cli
 from fedtwin.config import load_config
-from fedtwin.errors import ConfigError
-from fedtwin.runner import run
+from fedtwin.core.errors import ConfigError
+from fedtwin.run import steps
+from fedtwin.run.baseline import run_baseline
+from fedtwin.run.runner import run
 from fedtwin.store import LocalStore
+from fedtwin.store.baselines import BaselineLayout, list_baselines
 from tests.helpers import write_tiny_config
 
 torch.set_num_threads(1)

@@ -3,7 +3,7 @@
 import pytest
 
 from fedtwin.config import Config, fingerprint, load_config, validate_for_fleet
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 
 
 def test_defaults_validate_and_derive_hidden_sizes():

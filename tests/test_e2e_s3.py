@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from fedtwin.s3store import S3Settings, S3Store
 from fedtwin.store import RunLayout
+from fedtwin.store.s3 import S3Settings, S3Store
 from tests.helpers import clean_env, final_model_hash, write_tiny_config
 
 pytestmark = pytest.mark.integration
@@ -115,8 +115,8 @@ def test_run_on_s3_with_mlflow_killed_in_round_two_resumes_to_the_same_weights(
 def test_a_fleet_shard_on_s3_writes_the_updates_a_local_store_gets(s3_server, tmp_path):
     # The shard's update writes go out several at once on S3 (run_concurrently); the objects must be
     # exactly those a local store gets one by one.
-    from fedtwin import steps
     from fedtwin.config import load_config
+    from fedtwin.run import steps
     from fedtwin.store import LocalStore
 
     config = load_config(write_tiny_config(tmp_path, **{"fleet.count": 6}),

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from fedtwin import steps
 from fedtwin.cli import main
 from fedtwin.config import TrainConfig, load_config
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 from fedtwin.learn.batched import StackedPolicy
 from fedtwin.learn.runtime import DeviceError
 from fedtwin.learn.train import policy_spec
 from fedtwin.policy.layout import layout_for, params_from_bytes
 from fedtwin.policy.network import PolicyNet, init_params
+from fedtwin.run import steps
 from fedtwin.run.round import shard
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import clean_env, fedtwin, write_tiny_config
@@ -227,7 +227,7 @@ def test_a_retried_fleet_shard_reproduces_a_lost_update_bit_for_bit(tmp_path):
     """A shard killed after writing some of its updates retrains as the same batch."""
     import hashlib
 
-    from fedtwin import steps
+    from fedtwin.run import steps
     from fedtwin.store import LocalStore, RunLayout
     from tests.helpers import write_tiny_config
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedtwin.errors import ConfigError
-from fedtwin.formats import read_yaml
+from fedtwin.core.errors import ConfigError
+from fedtwin.core.formats import read_yaml
 from fedtwin.sim.kind_env import make_vector_env
 from fedtwin.sim.kind_registry import get_kind
 from fedtwin.sim.kinds import generate_twins, twin_from_dict

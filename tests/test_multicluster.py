@@ -1,4 +1,4 @@
-"""The multi-cluster round protocol (fedtwin/multicluster.py, `fedtwin step member|coordinate`).
+"""The multi-cluster round protocol (fedtwin/run/multicluster.py, `fedtwin step member|coordinate`).
 
 Unit tests run in-process on a local store with a fake clock. Integration tests run one coordinator
 and two members as separate processes ("clusters") against a real S3 server on 127.0.0.1; each
@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from fedtwin import multicluster, runner, steps
 from fedtwin.config import MulticlusterConfig, load_config
-from fedtwin.errors import ConfigError, QuorumError, RunConflictError
-from fedtwin.multicluster import Poller, RunFailedError, WaitTimeoutError
+from fedtwin.core.errors import ConfigError, QuorumError, RunConflictError
+from fedtwin.run import multicluster, runner, steps
+from fedtwin.run import round as round_module
+from fedtwin.run.multicluster import Poller, RunFailedError, WaitTimeoutError
 from fedtwin.store import ArtifactStore, LocalStore, RunLayout
 from tests.helpers import clean_env, write_tiny_config
 
@@ -207,7 +208,7 @@ def test_member_that_comes_late_to_an_aggregated_round_writes_nothing_and_moves_
             steps.aggregate(st, run_id, 0)
         return real_train(st, run_id, round_index, twin_ids, *args)
 
-    monkeypatch.setattr(multicluster.steps, "train", coordinator_was_faster)
+    monkeypatch.setattr(round_module.steps, "train", coordinator_was_faster)
     rounds: list[multicluster.MemberRound] = []
     fake = FakeTime()
 
@@ -284,7 +285,7 @@ def test_member_stops_when_the_run_failed(local_run):
 # --- processes as clusters against a real S3 server ---------------------------------------------
 WARM_START = """
 import pathlib, sys, time
-import fedtwin.multicluster  # torch and the package are loaded: a pod whose image is up
+import fedtwin.run.multicluster  # torch and the package are loaded: a pod whose image is up
 from fedtwin.cli import main
 gate, ready = map(pathlib.Path, sys.argv[1:3])
 ready.touch()
@@ -372,7 +373,7 @@ def clusters(tmp_path, s3_server) -> Iterator[Clusters]:
 
 def s3_run(s3_server, tmp_path: Path, **overrides: Any) -> tuple[ArtifactStore, str, Path]:
     """A fresh prefix on the S3 server with the run initialized (what `fedtwin step init` does)."""
-    from fedtwin.s3store import S3Settings, S3Store
+    from fedtwin.store.s3 import S3Settings, S3Store
 
     prefix = f"mc-{uuid.uuid4().hex[:8]}"
     url = f"s3://{s3_server.bucket}/{prefix}"

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from safetensors.numpy import save as st_save
 
 from fedtwin.config import TrainConfig
-from fedtwin.errors import FedtwinError
+from fedtwin.core.errors import FedtwinError
 from fedtwin.learn.train import policy_spec
 from fedtwin.policy.layout import (
     LayoutError,

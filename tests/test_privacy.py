@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from fedtwin import runner, steps, tracking
 from fedtwin.config import Config, TrainConfig, build_config, deep_merge
-from fedtwin.errors import ConfigError, QuorumError
+from fedtwin.core.errors import ConfigError, QuorumError
 from fedtwin.federation.updates import update_twin_ids
 from fedtwin.learn import accounting, central_dp, dp_sgd
 from fedtwin.learn.train import policy_spec, train_twin, train_twins
+from fedtwin.observe import tracking
 from fedtwin.policy.layout import params_from_bytes
 from fedtwin.policy.network import init_params
+from fedtwin.run import runner, steps
 from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import TINY, clean_env, fedtwin, write_tiny_config

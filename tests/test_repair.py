@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedtwin import steps
 from fedtwin.cli import cli
 from fedtwin.config import load_config
-from fedtwin.errors import FedtwinError
+from fedtwin.core.errors import FedtwinError
+from fedtwin.run import steps
 from fedtwin.store import LocalStore, RunLayout, sha256_hex
 from tests.helpers import write_tiny_config
 

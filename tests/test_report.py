@@ -9,10 +9,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fedtwin.baseline import run_baseline
 from fedtwin.config import load_config
-from fedtwin.report import ReportData, plot_epsilon, write_report
-from fedtwin.runner import run
+from fedtwin.observe.report import ReportData, plot_epsilon, write_report
+from fedtwin.run.baseline import run_baseline
+from fedtwin.run.runner import run
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import write_tiny_config
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fedtwin import steps
+from fedtwin.run import steps
 from fedtwin.run.round import train_round
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import final_model_hash

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedtwin import runner, steps
 from fedtwin.config import load_config
-from fedtwin.errors import QuorumError
+from fedtwin.core.errors import QuorumError
+from fedtwin.run import runner, train_step
 from fedtwin.store import LocalStore, RunLayout
 from tests.faultfs import grow, required, small_tmpfs
 from tests.helpers import fedtwin, final_model_hash, write_tiny_config
@@ -48,14 +48,14 @@ def test_a_full_disk_during_training_is_exit_1_not_a_lost_quorum_and_the_rerun_f
 
 def crash_twins(monkeypatch: pytest.MonkeyPatch, bad: set[str]) -> None:
     """Twins whose own training raises (a diverging simulator, a bug in their physics)."""
-    real = steps.train_twins
+    real = train_step.train_twins
 
     def train_twins(params, twins, *args, **kwargs):
         if bad & {t.id for t in twins}:
             raise RuntimeError(f"simulated crash of {sorted(bad & {t.id for t in twins})}")
         return real(params, twins, *args, **kwargs)
 
-    monkeypatch.setattr(steps, "train_twins", train_twins)
+    monkeypatch.setattr(train_step, "train_twins", train_twins)
 
 
 def test_a_twin_whose_training_crashes_is_left_out_and_the_quorum_decides(tmp_path, monkeypatch):

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from fedtwin.errors import ConfigError, StoreError
-from fedtwin.runstate import finish, load_state, save_state, write_outputs
+from fedtwin.core.errors import ConfigError, StoreError
+from fedtwin.run.runstate import finish, write_outputs
 from fedtwin.store import LocalStore, RunLayout
+from fedtwin.store.state import load_state, save_state
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
 # Run the CLI in-process in a fresh interpreter, then report whether torch got imported.

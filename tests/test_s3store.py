@@ -16,9 +16,10 @@ import uuid
 import pytest
 
 from fedtwin.config import S3Config
-from fedtwin.errors import ConfigError, IntegrityError, StoreError
+from fedtwin.core.errors import ConfigError, IntegrityError, StoreError
 from fedtwin.federation.updates import UpdateRecord, update_twin_ids, write_updates
-from fedtwin.s3store import (
+from fedtwin.store import RunLayout, list_runs, open_store, sha256_hex
+from fedtwin.store.s3 import (
     S3AccessDeniedError,
     S3BucketNotFoundError,
     S3EndpointError,
@@ -26,7 +27,6 @@ from fedtwin.s3store import (
     S3Store,
     parse_s3_url,
 )
-from fedtwin.store import RunLayout, list_runs, open_store, sha256_hex
 from tests.servers import TWIN_ID
 
 

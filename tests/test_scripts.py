@@ -283,7 +283,7 @@ def test_dockerfile_layers_dependencies_before_source_and_runs_as_non_root():
 
 
 def test_dockerfile_installs_the_mlflow_client_of_the_platforms_mlflow_server():
-    """The light mlflow-skinny client (what fedtwin/tracking.py uses: MlflowClient and entities over
+    """The light mlflow-skinny client (what fedtwin/observe/tracking.py uses: MlflowClient and entities over
     the REST API), pinned to the version of the platform chart's MLflow server image."""
     import yaml
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedtwin import steps
-from fedtwin.errors import ConfigError, IntegrityError, QuorumError, RunConflictError
-from fedtwin.store import LocalStore, RunLayout
+from fedtwin.core.errors import ConfigError, IntegrityError, QuorumError, RunConflictError
+from fedtwin.run import steps
+from fedtwin.store import LocalStore, RunLayout, context
 from tests.helpers import final_model_hash
 
 torch.set_num_threads(1)
@@ -201,10 +201,10 @@ def test_a_process_parses_a_runs_fleet_once_until_it_changes(tiny_config, monkey
     config = tiny_config()
     store = LocalStore(config.store)
     steps.init(store, config)
-    steps._FLEET_CACHE.clear()
+    context._FLEET_CACHE.clear()
     parsed = []
-    real = steps.parse_fleet
-    monkeypatch.setattr(steps, "parse_fleet",
+    real = context.parse_fleet
+    monkeypatch.setattr(context, "parse_fleet",
                         lambda text, source: parsed.append(source) or real(text, source))
 
     first = steps.RunContext.load(store, "demo").fleet

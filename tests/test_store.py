@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from fedtwin.errors import ConfigError, IntegrityError, StoreError
+from fedtwin.core.errors import ConfigError, IntegrityError, StoreError
 from fedtwin.store import LocalStore, RunLayout, list_runs, open_store
 from tests.faultfs import immutable, read_only_view, required, small_tmpfs
 
@@ -108,7 +108,7 @@ def test_a_crash_at_any_point_of_an_overwrite_leaves_old_or_new(tmp_path, monkey
            (crash_after == "commit" and str(dst).endswith(".sha256")):
             raise KeyboardInterrupt("simulated kill")
 
-    monkeypatch.setattr("fedtwin.store.os.replace", crashing_replace)
+    monkeypatch.setattr("fedtwin.store.local.os.replace", crashing_replace)
     with pytest.raises(KeyboardInterrupt):
         store.put_json("runs/a/state.json", {"round": 2})
     monkeypatch.undo()

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load, save
 
-from fedtwin import steps
 from fedtwin.config import FederationConfig, load_config
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 from fedtwin.federation.strategies import (
     AggregationError,
     FedAdam,
@@ -25,6 +24,7 @@ from fedtwin.federation.strategies import (
     make_strategy,
     trimmed_mean,
 )
+from fedtwin.run import steps
 from fedtwin.sim.twins import dump_fleet, make_fleet
 from fedtwin.store import LocalStore
 

@@ -23,8 +23,8 @@ def bench(monkeypatch):
 
 
 def test_a_run_stops_on_validation_and_evaluates_the_held_out_twins_once(bench, tmp_path, monkeypatch):
-    from fedtwin import steps
     from fedtwin.learn import evaluate
+    from fedtwin.run import aggregate, evaluate_step
 
     heldout_calls = []
     real = evaluate.evaluate_policy
@@ -34,7 +34,8 @@ def test_a_run_stops_on_validation_and_evaluates_the_held_out_twins_once(bench, 
             heldout_calls.append(len(twins))
         return real(params, spec, twins, *args, **kwargs)
 
-    monkeypatch.setattr(steps, "evaluate_policy", counting)
+    monkeypatch.setattr(aggregate, "evaluate_policy", counting)
+    monkeypatch.setattr(evaluate_step, "evaluate_policy", counting)
     monkeypatch.setattr(bench.steps, "evaluate_policy", counting, raising=False)
 
     # A target every model reaches: the run must stop after its first round, on validation alone.

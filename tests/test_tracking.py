@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedtwin import steps, tracking
 from fedtwin.config import TrackingConfig, load_config
-from fedtwin.runner import run
+from fedtwin.observe import tracking
+from fedtwin.run import steps
+from fedtwin.run.runner import run
 from fedtwin.store import LocalStore
 from tests.helpers import write_tiny_config
 
@@ -118,10 +119,10 @@ def test_dead_server_warns_once_per_step_and_a_later_step_catches_up(tmp_path, m
         sock.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{sock.getsockname()[1]}"
 
-    with caplog.at_level(logging.WARNING, logger="fedtwin.tracking"):
+    with caplog.at_level(logging.WARNING, logger="fedtwin.observe.tracking"):
         store = tiny_run(tmp_path, monkeypatch, dead)
 
-    warnings = [r.getMessage() for r in caplog.records if r.name == "fedtwin.tracking"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "fedtwin.observe.tracking"]
     # one per step: aggregate x 2 rounds, evaluate, report
     assert len(warnings) == 4, warnings
     assert all(dead in w and "the run goes on" in w for w in warnings)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedtwin.config import TrainConfig
-from fedtwin.errors import FedtwinError
+from fedtwin.core.errors import FedtwinError
 from fedtwin.learn.batched import StackedPolicy, optimizer_step
 from fedtwin.learn.evaluate import evaluate_policy
 from fedtwin.learn.ppo import rollout_values

@@ -12,7 +12,7 @@ import gymnasium
 import numpy as np
 import pytest
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 from fedtwin.sim import kind_env, kind_registry, kinds
 from fedtwin.sim.acrobot import AcrobotKind
 from fedtwin.sim.gym_kind import GymnasiumKind

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
+from fedtwin.core.errors import ConfigError
 from fedtwin.core.seeding import derive_seed
-from fedtwin.errors import ConfigError
 from fedtwin.sim.twins import (
     HARD_FRICTION_CART_MAX,
     HARD_FRICTION_POLE_MAX,
@@ -408,7 +408,7 @@ def test_a_runs_stored_fleet_is_json_that_reads_back_exactly_as_yaml_too() -> No
 
     import yaml
 
-    from fedtwin.formats import SafeLoader
+    from fedtwin.core.formats import SafeLoader
     from fedtwin.sim.twins import fleet_to_json
 
     fleet = make_fleet(20, 3, 0.3, "hard", 2, 2)

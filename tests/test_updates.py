@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedtwin import steps
 from fedtwin.config import load_config
-from fedtwin.errors import QuorumError
+from fedtwin.core.errors import QuorumError
 from fedtwin.federation.updates import (
     BAD_LAYOUT,
     BAD_RECORD,
@@ -33,6 +32,7 @@ from fedtwin.federation.updates import (
 )
 from fedtwin.policy.layout import PolicySpec, params_from_bytes, params_to_bytes
 from fedtwin.policy.network import init_params
+from fedtwin.run import steps
 from fedtwin.store import LocalStore, RunLayout, sha256_hex
 from tests.helpers import write_tiny_config
 
@@ -308,7 +308,7 @@ def test_a_record_that_is_not_an_object_or_nests_too_deep_is_a_bad_record(run):
 
 
 def test_the_report_survives_a_round_with_hostile_epsilon_and_seconds(run):
-    from fedtwin.report import write_report
+    from fedtwin.observe.report import write_report
 
     data = run.store.get_json(LAYOUT.update_meta(0, "twin-001"))
     data.update(epsilon="x", seconds="abc")

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
+from fedtwin.run.steps import FanOut
 from fedtwin.sim.twins import shard_names, twin_ids
-from fedtwin.steps import FanOut
 from tests.argo_local import LocalArgo, Node, Run
 from tests.argo_local.status import MAX_WORKFLOW_SIZE, status_nodes, stored_size
 from workflows.common import MAX_WORKFLOW_NODES

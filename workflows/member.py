@@ -2,7 +2,7 @@
 
     main:  member        (one pod: `fedtwin step member`, from the first open round to the last)
 
-Clusters meet only in the S3 store (fedtwin/multicluster.py, karmada/README.md): the pod waits
+Clusters meet only in the S3 store (fedtwin/run/multicluster.py, karmada/README.md): the pod waits
 for each round's global model, trains this cluster's twins, writes their updates and waits for the
 host's aggregation, until the run's last round is aggregated; it fails when the run fails (exit 3,
 not retried). A retried or resubmitted member resumes at the first open round and skips stored
@@ -71,7 +71,7 @@ WAIT_ENV = [
     Env(name="FEDTWIN_MULTICLUSTER__POLL_INTERVAL", value=param("poll-interval")),
     Env(name="FEDTWIN_MULTICLUSTER__MAX_POLL_INTERVAL", value=param("max-poll-interval")),
 ]
-"""An empty value keeps the run's stored setting (`fedtwin.multicluster.resolve_settings`)."""
+"""An empty value keeps the run's stored setting (`fedtwin.run.multicluster.resolve_settings`)."""
 
 member = fedtwin_step(
     "member",

@@ -17,7 +17,7 @@ from fedtwin.cli.local import baseline_cmd, config_group, evaluate_cmd, report_c
 from fedtwin.cli.runs import runs_group
 from fedtwin.cli.step import step_group
 from fedtwin.cli.twins import twins_group
-from fedtwin.errors import FedtwinError
+from fedtwin.core.errors import FedtwinError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

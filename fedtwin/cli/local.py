@@ -10,7 +10,7 @@ import click
 
 from fedtwin.cli.options import config_options, json_option, resolve_config, store_option
 from fedtwin.config import config_to_yaml
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 
 
 @click.command("run")
@@ -25,7 +25,7 @@ def run_cmd(config_file: str | None, no_progress: bool, as_json: bool, **flags: 
 
     Example: fedtwin run --twins 8 --rounds 20 --seed 0
     """
-    from fedtwin.runner import run
+    from fedtwin.run.runner import run
 
     config = resolve_config(config_file, **flags)
     result = run(config, progress=not no_progress and not as_json)
@@ -73,8 +73,8 @@ def baseline_cmd(config_file: str | None, mode: str, twin_id: str | None, no_pro
     """
     import torch
 
-    from fedtwin import steps
-    from fedtwin.baseline import run_baseline
+    from fedtwin.run import steps
+    from fedtwin.run.baseline import run_baseline
     from fedtwin.store import open_store
 
     config = resolve_config(config_file, **flags)
@@ -138,8 +138,8 @@ def report_cmd(run_id: str, store: str) -> None:
 
     Example: fedtwin report run-20261126-120000
     """
-    from fedtwin import steps
-    from fedtwin.report import write_report
+    from fedtwin.observe.report import write_report
+    from fedtwin.run import steps
     from fedtwin.store import open_store
 
     artifact_store = open_store(store)

@@ -22,7 +22,7 @@ def list_cmd(store: str, as_json: bool) -> None:
 
     Example: fedtwin runs list --store ./fedtwin-runs
     """
-    from fedtwin.errors import StoreError
+    from fedtwin.core.errors import StoreError
     from fedtwin.store import RunLayout, list_runs, open_store
 
     artifact_store = open_store(store)
@@ -57,9 +57,8 @@ def show_cmd(run_id: str, store: str, as_json: bool) -> None:
 
     Example: fedtwin runs show run-20261126-120000
     """
-    from fedtwin.report import round_summaries
-    from fedtwin.steps import RunContext
     from fedtwin.store import open_store
+    from fedtwin.store.context import RunContext, round_summaries
 
     ctx = RunContext.load(open_store(store), run_id)
     state = ctx.state()
@@ -92,7 +91,7 @@ def repair_cmd(run_id: str, store: str, as_json: bool) -> None:
 
     Example: fedtwin runs repair run-20261126-120000
     """
-    from fedtwin.steps import repair
+    from fedtwin.run.steps import repair
     from fedtwin.store import open_store
 
     done = repair(open_store(store), run_id)

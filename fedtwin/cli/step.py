@@ -54,7 +54,7 @@ def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, 
 
     Example: fedtwin step init --run-id demo --twins 4 --outputs-dir /tmp/out
     """
-    from fedtwin import steps
+    from fedtwin.run import steps
     from fedtwin.sim.twins import shard_names
     from fedtwin.store import RunLayout, open_store
 
@@ -88,7 +88,7 @@ def train_cmd(run_id: str, round_index: int, twins: tuple[str, ...], device: str
     """
     import torch
 
-    from fedtwin import steps
+    from fedtwin.run import steps
     from fedtwin.store import open_store
 
     torch.set_num_threads(1)
@@ -116,7 +116,7 @@ def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | 
 
     Example: fedtwin step aggregate --run demo --round 0 --outputs-dir /tmp/out
     """
-    from fedtwin import steps
+    from fedtwin.run import steps
     from fedtwin.store import RunLayout, open_store
 
     artifact_store = open_store(store)
@@ -151,7 +151,7 @@ def evaluate_cmd(run_id: str, episodes: int | None, store: str, outputs_dir: str
 
     Example: fedtwin step evaluate --run demo
     """
-    from fedtwin import steps
+    from fedtwin.run import steps
     from fedtwin.store import open_store
 
     result = steps.evaluate(open_store(store), run_id, episodes)
@@ -170,8 +170,8 @@ def report_cmd(run_id: str, store: str) -> None:
 
     Example: fedtwin step report --run demo
     """
-    from fedtwin import steps
-    from fedtwin.report import write_report
+    from fedtwin.observe.report import write_report
+    from fedtwin.run import steps
     from fedtwin.store import open_store
 
     artifact_store = open_store(store)
@@ -198,8 +198,9 @@ def status_cmd(run_id: str, round_index: int | None, store: str, outputs_dir: st
 
     Example: fedtwin step status --run demo --round 3
     """
-    from fedtwin.runstate import load_state, round_status, write_outputs
+    from fedtwin.run.runstate import round_status, write_outputs
     from fedtwin.store import open_store
+    from fedtwin.store.state import load_state
 
     values = round_status(load_state(open_store(store), run_id), run_id, round_index)
     write_outputs(outputs_dir, values)
@@ -217,7 +218,7 @@ def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None
 
     Example: fedtwin step finish --run demo --status done
     """
-    from fedtwin.runstate import finish
+    from fedtwin.run.runstate import finish
     from fedtwin.store import open_store
 
     if status in ARGO_STATUS:
@@ -227,7 +228,7 @@ def finish_cmd(run_id: str, status: str, reason: str | None, store: str) -> None
     click.echo(json.dumps({"run_id": run_id, "status": state["status"]}))
 
 
-# --- multi-cluster: one member per cluster, one coordinator on the host (fedtwin/multicluster.py) ---
+# --- multi-cluster: one member per cluster, one coordinator on the host (fedtwin/run/multicluster.py) ---
 def wait_options(func: Any) -> Any:
     """Polling flags of `step member` and `step coordinate` (default: the run's `multicluster:` section)."""
     options = [
@@ -267,7 +268,7 @@ def member_cmd(run_id: str, twins: tuple[str, ...], device: str, workers: int | 
 
     Example: fedtwin step member --run demo --twins twin-000,twin-001 --store s3://fedtwin
     """
-    from fedtwin import multicluster, steps
+    from fedtwin.run import multicluster, steps
     from fedtwin.store import open_store
 
     def show(report: multicluster.MemberRound) -> None:
@@ -306,7 +307,7 @@ def coordinate_cmd(run_id: str, retry_failed: bool, store: str, outputs_dir: str
 
     Example: fedtwin step coordinate --run demo --store s3://fedtwin --round-deadline 600
     """
-    from fedtwin import multicluster, steps
+    from fedtwin.run import multicluster, steps
     from fedtwin.store import open_store
 
     def show(decision: multicluster.RoundDecision) -> None:

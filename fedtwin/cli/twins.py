@@ -6,7 +6,7 @@ from typing import Literal
 
 import click
 
-from fedtwin.limits import MAX_TRAINING_TWINS
+from fedtwin.core.limits import MAX_TRAINING_TWINS
 
 
 @click.group("twins")
@@ -30,8 +30,8 @@ def generate_cmd(count: int, seed: int, spread: float | None, preset: Literal["d
 
     Example: fedtwin twins generate --count 16 --seed 3 --preset hard -o fleet.yaml
     """
-    from fedtwin.errors import ConfigError, FedtwinError
-    from fedtwin.formats import check_dns_label
+    from fedtwin.core.errors import ConfigError, FedtwinError
+    from fedtwin.core.formats import check_dns_label
     from fedtwin.sim.twins import generate_twins, save_twins
     from fedtwin.store import os_error_line
 

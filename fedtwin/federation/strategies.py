@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from fedtwin.errors import ConfigError, FedtwinError
+from fedtwin.core.errors import ConfigError, FedtwinError
 
 ServerState = dict[str, np.ndarray]
 

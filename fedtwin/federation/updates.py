@@ -14,8 +14,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedtwin.errors import FedtwinError, IntegrityError
-from fedtwin.formats import DNS_LABEL
+from fedtwin.core.errors import FedtwinError, IntegrityError
+from fedtwin.core.formats import DNS_LABEL
 from fedtwin.policy.layout import LayoutError, PolicySpec, params_from_bytes
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 

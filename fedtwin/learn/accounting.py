@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fedtwin.core.errors import ConfigError, FedtwinError
 from fedtwin.core.seeding import derive_seed
-from fedtwin.errors import ConfigError, FedtwinError
 
 if TYPE_CHECKING:
     from opacus.accountants import IAccountant

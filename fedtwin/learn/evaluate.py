@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from fedtwin.core.errors import ConfigError
 from fedtwin.core.seeding import derive_seed
-from fedtwin.errors import ConfigError
 from fedtwin.policy.layout import LayoutError, PolicySpec, greedy_actions, params_from_bytes
 from fedtwin.sim.envs import TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec
@@ -20,7 +20,7 @@ CARTPOLE = PolicySpec("reinforce", (1,))
 
 def load_model(data: bytes, source: str) -> tuple[np.ndarray, PolicySpec]:
     """A model file a user hands in, checked before anything is built from it: a safetensors file,
-    its tensors exactly the layout it declares (bounded, see `fedtwin.limits`), sized for cart-pole
+    its tensors exactly the layout it declares (bounded, see `fedtwin.core.limits`), sized for cart-pole
     twins, and finite. Anything else is bad input (ConfigError, exit 2), one line naming the file."""
     try:
         params, spec = params_from_bytes(data, None)

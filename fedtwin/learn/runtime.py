@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 
 
 class DeviceError(ConfigError):

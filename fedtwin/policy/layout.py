@@ -20,8 +20,8 @@ import numpy as np
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from fedtwin.errors import FedtwinError
-from fedtwin.limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
+from fedtwin.core.errors import FedtwinError
+from fedtwin.core.limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
 
 PolicyKind = Literal["actor_critic", "reinforce"]
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from fedtwin.errors import IntegrityError
+from fedtwin.core.errors import IntegrityError
 from fedtwin.federation.updates import SKIPPED, UpdateRecord
 from fedtwin.learn.accounting import (
     SKIPPED_BUDGET,

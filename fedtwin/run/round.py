@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from typing import Any
 
-from fedtwin import steps
-from fedtwin.errors import FedtwinError, RunConflictError, StoreError
+from fedtwin.core.errors import FedtwinError, RunConflictError, StoreError
+from fedtwin.run import steps
 from fedtwin.store import ArtifactStore, RunLayout
 
 log = logging.getLogger("fedtwin.round")

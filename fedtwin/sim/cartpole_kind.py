@@ -13,7 +13,7 @@ from typing import Any
 
 from gymnasium import spaces
 
-from fedtwin.limits import MAX_ACTION_DELAY
+from fedtwin.core.limits import MAX_ACTION_DELAY
 from fedtwin.sim.envs import MAX_EPISODE_STEPS, TwinCartPoleVectorEnv, observation_space
 from fedtwin.sim.kinds import KindTwin, Param
 from fedtwin.sim.twins import (

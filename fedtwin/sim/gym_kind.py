@@ -21,7 +21,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv, VectorWrapper
 from gymnasium.wrappers import TimeLimit
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 from fedtwin.sim.kinds import KindTwin, Param
 
 Factory = Callable[..., gymnasium.Env]

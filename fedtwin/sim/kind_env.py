@@ -24,7 +24,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 from fedtwin.sim.kinds import AnyKind, KindTwin, TwinKind, VectorKind
 
 Float64Array = npt.NDArray[np.float64]

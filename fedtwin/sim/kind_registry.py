@@ -20,7 +20,7 @@ from typing import Any, NoReturn, cast
 import gymnasium
 from gymnasium import spaces
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 from fedtwin.sim.gym_kind import GymnasiumKind
 from fedtwin.sim.kinds import AnyKind, Param
 

@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.classic_control import utils as cc_utils
 
-from fedtwin.limits import MAX_ACTION_DELAY
+from fedtwin.core.limits import MAX_ACTION_DELAY
 from fedtwin.sim.kind_env import ParamArrays
 from fedtwin.sim.kinds import Float64Array, Param
 from fedtwin.sim.scalar_math import square_like_scalar

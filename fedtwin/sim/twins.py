@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from fedtwin.core.errors import ConfigError
+from fedtwin.core.formats import check_dns_label, dump_yaml, parse_yaml, read_yaml, write_atomic
+from fedtwin.core.limits import MAX_ACTION_DELAY, MAX_EVAL_TWINS, MAX_TRAINING_TWINS
 from fedtwin.core.seeding import derive_seed
-from fedtwin.errors import ConfigError
-from fedtwin.formats import check_dns_label, dump_yaml, parse_yaml, read_yaml, write_atomic
-from fedtwin.limits import MAX_ACTION_DELAY, MAX_EVAL_TWINS, MAX_TRAINING_TWINS
 
 Preset = Literal["default", "hard"]
 PRESETS: tuple[str, ...] = ("default", "hard")

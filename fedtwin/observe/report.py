@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from fedtwin import tracking
-from fedtwin.baseline import list_baselines, load_baseline
+from fedtwin.observe import tracking
 from fedtwin.sim.twins import TwinSpec
-from fedtwin.steps import RunContext
 from fedtwin.store import ArtifactStore
+from fedtwin.store.baselines import list_baselines, load_baseline
+from fedtwin.store.context import RunContext, round_summaries
 
 RETURN_METRIC = "charts/episodic_return"
 PHYSICAL = ("gravity", "masscart", "masspole", "length", "force_mag", "tau")
@@ -50,12 +50,6 @@ class ReportData:
     summaries: list[dict[str, Any]]
     evaluation: dict[str, Any]
     baselines: list[dict[str, Any]]
-
-
-def round_summaries(ctx: RunContext) -> list[dict[str, Any]]:
-    rounds = int(ctx.state()["next_round"])
-    return [ctx.store.get_json(ctx.layout.summary(r)) for r in range(rounds)
-            if ctx.store.exists(ctx.layout.summary(r))]
 
 
 def load_report_data(ctx: RunContext) -> ReportData:

@@ -22,8 +22,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -39,97 +38,24 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from fedtwin.errors import ConfigError, StoreError
-from fedtwin.store import LEASE_SECONDS, ArtifactStore, Lease, LockHeldError, holder_info
+from fedtwin.core.errors import ConfigError, StoreError
+from fedtwin.store.base import LEASE_SECONDS, ArtifactStore, Lease, LockHeldError, holder_info
+from fedtwin.store.s3_settings import (
+    ACCESS_CODES,
+    ENV_PREFIX,
+    MISSING_KEY_CODES,
+    SHA_METADATA,
+    S3AccessDeniedError,
+    S3BucketNotFoundError,
+    S3EndpointError,
+    S3Settings,
+    parse_s3_url,
+)
 
-log = logging.getLogger("fedtwin.s3store")
+log = logging.getLogger("fedtwin.store.s3")
 
 if TYPE_CHECKING:
     from fedtwin.config import S3Config
-
-SHA_METADATA = "sha256"
-"""User-metadata key of the recorded sha256 (sent as the `x-amz-meta-sha256` header)."""
-ENV_PREFIX = "FEDTWIN_S3_"
-AddressingStyle = Literal["auto", "path", "virtual"]
-
-ACCESS_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "Forbidden",
-                "InvalidToken", "ExpiredToken", "AllAccessDisabled"}
-MISSING_KEY_CODES = {"NoSuchKey", "404", "NotFound"}
-
-
-class S3BucketNotFoundError(StoreError):
-    """The store's bucket does not exist at the endpoint."""
-
-
-class S3AccessDeniedError(StoreError):
-    """The credentials are missing, wrong, or lack permission for the object."""
-
-
-class S3EndpointError(StoreError):
-    """The S3 endpoint could not be reached (refused, timed out, or closed the connection)."""
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """Resolved connection settings (no secrets: those stay with boto3's credential chain)."""
-
-    endpoint: str | None = None
-    region: str | None = None
-    profile: str | None = None
-    addressing_style: AddressingStyle | None = None
-    connect_timeout: float = 5.0
-    read_timeout: float = 30.0
-    max_attempts: int = 5
-
-    @classmethod
-    def resolve(cls, config: S3Config | None = None, environ: Mapping[str, str] | None = None) -> S3Settings:
-        """Config values win over `FEDTWIN_S3_*` variables, which win over the defaults here."""
-        env = os.environ if environ is None else environ
-        given = config.model_dump() if config is not None else {}
-        values: dict[str, Any] = {}
-        for name in cls.__dataclass_fields__:
-            value = given.get(name)
-            if value is None:
-                raw = env.get(ENV_PREFIX + name.upper())
-                if not raw and name == "endpoint":  # boto3's own variables, so path style applies too
-                    raw = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-                value = raw if raw else None
-            if value is None:
-                continue
-            try:
-                values[name] = _coerce(name, value)
-            except ValueError as exc:
-                raise ConfigError(
-                    f"S3 setting {name}={value!r} (s3.{name} or {ENV_PREFIX}{name.upper()}) is invalid: {exc}"
-                ) from exc
-        return cls(**values)
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if name == "max_attempts":
-        attempts = int(value)
-        if attempts < 1:
-            raise ValueError("must be at least 1")
-        return attempts
-    if name in ("connect_timeout", "read_timeout"):
-        seconds = float(value)
-        if seconds <= 0:
-            raise ValueError("must be positive")
-        return seconds
-    if name == "addressing_style" and value not in ("auto", "path", "virtual"):
-        raise ValueError("use auto, path or virtual")
-    return str(value)
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """`s3://bucket/some/prefix/` -> ("bucket", "some/prefix")."""
-    if not url.startswith("s3://"):
-        raise ConfigError(f"not an S3 store URL: {url!r}; use s3://BUCKET/PREFIX")
-    bucket, _, prefix = url[len("s3://") :].partition("/")
-    if not bucket:
-        raise ConfigError(f"store URL {url!r} names no bucket; use s3://BUCKET/PREFIX")
-    return bucket, prefix.strip("/")
-
 
 class S3Store(ArtifactStore):
     """A prefix in an S3 bucket; keys are the run layout's keys below that prefix."""
@@ -417,3 +343,18 @@ class S3Lease(Lease):
                     if exc.response.get("Error", {}).get("Code") not in ("NotImplemented", "InvalidArgument"):
                         raise
                     store.client.delete_object(Bucket=store.bucket, Key=key)
+
+
+__all__ = [
+    "ACCESS_CODES",
+    "ENV_PREFIX",
+    "MISSING_KEY_CODES",
+    "SHA_METADATA",
+    "S3AccessDeniedError",
+    "S3BucketNotFoundError",
+    "S3EndpointError",
+    "S3Lease",
+    "S3Settings",
+    "S3Store",
+    "parse_s3_url",
+]

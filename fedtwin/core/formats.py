@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from fedtwin.errors import ConfigError
+from fedtwin.core.errors import ConfigError
 
 # ------------------------------------------------------------------------------------ names
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

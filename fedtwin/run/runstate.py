@@ -1,44 +1,15 @@
-"""A run's `state.json`, read and updated without importing torch.
-
-The light workflow steps (`step status`, the gate of every Argo round, and `step finish`, the exit
-handler) only read or update this file. Keeping them off `fedtwin.steps`, which imports torch and
-the trainers, saves each of those pods the ~1.5-2.5 s torch import.
-"""
+"""The run's life cycle in `state.json`: finish, reopen a failed run, the round-order gate, and the
+small output files a workflow engine reads. Torch-free, like fedtwin.store.state."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fedtwin.errors import ConfigError, FedtwinError, RunConflictError, StoreError
-from fedtwin.store import ArtifactStore, RunLayout, os_error_line
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def require_run(store: ArtifactStore, run_id: str) -> RunLayout:
-    """The run's layout; a run that was never initialized is one clear error, not a missing file."""
-    layout = RunLayout(run_id)
-    if not store.exists(layout.config):
-        raise StoreError(
-            f"run {run_id!r} not found in {store.url}; start it with `fedtwin run` or `fedtwin step init`"
-        )
-    return layout
-
-
-def load_state(store: ArtifactStore, run_id: str) -> dict[str, Any]:
-    return store.get_json(require_run(store, run_id).state)
-
-
-def save_state(store: ArtifactStore, run_id: str, state: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """Write `state` with `changes` applied and a fresh `updated_at`, for a caller that read it."""
-    state.update(changes, updated_at=now_iso())
-    store.put_json(RunLayout(run_id).state, state)
-    return state
+from fedtwin.core.errors import ConfigError, FedtwinError, RunConflictError
+from fedtwin.store import ArtifactStore, os_error_line
+from fedtwin.store.state import load_state, save_state
 
 
 def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = None) -> dict[str, Any]:

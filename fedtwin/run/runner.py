@@ -19,15 +19,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from fedtwin import steps
 from fedtwin.config import Config
-from fedtwin.errors import RunLockedError
+from fedtwin.core.errors import RunLockedError
 from fedtwin.learn.runtime import resolve_device
+from fedtwin.run import steps
 from fedtwin.run.round import RoundTraining, make_executor, train_round
-from fedtwin.runstate import reopen
+from fedtwin.run.runstate import reopen
 from fedtwin.store import ArtifactStore, Lease, LockHeldError, RunLayout, open_store
 
-log = logging.getLogger("fedtwin.runner")
+log = logging.getLogger("fedtwin.run.runner")
 
 
 def new_run_id() -> str:
@@ -115,7 +115,7 @@ def _run(store: ArtifactStore, config: Config, lease: Lease, started: float, pro
     bar.close()
     evaluation = steps.evaluate(store, config.run_id)
     if report:
-        from fedtwin.report import write_report
+        from fedtwin.observe.report import write_report
 
         write_report(store, config.run_id)
     steps.finish(store, config.run_id, "done")

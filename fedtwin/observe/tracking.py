@@ -37,9 +37,9 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from fedtwin.steps import RunContext
+    from fedtwin.store.context import RunContext
 
-log = logging.getLogger("fedtwin.tracking")
+log = logging.getLogger("fedtwin.observe.tracking")
 
 TAG_RUN_ID = "fedtwin.run_id"
 TAG_STORE = "fedtwin.store"
