@@ -20,7 +20,8 @@ import torch
 from fedtwin.config import TrainConfig
 from fedtwin.learn.batched import Params, StackedPolicy, normalize, optimizer_step, proximal_term, take
 from fedtwin.learn.dp_sgd import LocalDP, masked_mean, poisson_minibatch, private_step
-from fedtwin.learn.rollout import Rollout, gae
+from fedtwin.learn.rollout import Rollout, gae, log_prob_entropy
+from fedtwin.policy.layout import LOG_STD
 
 Stats = dict[str, list[torch.Tensor]]
 """CleanRL's tags (`losses/policy_loss`, ...) -> one [K] tensor per optimizer step."""
@@ -48,11 +49,11 @@ def ppo_terms(
     returns: torch.Tensor,
     old_values: torch.Tensor,
     clip_coef: float,
+    log_std: torch.Tensor | None = None,
 ) -> PPOTerms:
-    """CleanRL's PPO loss terms per sample, shared by the batched and the per-sample (DP) update."""
-    logp_all = torch.log_softmax(logits, dim=-1)
-    newlogprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    """CleanRL's PPO loss terms per sample, shared by the batched and the per-sample (DP) update;
+    `logits` are a gaussian's means when `log_std` is given (ppo_continuous_action)."""
+    newlogprob, entropy = log_prob_entropy(logits, actions, log_std)
     logratio = newlogprob - old_logprobs
     ratio = logratio.exp()
     # Policy loss
@@ -120,6 +121,7 @@ def ppo_update(
         return ppo_epochs_private(net, params, anchor, optimizer, b, rngs, cfg, dp)
 
     # optimize the policy and value network
+    log_std = params[LOG_STD].unsqueeze(1) if LOG_STD in params else None  # [K, 1, A]
     batch = b_obs.shape[1]
     minibatch_size = batch // cfg.minibatches
     stats: Stats = {}
@@ -135,7 +137,7 @@ def ppo_update(
                 mb_advantages = normalize(mb_advantages)
             terms = ppo_terms(net.logits(params, mb_obs), net.value(params, mb_obs), s_actions[:, mb],
                               s_logprobs[:, mb], mb_advantages, s_returns[:, mb], s_values[:, mb],
-                              cfg.clip_coef)
+                              cfg.clip_coef, log_std)
             ratio, logratio = terms.ratio, terms.logratio
             with torch.no_grad():
                 approx_kl = ((ratio - 1) - logratio).mean(dim=1)
@@ -179,7 +181,7 @@ def ppo_epochs_private(
 
     def sample_loss(p: Params, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         t = ppo_terms(actor(p, s["obs"]), critic(p, s["obs"]).squeeze(-1), s["actions"], s["logprobs"],
-                      s["advantages"], s["returns"], s["values"], cfg.clip_coef)
+                      s["advantages"], s["returns"], s["values"], cfg.clip_coef, p.get(LOG_STD))
         loss = t.pg - cfg.ent_coef * t.entropy + cfg.vf_coef * 0.5 * t.v
         return loss, {"pg": t.pg, "v": 0.5 * t.v, "entropy": t.entropy, "logratio": t.logratio,
                       "ratio": t.ratio}

@@ -15,7 +15,8 @@ import torch
 from fedtwin.config import TrainConfig
 from fedtwin.learn.batched import Params, StackedPolicy, normalize, optimizer_step, proximal_term, take
 from fedtwin.learn.dp_sgd import LocalDP, masked_mean, poisson_minibatch, private_step
-from fedtwin.learn.rollout import Rollout, gae
+from fedtwin.learn.rollout import Rollout, gae, log_prob_entropy
+from fedtwin.policy.layout import LOG_STD
 
 Stats = dict[str, list[torch.Tensor]]
 
@@ -36,14 +37,14 @@ def reinforce_update(
     b_returns = normalize(ro.flat(returns))
     if dp is not None:
         return reinforce_step_private(net, params, anchor, optimizer, ro, b_returns, rngs, cfg, dp)
-    logp_all = torch.log_softmax(net.logits(params, ro.flat(ro.obs)), dim=-1)
-    logprob = logp_all.gather(-1, ro.flat(ro.actions).unsqueeze(-1)).squeeze(-1)
+    log_std = params[LOG_STD].unsqueeze(1) if LOG_STD in params else None  # [K, 1, A]
+    logprob, entropies = log_prob_entropy(net.logits(params, ro.flat(ro.obs)), ro.flat(ro.actions), log_std)
     pg_loss = -(logprob * b_returns).mean(dim=1)
     loss = pg_loss
     if cfg.proximal_mu > 0:
         loss = loss + proximal_term(params, anchor, cfg.proximal_mu)
     optimizer_step(optimizer, params, loss, cfg.max_grad_norm)
-    entropy = -(logp_all.exp() * logp_all).sum(-1).mean(dim=1)
+    entropy = entropies.mean(dim=1)
     return {"losses/policy_loss": [pg_loss.detach()], "losses/entropy": [entropy.detach()]}
 
 
@@ -62,9 +63,9 @@ def reinforce_step_private(
     actor = net.single("actor")
 
     def sample_loss(p: Params, s: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logp_all = torch.log_softmax(actor(p, s["obs"]), dim=-1)
-        loss = -(logp_all.gather(-1, s["actions"].unsqueeze(-1)).squeeze(-1) * s["returns"])
-        return loss, {"pg": loss, "entropy": -(logp_all.exp() * logp_all).sum(-1)}
+        logprob, entropy = log_prob_entropy(actor(p, s["obs"]), s["actions"], p.get(LOG_STD))
+        loss = -(logprob * s["returns"])
+        return loss, {"pg": loss, "entropy": entropy}
 
     b = {"obs": ro.flat(ro.obs), "actions": ro.flat(ro.actions), "returns": b_returns}
     batch = b_returns.shape[1]

@@ -7,16 +7,18 @@ which other twins share the batch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-from fedtwin.sim.envs import TwinCartPoleVectorEnv
+from gymnasium.vector import VectorEnv
 
 ActorFn = Callable[[torch.Tensor], torch.Tensor]
-"""Batched actor: observations [K, N, D] -> logits [K, N, A] (twin k uses its own parameters)."""
+"""Batched actor: observations [K, N, D] -> logits (gaussian: means) [K, N, A] (twin k uses its own
+parameters)."""
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
 @dataclass
@@ -26,7 +28,8 @@ class Rollout:
     obs: torch.Tensor
     """[T, K, E, D] observation each action was taken from."""
     actions: torch.Tensor
-    """[T, K, E] sampled actions (int64)."""
+    """[T, K, E] sampled actions (int64), or [T, K, E, A] (float32, gaussian; before clipping to the
+    action space, so that their log-probabilities are the policy's)."""
     logprobs: torch.Tensor
     """[T, K, E] log-probability of the sampled action under the behaviour policy."""
     rewards: torch.Tensor
@@ -53,62 +56,143 @@ def sample_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor
     return (cdf <= uniforms.unsqueeze(-1)).sum(dim=-1)
 
 
+def log_prob_entropy(
+    out: torch.Tensor, actions: torch.Tensor, log_std: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of `actions` and the entropy, per sample, for both action kinds (PPO, REINFORCE
+    and the rollout share it): categorical from logits `out` [..., A] and int64 actions [...], or a
+    diagonal gaussian (`log_std` broadcastable to the means `out` [..., A], actions [..., A]), summed
+    over the action's dimensions like `torch.distributions.Normal(...).log_prob(a).sum(-1)`."""
+    if log_std is None:
+        logp_all = torch.log_softmax(out, dim=-1)
+        logprob = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        return logprob, -(logp_all.exp() * logp_all).sum(-1)
+    log_std = log_std.expand_as(out)
+    z = (actions - out) * torch.exp(-log_std)
+    logprob = (-0.5 * z * z - log_std - _HALF_LOG_2PI).sum(-1)
+    return logprob, (0.5 + _HALF_LOG_2PI + log_std).sum(-1)
+
+
 def collect_rollout(
-    env: TwinCartPoleVectorEnv,
+    env: VectorEnv,
     obs: np.ndarray,
     actor: ActorFn,
     rngs: Sequence[np.random.Generator],
     num_steps: int,
     device: torch.device,
+    log_std: torch.Tensor | None = None,
+    reward_scale: float = 1.0,
 ) -> tuple[Rollout, np.ndarray]:
-    """Step all K twins' sub-envs `num_steps` times; returns the rollout and the obs to continue from."""
+    """Step all K twins' sub-envs `num_steps` times; returns the rollout and the obs to continue from.
+
+    `log_std` ([K, A]) makes the policy a gaussian: action = mean + exp(log_std) * z with z ~ N(0, 1)
+    from the twin's generator, sent to the env clipped to its action space. Rewards are stored times
+    `reward_scale` (episode returns are the env's own).
+    """
     k = len(rngs)
     n, d = obs.shape
     e = n // k
+    if log_std is not None:
+        return _collect_gaussian(env, obs, actor, rngs, num_steps, device, log_std, reward_scale)
     # One draw per twin per rollout: the whole stream of twin k is fixed by its generator alone.
     uniforms = torch.as_tensor(np.stack([rng.random((num_steps, e)) for rng in rngs], axis=1), device=device)
-    b_obs = np.zeros((num_steps, n, d), dtype=np.float32)
-    b_next = np.zeros((num_steps, n, d), dtype=np.float32)
-    b_rewards = np.zeros((num_steps, n), dtype=np.float32)
-    b_term = np.zeros((num_steps, n), dtype=np.float32)
-    b_done = np.zeros((num_steps, n), dtype=np.float32)
+    b = _buffers(num_steps, n, d)
     actions = torch.zeros((num_steps, k, e), dtype=torch.int64, device=device)
     logprobs = torch.zeros((num_steps, k, e), dtype=torch.float32, device=device)
     ep_returns: list[list[float]] = [[] for _ in range(k)]
     ep_lengths: list[list[int]] = [[] for _ in range(k)]
     for t in range(num_steps):
-        b_obs[t] = obs
+        b["obs"][t] = obs
         with torch.no_grad():
             logits = actor(torch.as_tensor(obs, device=device).view(k, e, d))
             action = sample_actions(logits, uniforms[t].to(logits.dtype))
-            logprobs[t] = torch.log_softmax(logits, dim=-1).gather(-1, action.unsqueeze(-1)).squeeze(-1)
+            logprobs[t] = log_prob_entropy(logits, action)[0]
         actions[t] = action
         obs, reward, terminated, truncated, info = env.step(action.view(n).cpu().numpy())
-        done = terminated | truncated
-        b_rewards[t], b_term[t], b_done[t] = reward, terminated, done
-        b_next[t] = obs
-        if done.any():
-            final = info["_final_obs"]
-            b_next[t][final] = np.stack(info["final_obs"][final]).astype(np.float32)
-            for i in np.flatnonzero(info["_episode"]):
-                ep_returns[i // e].append(float(info["episode_return"][i]))
-                ep_lengths[i // e].append(int(info["episode_length"][i]))
+        _record(t, obs, reward, terminated, truncated, info, b, ep_returns, ep_lengths, e, reward_scale)
+    return _rollout(b, actions, logprobs, ep_returns, ep_lengths, num_steps, k, e, device), obs
 
+
+def _buffers(num_steps: int, n: int, d: int) -> dict[str, np.ndarray]:
+    return {"obs": np.zeros((num_steps, n, d), dtype=np.float32),
+            "next": np.zeros((num_steps, n, d), dtype=np.float32),
+            "rewards": np.zeros((num_steps, n), dtype=np.float32),
+            "term": np.zeros((num_steps, n), dtype=np.float32),
+            "done": np.zeros((num_steps, n), dtype=np.float32)}
+
+
+def _record(t: int, obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+            info: dict, b: dict[str, np.ndarray], ep_returns: list[list[float]], ep_lengths: list[list[int]],
+            e: int, reward_scale: float) -> None:
+    """Store one env step's results at row t (the final obs of finished episodes as next obs)."""
+    done = terminated | truncated
+    b["rewards"][t] = reward if reward_scale == 1.0 else reward * reward_scale
+    b["term"][t], b["done"][t] = terminated, done
+    b["next"][t] = obs
+    if done.any():
+        final = info["_final_obs"]
+        b["next"][t][final] = np.stack(info["final_obs"][final]).astype(np.float32)
+        for i in np.flatnonzero(info["_episode"]):
+            ep_returns[i // e].append(float(info["episode_return"][i]))
+            ep_lengths[i // e].append(int(info["episode_length"][i]))
+
+
+def _rollout(b: dict[str, np.ndarray], actions: torch.Tensor, logprobs: torch.Tensor,
+             ep_returns: list[list[float]], ep_lengths: list[list[int]], num_steps: int, k: int, e: int,
+             device: torch.device) -> Rollout:
     def to_t(a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(a, device=device).view(num_steps, k, e, *a.shape[2:])
 
-    rollout = Rollout(
-        obs=to_t(b_obs),
+    return Rollout(
+        obs=to_t(b["obs"]),
         actions=actions,
         logprobs=logprobs,
-        rewards=to_t(b_rewards),
-        next_obs=to_t(b_next),
-        terminated=to_t(b_term),
-        dones=to_t(b_done),
+        rewards=to_t(b["rewards"]),
+        next_obs=to_t(b["next"]),
+        terminated=to_t(b["term"]),
+        dones=to_t(b["done"]),
         episode_returns=ep_returns,
         episode_lengths=ep_lengths,
     )
-    return rollout, obs
+
+
+def _collect_gaussian(
+    env: VectorEnv,
+    obs: np.ndarray,
+    actor: ActorFn,
+    rngs: Sequence[np.random.Generator],
+    num_steps: int,
+    device: torch.device,
+    log_std: torch.Tensor,
+    reward_scale: float,
+) -> tuple[Rollout, np.ndarray]:
+    """`collect_rollout` for a gaussian policy over a Box action space."""
+    k = len(rngs)
+    n, d = obs.shape
+    e, a = n // k, log_std.shape[-1]
+    space = env.single_action_space
+    low, high = np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32)
+    normals = torch.as_tensor(
+        np.stack([rng.standard_normal((num_steps, e, a), dtype=np.float32) for rng in rngs], axis=1),
+        device=device,
+    )
+    b = _buffers(num_steps, n, d)
+    actions = torch.zeros((num_steps, k, e, a), dtype=torch.float32, device=device)
+    logprobs = torch.zeros((num_steps, k, e), dtype=torch.float32, device=device)
+    ep_returns: list[list[float]] = [[] for _ in range(k)]
+    ep_lengths: list[list[int]] = [[] for _ in range(k)]
+    for t in range(num_steps):
+        b["obs"][t] = obs
+        with torch.no_grad():
+            mean = actor(torch.as_tensor(obs, device=device).view(k, e, d))
+            std_log = log_std.detach().unsqueeze(1)
+            action = mean + torch.exp(std_log) * normals[t]
+            logprobs[t] = log_prob_entropy(mean, action, std_log)[0]
+        actions[t] = action
+        sent = np.clip(action.view(n, a).cpu().numpy(), low, high)
+        obs, reward, terminated, truncated, info = env.step(sent)
+        _record(t, obs, reward, terminated, truncated, info, b, ep_returns, ep_lengths, e, reward_scale)
+    return _rollout(b, actions, logprobs, ep_returns, ep_lengths, num_steps, k, e, device), obs
 
 
 def gae(

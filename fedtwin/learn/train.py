@@ -22,10 +22,14 @@ from fedtwin.learn.ppo import ppo_update
 from fedtwin.learn.reinforce import reinforce_update
 from fedtwin.learn.rollout import collect_rollout
 from fedtwin.learn.runtime import resolve_device, trim_heap
-from fedtwin.policy.layout import PolicyKind, PolicySpec, layout_for
+from fedtwin.policy.layout import LOG_STD, PolicyKind, PolicySpec, layout_for
 from fedtwin.policy.network import PolicyNet
-from fedtwin.sim.envs import TwinCartPoleVectorEnv
+from fedtwin.sim.kind_env import make_vector_env
+from fedtwin.sim.kind_registry import kind_of
+from fedtwin.sim.kinds import AnyKind, KindTwin, policy_sizes
 from fedtwin.sim.twins import TwinSpec
+
+Twin = TwinSpec | KindTwin
 
 
 @dataclass
@@ -42,15 +46,22 @@ class LocalResult:
     """DP-SGD steps taken (local DP), each to be charged to the twin's privacy accountant."""
 
 
-def policy_spec(train_cfg: TrainConfig) -> PolicySpec:
-    """PPO trains an actor-critic; REINFORCE the reference systems' actor-only net (4-32-16-2)."""
+def policy_spec(train_cfg: TrainConfig, twin_kind: AnyKind | None = None) -> PolicySpec:
+    """PPO trains an actor-critic; REINFORCE the reference systems' actor-only net (4-32-16-2).
+
+    The sizes come from the twin kind's spaces (CartPole's 4 observations and 2 actions without one):
+    a Discrete action space gives a categorical policy, a Box a gaussian one.
+    """
     kind: PolicyKind = "actor_critic" if train_cfg.algo == "ppo" else "reinforce"
-    return PolicySpec(kind, train_cfg.hidden_sizes)
+    if twin_kind is None:
+        return PolicySpec(kind, train_cfg.hidden_sizes)
+    obs_dim, action, act_dim = policy_sizes(twin_kind)
+    return PolicySpec(kind, train_cfg.hidden_sizes, obs_dim, act_dim, action)
 
 
 def train_twins(
     global_params: np.ndarray,
-    twins: Sequence[TwinSpec],
+    twins: Sequence[Twin],
     seeds: Sequence[int],
     cfg: TrainConfig,
     device: str = "cpu",
@@ -66,7 +77,8 @@ def train_twins(
             f"need one seed per twin and at least one twin (twins={len(twins)}, seeds={len(seeds)})"
         )
     dev = resolve_device(device)
-    spec = policy_spec(cfg)
+    twin_kind = kind_of(twins)
+    spec = policy_spec(cfg, twin_kind)
     layout = layout_for(spec)
     k = len(twins)
     global_vec = torch.as_tensor(np.asarray(global_params, dtype=np.float32), device=dev)
@@ -80,7 +92,9 @@ def train_twins(
 
     dp_steps_before = dp.steps if dp is not None else 0
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    env = TwinCartPoleVectorEnv(twins, envs_per_twin=cfg.num_envs)
+    env = make_vector_env(twin_kind, twins, envs_per_twin=cfg.num_envs)
+    log_std = params.get(LOG_STD)  # gaussian policies: [K, A]
+    reward_scale = float(getattr(cfg, "reward_scale", 1.0))
     obs, _ = env.reset(seed=[int(rng.integers(2**31 - 1)) for rng in rngs])
     stats: dict[str, list[torch.Tensor]] = {}
     episodes: list[list[float]] = [[] for _ in range(k)]
@@ -88,7 +102,8 @@ def train_twins(
     try:
         for _update in range(cfg.updates):
             trim_heap()
-            ro, obs = collect_rollout(env, obs, net.actor_fn(params), rngs, cfg.num_steps, dev)
+            ro, obs = collect_rollout(env, obs, net.actor_fn(params), rngs, cfg.num_steps, dev, log_std,
+                                      reward_scale)
             if cfg.algo == "ppo":
                 new = ppo_update(net, params, anchor, optimizer, ro, rngs, cfg, dp)
             else:
@@ -116,7 +131,7 @@ def train_twins(
 
 
 def train_twin(
-    global_params: np.ndarray, twin: TwinSpec, seed: int, cfg: TrainConfig, device: str = "cpu",
+    global_params: np.ndarray, twin: Twin, seed: int, cfg: TrainConfig, device: str = "cpu",
     dp: LocalDP | None = None,
 ) -> LocalResult:
     """The pool engine's unit: one twin, exactly `train_twins` with K=1."""

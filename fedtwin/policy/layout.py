@@ -24,6 +24,9 @@ from fedtwin.core.errors import FedtwinError
 from fedtwin.core.limits import MAX_HIDDEN_LAYERS, MAX_HIDDEN_WIDTH
 
 PolicyKind = Literal["actor_critic", "reinforce"]
+ActionKind = Literal["categorical", "gaussian"]
+LOG_STD = "actor.log_std"
+"""A gaussian policy's state-independent log standard deviation, one per action dimension."""
 
 
 class LayoutError(FedtwinError):
@@ -40,14 +43,21 @@ class PolicySpec:
     """Hidden layer sizes, shared by actor and critic."""
     obs_dim: int = 4
     act_dim: int = 2
+    """Categorical: the number of actions (logits); gaussian: the action's dimensions (means)."""
+    action: ActionKind = "categorical"
+    """`categorical` (a discrete action space) or `gaussian` (a Box: mean head + state-independent
+    `actor.log_std`, as CleanRL's ppo_continuous_action)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if self.kind not in get_args(PolicyKind):
             raise LayoutError(f"policy kind {self.kind!r} is not one of {get_args(PolicyKind)}")
-        if not self.hidden or min(self.hidden) < 1 or self.obs_dim < 1 or self.act_dim < 2:
+        if self.action not in get_args(ActionKind):
+            raise LayoutError(f"policy action {self.action!r} is not one of {get_args(ActionKind)}")
+        min_act = 2 if self.action == "categorical" else 1
+        if not self.hidden or min(self.hidden) < 1 or self.obs_dim < 1 or self.act_dim < min_act:
             raise LayoutError(
-                f"policy sizes must be positive with act_dim >= 2 "
+                f"policy sizes must be positive with act_dim >= {min_act} "
                 f"(hidden={list(self.hidden)}, obs_dim={self.obs_dim}, act_dim={self.act_dim})"
             )
         # A model file declares its own network: bounded before any memory follows the numbers.
@@ -59,7 +69,10 @@ class PolicySpec:
                               f"(got {self.obs_dim}, {self.act_dim})")
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "hidden": list(self.hidden)}, sort_keys=True)
+        data: dict[str, Any] = {**asdict(self), "hidden": list(self.hidden)}
+        if self.action == "categorical":  # model files written before gaussian policies stay byte-identical
+            del data["action"]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> PolicySpec:
@@ -68,7 +81,8 @@ class PolicySpec:
             hidden = data["hidden"]
             if not isinstance(hidden, list) or len(hidden) > MAX_HIDDEN_LAYERS + 1:
                 raise ValueError(f"hidden must be a list of at most {MAX_HIDDEN_LAYERS} sizes")
-            return cls(data["kind"], tuple(hidden), int(data["obs_dim"]), int(data["act_dim"]))
+            return cls(data["kind"], tuple(hidden), int(data["obs_dim"]), int(data["act_dim"]),
+                       data.get("action", "categorical"))
         except (ValueError, KeyError, TypeError) as exc:
             raise LayoutError(f"policy metadata {text!r} is not a valid policy spec ({exc})") from exc
 
@@ -155,7 +169,11 @@ def layout_for(spec: PolicySpec) -> ParamLayout:
         for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
             names += [f"{head}.{2 * i}.weight", f"{head}.{2 * i}.bias"]  # Linear, Tanh, Linear, ...
             shapes += [(n_out, n_in), (n_out,)]
+        if head == "actor" and spec.action == "gaussian":
+            names.append(LOG_STD)  # one more weight: every strategy averages it like the others
+            shapes.append((spec.act_dim,))
     return ParamLayout(tuple(names), tuple(shapes))
+
 
 
 # ----------------------------------------------------------------------------- safetensors I/O
@@ -216,7 +234,8 @@ def params_from_bytes(data: bytes, spec: PolicySpec | None = None) -> tuple[np.n
 
 # ---------------------------------------------------------------------------------- evaluation
 def actor_logits(spec: PolicySpec, vector: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    """Actor logits in NumPy: `vector` (P,) with `obs` (n, D), or per twin (K, P) with (K, n, D)."""
+    """Actor logits (gaussian: means) in NumPy: `vector` (P,) with `obs` (n, D), or per twin (K, P)
+    with (K, n, D)."""
     named = layout_for(spec).to_dict(np.asarray(vector, dtype=np.float32))
     h = np.asarray(obs, dtype=np.float32)
     depth = len(spec.hidden) + 1
@@ -229,5 +248,7 @@ def actor_logits(spec: PolicySpec, vector: np.ndarray, obs: np.ndarray) -> np.nd
 
 
 def greedy_actions(spec: PolicySpec, vector: np.ndarray, obs: np.ndarray) -> np.ndarray:
-    """Argmax actions for evaluation; batched over twins when `vector` is (K, P) and `obs` (K, n, D)."""
-    return actor_logits(spec, vector, obs).argmax(axis=-1)
+    """Evaluation actions: the argmax (categorical) or the mean (gaussian, float32 (..., A), for the
+    caller to clip to the action space); batched over twins when `vector` is (K, P) and `obs` (K, n, D)."""
+    out = actor_logits(spec, vector, obs)
+    return out.argmax(axis=-1) if spec.action == "categorical" else out

@@ -36,12 +36,15 @@ def _mlp(sizes: tuple[int, ...], out_std: float, generator: torch.Generator | No
 
 
 class PolicyNet(nn.Module):
-    """Tanh MLP actor (logits) and, for actor-critic, a separate critic MLP (one value)."""
+    """Tanh MLP actor (logits, or a gaussian's means plus a state-independent `actor.log_std`, zero
+    at start as in CleanRL's ppo_continuous_action) and, for actor-critic, a separate critic MLP."""
 
     def __init__(self, spec: PolicySpec, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.actor = _mlp((spec.obs_dim, *spec.hidden, spec.act_dim), 0.01, generator)
+        if spec.action == "gaussian":  # on the actor, so the layout names it actor.log_std
+            self.actor.register_parameter("log_std", nn.Parameter(torch.zeros(spec.act_dim)))
         self.critic = (
             _mlp((spec.obs_dim, *spec.hidden, 1), 1.0, generator) if spec.kind == "actor_critic" else None
         )

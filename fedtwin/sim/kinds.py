@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
+from fedtwin.core.seeding import derive_seed
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import check_dns_label
-from fedtwin.core.seeding import derive_seed
 
 PRESETS: tuple[str, ...] = ("default", "hard")
 Vary = Literal["fixed", "scale", "hard"]
@@ -258,3 +258,19 @@ def kind_params_table(kind: AnyKind) -> list[dict[str, Any]]:
         {"name": p.name, "default": p.default, "range": p.range_text(), "vary": p.vary, "doc": p.doc}
         for p in kind.params
     ]
+
+
+def policy_sizes(kind: AnyKind) -> tuple[int, Literal["categorical", "gaussian"], int]:
+    """(observation size, action kind, action size) of a policy for this kind's twins: a Discrete action
+    space takes a categorical policy over its `n` actions, a 1-d Box a gaussian one of its size."""
+    obs_shape = tuple(kind.observation_space.shape or ())
+    space = kind.action_space
+    if len(obs_shape) != 1:
+        raise ConfigError(f"twin kind {kind.name}: observations of shape {obs_shape} are not a vector; "
+                          "give the kind a 1-d observation_space")
+    if isinstance(space, spaces.Discrete):
+        return int(obs_shape[0]), "categorical", int(space.n)
+    if isinstance(space, spaces.Box) and len(space.shape) == 1:
+        return int(obs_shape[0]), "gaussian", int(space.shape[0])
+    raise ConfigError(f"twin kind {kind.name}: action space {space} is neither Discrete nor a 1-d Box; "
+                      "give the kind one of those")
