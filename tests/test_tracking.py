@@ -86,6 +86,7 @@ def test_run_logs_parent_and_nested_twins_once_per_round(tmp_path, monkeypatch, 
     assert len(parents) == 1 and sorted(twins) == ["twin-000", "twin-001", "twin-002"]
     parent = parents[0]
     assert parent.data.params["train.num_steps"] == "16" and parent.data.params["fleet.train_twins"] == "3"
+    assert parent.data.params["fleet.kind"] == "cartpole" and "fleet.kind_package" not in parent.data.params
     assert parent.data.tags["fedtwin.run_id"] == "demo" and parent.info.status == "FINISHED"
     summaries = [store.get_json(f"runs/demo/rounds/{r:04d}/summary.json") for r in range(2)]
     assert history(client, parent, "fed/validation_return") == [(r, s["validation_return"])

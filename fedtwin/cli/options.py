@@ -16,6 +16,7 @@ CONFIG_FLAGS: dict[str, str] = {
     "seed": "seed",
     "rounds": "federation.rounds",
     "twins": "fleet.count",
+    "kind": "fleet.kind",
     "fleet_file": "fleet.file",
     "algo": "train.algo",
     "strategy": "federation.strategy",
@@ -36,6 +37,8 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--seed", type=int, help="Run seed; the same seed reproduces the run."),
         click.option("--rounds", type=int, help="Federated rounds (maximum, with early stop)."),
         click.option("--twins", type=int, help="Number of generated training twins."),
+        click.option("--kind", help="Twin kind: cartpole (default), pendulum, acrobot, module:Class or an "
+                                    "installed fedtwin.twins entry point (see `fedtwin twins kinds`)."),
         click.option("--fleet-file", type=click.Path(dir_okay=False),
                      help="Fleet YAML instead of generated twins."),
         click.option("--algo", type=click.Choice(["ppo", "reinforce"]), help="Local trainer."),

@@ -65,11 +65,13 @@ def show_cmd(run_id: str, store: str, as_json: bool) -> None:
     summaries = round_summaries(ctx)
     key = ctx.layout.report("evaluation.json")
     evaluation = ctx.store.get_json(key) if ctx.store.exists(key) else None
+    kind = ctx.config.fleet.kind
     if as_json:
-        click.echo(json.dumps({"state": state, "rounds": summaries, "evaluation": evaluation}))
+        click.echo(json.dumps({"state": state, "kind": kind, "rounds": summaries, "evaluation": evaluation}))
         return
     click.echo(f"run {run_id}: {state['status']}, {state['next_round']} rounds done"
                + (f" ({state['reason']})" if state.get("reason") else ""))
+    click.echo(f"  kind: {kind}, {len(ctx.fleet.train)} training twins")
     for s in summaries:
         click.echo(f"  round {s['round']:>3}: {len(s['participants'])} participants, "
                    f"{len(s['rejected'])} rejected, validation return {s['validation_return']:.1f}")

@@ -18,6 +18,7 @@ from pydantic import (
     ValidationError,
 )
 
+from fedtwin.config.kind_defaults import KIND_TRAIN_DEFAULTS
 from fedtwin.config.model import ENV_PREFIX, Config
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import dump_yaml, load_yaml, read_yaml
@@ -26,9 +27,17 @@ from fedtwin.core.formats import dump_yaml, load_yaml, read_yaml
 EXECUTION_ONLY = {"run_id", "store", "execution", "tracking", "s3", "multicluster"}
 
 
+NEW_KEY_DEFAULTS = {("fleet", "kind"): "cartpole", ("train", "reward_scale"): 1.0}
+"""Keys added after runs were stored: left out of the fingerprint at their defaults, so runs stored
+before them resume."""
+
+
 def fingerprint(config: Config) -> str:
     """Hash of everything that determines the results; a resumed run must match it."""
     data = {k: v for k, v in config.model_dump(mode="json").items() if k not in EXECUTION_ONLY}
+    for (section, key), default in NEW_KEY_DEFAULTS.items():
+        if data[section].get(key) == default:
+            del data[section][key]
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,7 +127,19 @@ def load_config(
     if overrides:
         data = deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
         sources.append("flags")
-    return build_config(data, " + ".join(sources) or "defaults")
+    return build_config(with_kind_defaults(data), " + ".join(sources) or "defaults")
+
+
+def with_kind_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """The twin kind's training settings (`KIND_TRAIN_DEFAULTS`) for every `train` key the file,
+    environment and flags leave unset."""
+    fleet = data.get("fleet")
+    kind = fleet.get("kind") if isinstance(fleet, Mapping) else None
+    defaults = KIND_TRAIN_DEFAULTS.get(kind.strip() if isinstance(kind, str) else "", {})
+    train = data.get("train", {})
+    if not defaults or not isinstance(train, Mapping):
+        return data
+    return {**data, "train": {**defaults, **train}}
 
 
 def config_to_yaml(config: Config) -> str:

@@ -3,6 +3,7 @@ need the fleet's size (the quorum, the strategy's update counts, central DP's de
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -53,6 +54,9 @@ class StrictModel(BaseModel):
 
 
 class FleetConfig(StrictModel):
+    kind: str = "cartpole"
+    """Twin kind: a built-in (cartpole, pendulum, acrobot), `module:Class`, or an entry point of group
+    `fedtwin.twins` (README, "Your own twins"); found when the run starts."""
     count: int = Field(8, ge=1, le=MAX_TRAINING_TWINS)
     """Number of training twins generated when no `file` is given."""
     seed: int = 7
@@ -67,6 +71,13 @@ class FleetConfig(StrictModel):
     """Validation twins: monitor rounds and stop early."""
     heldout_count: int = Field(8, ge=1, le=MAX_EVAL_TWINS)
     """Held-out twins: used only for the final report."""
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_is_a_name(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z_][\w.-]*(:[A-Za-z_][\w.]*)?$", value.strip()):
+            raise ValueError(f"must be a twin kind's name (e.g. pendulum) or module:Class, got {value!r}")
+        return value.strip()
 
 
 class TrainConfig(StrictModel):
@@ -95,6 +106,8 @@ class TrainConfig(StrictModel):
     norm_adv: bool = True
     proximal_mu: float = Field(0.0, ge=0)
     """FedProx proximal coefficient (0 = plain local training)."""
+    reward_scale: float = Field(1.0, gt=0)
+    """Rewards are multiplied by this for learning (returns and reports keep the env's rewards)."""
 
     @model_validator(mode="after")
     def _check_minibatches(self) -> TrainConfig:

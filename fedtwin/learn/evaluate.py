@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from fedtwin.core.seeding import derive_seed
 from fedtwin.core.errors import ConfigError
+from fedtwin.core.seeding import derive_seed
 from fedtwin.policy.layout import LayoutError, PolicySpec, greedy_actions, params_from_bytes
 from fedtwin.sim.kind_env import make_vector_env
 from fedtwin.sim.kind_registry import get_kind, kind_of

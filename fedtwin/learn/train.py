@@ -94,7 +94,7 @@ def train_twins(
     rngs = [np.random.default_rng(seed) for seed in seeds]
     env = make_vector_env(twin_kind, twins, envs_per_twin=cfg.num_envs)
     log_std = params.get(LOG_STD)  # gaussian policies: [K, A]
-    reward_scale = float(getattr(cfg, "reward_scale", 1.0))
+    reward_scale = cfg.reward_scale
     obs, _ = env.reset(seed=[int(rng.integers(2**31 - 1)) for rng in rngs])
     stats: dict[str, list[torch.Tensor]] = {}
     episodes: list[list[float]] = [[] for _ in range(k)]

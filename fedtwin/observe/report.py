@@ -17,21 +17,24 @@ import base64
 import html
 import io
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from fedtwin.observe import tracking
-from fedtwin.sim.twins import TwinSpec
+from fedtwin.sim.kind_registry import kind_of
+from fedtwin.sim.kinds import KindTwin
+from fedtwin.sim.twins import Fleet
 from fedtwin.store import ArtifactStore
 from fedtwin.store.baselines import list_baselines, load_baseline
 from fedtwin.store.context import RunContext, round_summaries
 
 RETURN_METRIC = "charts/episodic_return"
 PHYSICAL = ("gravity", "masscart", "masspole", "length", "force_mag", "tau")
-"""Parameters with a non-zero CartPole-v1 default: plotted as relative deviation from it."""
+"""CartPole's parameters with a non-zero default; any kind's such parameters are plotted as the relative
+deviation from the default (`physical_params`)."""
 SET_COLORS = {"training": "tab:blue", "validation": "tab:green", "held-out": "tab:orange"}
 
 
@@ -123,35 +126,52 @@ def plot_twin_returns(data: ReportData) -> Plot | None:
                 to_png(fig))
 
 
+def _value(twin: Any, name: str) -> float:
+    return float(twin[name]) if isinstance(twin, KindTwin) else float(getattr(twin, name))
+
+
+def physical_params(fleet: Fleet) -> tuple[str, dict[str, float], list[str]]:
+    """The twin kind's parameters with a non-zero default (plotted as deviation from it), those
+    defaults, the zero-default ones some twin sets (imperfections: friction, noise, delay), and what
+    the defaults are called."""
+    kind = kind_of(fleet.all_twins())
+    defaults = {p.name: float(p.default) for p in kind.params}
+    main = [p.name for p in kind.params if p.default != 0]
+    extra = [p.name for p in kind.params if p.default == 0
+             and any(_value(t, p.name) for t in fleet.all_twins())]
+    reference = "CartPole-v1" if kind.name == "cartpole" else f"the {kind.name} defaults"
+    return reference, {n: defaults[n] for n in main}, extra
+
+
 def plot_physics(data: ReportData) -> Plot:
-    """(2b) Spread of the twins' physics: relative deviation from CartPole-v1, per parameter and set."""
+    """(2b) Spread of the twins' physics: relative deviation from the kind's defaults (CartPole-v1's),
+    per parameter and set."""
     fleet = data.ctx.fleet
     sets = {"training": fleet.train, "validation": fleet.validation, "held-out": fleet.heldout}
-    defaults = TwinSpec(id="default")
-    extra = [f.name for f in fields(TwinSpec) if f.name not in PHYSICAL and f.name != "id"
-             and any(getattr(t, f.name) for t in fleet.all_twins())]
+    reference, defaults, extra = physical_params(fleet)
+    physical = tuple(defaults)
     fig = Figure(figsize=(9.5 if extra else 7.5, 4.2), layout="constrained")
-    axes = fig.subplots(1, 2, width_ratios=[len(PHYSICAL), len(extra)]) if extra else [fig.add_subplot()]
+    axes = fig.subplots(1, 2, width_ratios=[len(physical), len(extra)]) if extra else [fig.add_subplot()]
     rng = np.random.default_rng(0)  # jitter only
     for offset, (label, twins) in zip((-0.2, 0.0, 0.2), sets.items(), strict=True):
         if not twins:
             continue
-        for j, name in enumerate(PHYSICAL):
-            values = np.array([getattr(t, name) for t in twins]) / getattr(defaults, name) - 1.0
+        for j, name in enumerate(physical):
+            values = np.array([_value(t, name) for t in twins]) / defaults[name] - 1.0
             axes[0].scatter(j + offset + rng.uniform(-0.06, 0.06, len(values)), 100 * values, s=12,
                             color=SET_COLORS[label], alpha=0.7, label=label if j == 0 else None)
         for j, name in enumerate(extra):
-            top = max(float(getattr(t, name)) for t in fleet.all_twins()) or 1.0
-            values = np.array([float(getattr(t, name)) for t in twins]) / top
+            top = max(_value(t, name) for t in fleet.all_twins()) or 1.0
+            values = np.array([_value(t, name) for t in twins]) / top
             axes[1].scatter(j + offset + rng.uniform(-0.06, 0.06, len(values)), values, s=12,
                             color=SET_COLORS[label], alpha=0.7)
-    axes[0].set_xticks(range(len(PHYSICAL)), PHYSICAL, rotation=30)
+    axes[0].set_xticks(range(len(physical)), physical, rotation=30)
     axes[0].axhline(0, color="grey", lw=1)
-    axes[0].set_ylabel("deviation from CartPole-v1 (%)")
+    axes[0].set_ylabel(f"deviation from {reference} (%)")
     axes[0].legend(fontsize="small")
     axes[0].grid(alpha=0.3, axis="y")
     if extra:
-        tops = [max(float(getattr(t, n)) for t in fleet.all_twins()) for n in extra]
+        tops = [max(_value(t, n) for t in fleet.all_twins()) for n in extra]
         labels = [f"{n}\n(max {v:.3g})" for n, v in zip(extra, tops, strict=True)]
         axes[1].set_xticks(range(len(extra)), labels, rotation=30, fontsize="small")
         axes[1].set_ylabel("value / fleet maximum")
@@ -282,12 +302,18 @@ def html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def twin_kind_label(kind: str) -> str:
+    """'pendulum twins ' for other kinds; nothing for cartpole (its reports read as before)."""
+    return "" if kind == "cartpole" else f"{kind} twins "
+
+
 def overview(data: ReportData) -> list[str]:
     cfg, fleet = data.ctx.config, data.ctx.fleet
     return [
         f"algorithm: {cfg.train.algo}, strategy: {cfg.federation.strategy}, privacy: {cfg.privacy.mode}",
         f"twins: {len(fleet.train)} training, {len(fleet.validation)} validation, "
-        f"{len(fleet.heldout)} held-out (fleet seed {cfg.fleet.seed}, preset {cfg.fleet.preset})",
+        f"{len(fleet.heldout)} held-out {twin_kind_label(cfg.fleet.kind)}(fleet seed {cfg.fleet.seed}, "
+        f"preset {cfg.fleet.preset})",
         f"rounds played: {len(data.summaries)} of {cfg.federation.rounds}, "
         f"env steps: {sum(int(s['num_samples']) for s in data.summaries):,}",
         f"run status: {data.ctx.state().get('status')}, "

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fedtwin.config import TrackingConfig, env_overrides
+from fedtwin.sim.kind_registry import kind_of, kind_package
 from fedtwin.store import LocalStore
 
 if TYPE_CHECKING:
@@ -265,6 +266,9 @@ class Tracker:
         params.update({"fleet.train_twins": str(len(self.ctx.fleet.train)),
                        "fleet.validation_twins": str(len(self.ctx.fleet.validation)),
                        "fleet.heldout_twins": str(len(self.ctx.fleet.heldout))})
+        package = kind_package(kind_of(self.ctx.fleet.train))
+        if package is not None:  # a user's kind: which version of its simulator trained the run
+            params["fleet.kind_package"] = package
         from mlflow.entities import Param
 
         items = sorted(params.items())

@@ -10,26 +10,36 @@ from fedtwin.config import Config, config_to_yaml, fingerprint, validate_for_fle
 from fedtwin.core.errors import ConfigError, IntegrityError, RunConflictError
 from fedtwin.core.seeding import derive_seed
 from fedtwin.learn import accounting
-from fedtwin.learn.train import policy_spec
 from fedtwin.policy.layout import params_to_bytes
 from fedtwin.policy.network import init_params
-from fedtwin.sim.twins import Fleet, fleet_to_json, load_fleet, make_fleet
+from fedtwin.run.runstate import last_round
+from fedtwin.sim.kind_registry import get_kind, try_kind
+from fedtwin.sim.twins import Fleet, fleet_to_json, load_fleet, make_fleet, shard_names
 from fedtwin.store import ArtifactStore, RunLayout
-from fedtwin.store.context import RunContext
+from fedtwin.store.context import RunContext, run_policy_spec
 from fedtwin.store.state import now_iso
 
 
 def build_fleet(config: Config) -> Fleet:
-    """The fleet file if given (validation/held-out sets generated when it lacks them), else generated."""
+    """The fleet file if given (validation/held-out sets generated when it lacks them), else generated.
+
+    The kind (`fleet.kind`) is found and tried on one twin first: an unknown or broken kind is refused
+    in one line before anything is written."""
     f = config.fleet
-    generated = make_fleet(f.count, f.seed, f.spread, f.preset, f.validation_count, f.heldout_count)
+    try:
+        kind = get_kind(f.kind)
+    except ConfigError as exc:
+        raise ConfigError(f"fleet.kind: {exc}") from None
+    generated = make_fleet(f.count, f.seed, f.spread, f.preset, f.validation_count, f.heldout_count, f.kind)
+    fleet = generated if f.file is None else load_fleet(f.file, f.kind)
+    try_kind(kind, fleet.train[0])
     if f.file is None:
         return generated
-    fleet = load_fleet(f.file)
     return Fleet(
         train=fleet.train,
         validation=fleet.validation or generated.validation,
         heldout=fleet.heldout or generated.heldout,
+        kind=f.kind,
     )
 
 
@@ -56,6 +66,13 @@ class InitResult:
     resumed: bool
     shard_size: int = 1
     """Twins per training pod (a workflow engine's fan-out; see shard_size)."""
+    last_round: int = 0
+    """The last round that may still start (see run.runstate.last_round)."""
+
+    @property
+    def shards(self) -> list[str]:
+        """The training pods' twins, each named by its twin id, or FIRST..LAST for several."""
+        return shard_names(self.twin_ids, self.shard_size)
 
 
 def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) -> InitResult:
@@ -79,7 +96,8 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
             )
         state = ctx.state()
         size = fan_out.shard_size(len(ctx.fleet.train), ctx.config.federation.rounds)
-        return InitResult(config.run_id, [t.id for t in ctx.fleet.train], state["next_round"], True, size)
+        return InitResult(config.run_id, [t.id for t in ctx.fleet.train], state["next_round"], True, size,
+                          last_round(ctx.config, state))
 
     fleet = build_fleet(config)
     size = fan_out.shard_size(len(fleet.train), config.federation.rounds)
@@ -92,12 +110,13 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
     if kept is None:
         store.put_json(layout.state, new_state(config, 0, False))
     store.put_text(layout.config, config_to_yaml(config))
-    return InitResult(config.run_id, [t.id for t in fleet.train], 0, False, size)
+    return InitResult(config.run_id, [t.id for t in fleet.train], 0, False, size,
+                      last_round(config, kept or {}))
 
 
 def initial_model(config: Config) -> bytes:
     """The global model entering round 0: a pure function of the config."""
-    spec = policy_spec(config.train)
+    spec = run_policy_spec(config)
     return params_to_bytes(init_params(spec, derive_seed(config.seed, "init")), spec)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn, cast
 
 import gymnasium
+import numpy as np
 from gymnasium import spaces
 
 from fedtwin.core.errors import ConfigError
@@ -200,3 +201,42 @@ def check_kind(kind: Any, source: str) -> None:
     derive = getattr(kind, "derive", None)
     if derive is not None and not callable(derive):
         fail("derive must be a method taking a dict of parameter values")
+
+
+def try_kind(kind: AnyKind, twin: Any) -> None:
+    """Reset one twin's env and take one step, so a kind that breaks at run time (a user's exception,
+    outputs of the wrong shape) is refused in one line when the run starts, not in every training job."""
+    from fedtwin.sim.kind_env import make_vector_env  # the env module imports this one
+
+    try:
+        env = make_vector_env(kind, [twin])
+        env.reset(seed=0)
+        space = kind.action_space
+        if isinstance(space, spaces.Discrete):
+            action = np.full(1, int(space.start), dtype=np.int64)
+        else:
+            action = np.zeros((1, *space.shape), dtype=np.float32).clip(space.low, space.high)
+        env.step(action)
+        env.close()
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"twin kind {kind.name}: a twin's first reset and step failed ({_line(exc)}); "
+                          "fix the kind's reset()/step() (see fedtwin.sim.kinds.TwinKind)") from None
+
+
+def kind_package(kind: AnyKind) -> str | None:
+    """`distribution==version` of the installed package a user's kind comes from (recorded with a run:
+    which simulator version trained it), or None for a built-in kind or a module outside any package."""
+    module = type(kind).__module__
+    if isinstance(kind, GymnasiumKind):
+        module = getattr(kind.factory, "__module__", module) or module
+    top = module.split(".")[0]
+    if top == "fedtwin":
+        return None
+    for dist in importlib.metadata.packages_distributions().get(top, []):
+        try:
+            return f"{dist}=={importlib.metadata.version(dist)}"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None

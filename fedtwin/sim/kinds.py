@@ -26,9 +26,9 @@ import numpy as np
 import numpy.typing as npt
 from gymnasium import spaces
 
-from fedtwin.core.seeding import derive_seed
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import check_dns_label
+from fedtwin.core.seeding import derive_seed
 
 PRESETS: tuple[str, ...] = ("default", "hard")
 Vary = Literal["fixed", "scale", "hard"]

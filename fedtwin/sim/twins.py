@@ -20,6 +20,8 @@ from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import check_dns_label, dump_yaml, parse_yaml, read_yaml, write_atomic
 from fedtwin.core.limits import MAX_ACTION_DELAY, MAX_EVAL_TWINS, MAX_TRAINING_TWINS
 from fedtwin.core.seeding import derive_seed
+from fedtwin.sim import kind_registry, kinds
+from fedtwin.sim.kinds import KindTwin
 
 Preset = Literal["default", "hard"]
 PRESETS: tuple[str, ...] = ("default", "hard")
@@ -38,7 +40,8 @@ HARD_SENSOR_NOISE_MAX = 0.02
 HARD_ACTUATOR_NOISE_MAX = 0.1
 HARD_MAX_ACTION_DELAY = 1
 
-FLEET_KEYS: tuple[str, ...] = ("twins", "validation", "heldout")
+FLEET_KEYS: tuple[str, ...] = ("kind", "twins", "validation", "heldout")
+DEFAULT_KIND = kind_registry.DEFAULT_KIND
 
 
 @dataclass(frozen=True)
@@ -183,27 +186,36 @@ def generate_twins(
     return [generate_twin(twin_id, seed, spread, preset) for twin_id in twin_ids(count, prefix)]
 
 
+Twin = Any
+"""A `TwinSpec` (cartpole fleets, as always) or a `KindTwin` (any other kind)."""
+
+
 @dataclass
 class Fleet:
-    """Twins that train, twins that decide early stopping, and twins seen only in the final report."""
+    """Twins that train, twins that decide early stopping, and twins seen only in the final report.
 
-    train: list[TwinSpec]
-    validation: list[TwinSpec] = field(default_factory=list)
-    heldout: list[TwinSpec] = field(default_factory=list)
+    All of one kind (`kind`: a name or `module:Class`, as the config's `fleet.kind`): cartpole twins
+    are `TwinSpec`s, other kinds' are `KindTwin`s.
+    """
+
+    train: list[Twin]
+    validation: list[Twin] = field(default_factory=list)
+    heldout: list[Twin] = field(default_factory=list)
+    kind: str = DEFAULT_KIND
 
     def __post_init__(self) -> None:
         _check_unique(self.all_twins(), "the fleet")
 
-    def all_twins(self) -> list[TwinSpec]:
+    def all_twins(self) -> list[Twin]:
         return [*self.train, *self.validation, *self.heldout]
 
     def all_ids(self) -> list[str]:
         return [t.id for t in self.all_twins()]
 
-    def select(self, selection: Sequence[str], where: str = "the training fleet") -> list[TwinSpec]:
+    def select(self, selection: Sequence[str], where: str = "the training fleet") -> list[Twin]:
         """Training twins named by ids or by `FIRST..LAST` ranges in fleet order (a shard's short name)."""
         position = {t.id: i for i, t in enumerate(self.train)}
-        chosen: list[TwinSpec] = []
+        chosen: list[Twin] = []
         for item in selection:
             first, sep, last = item.partition(RANGE)
             for end in (first, last) if sep else (first,):
@@ -226,7 +238,7 @@ def shard_names(ids: Sequence[str], size: int) -> list[str]:
     return [s[0] if len(s) == 1 else f"{s[0]}{RANGE}{s[-1]}" for s in shards]
 
 
-def _check_unique(twins: Iterable[TwinSpec], where: str) -> None:
+def _check_unique(twins: Iterable[Twin], where: str) -> None:
     """Ids key S3 objects and pods, so a duplicate would silently overwrite another twin's update."""
     seen: set[str] = set()
     for twin in twins:
@@ -242,19 +254,33 @@ def make_fleet(
     preset: Preset = "default",
     validation_count: int = 4,
     heldout_count: int = 8,
+    kind: str = DEFAULT_KIND,
 ) -> Fleet:
-    """Generated fleet; prefixes twin/val/heldout give the three sets different ids, hence physics."""
+    """Generated fleet; prefixes twin/val/heldout give the three sets different ids, hence physics.
+
+    A kind other than cartpole draws its twins by its own schema (`kinds.generate_twins`, the same rule)."""
     return Fleet(
-        train=generate_twins(count, seed, spread, preset, prefix="twin"),
-        validation=generate_twins(validation_count, seed, spread, preset, prefix="val"),
-        heldout=generate_twins(heldout_count, seed, spread, preset, prefix="heldout"),
+        train=generate_kind_twins(kind, count, seed, spread, preset, prefix="twin"),
+        validation=generate_kind_twins(kind, validation_count, seed, spread, preset, prefix="val"),
+        heldout=generate_kind_twins(kind, heldout_count, seed, spread, preset, prefix="heldout"),
+        kind=kind,
     )
+
+
+def generate_kind_twins(
+    kind: str, count: int, seed: int, spread: float = 0.15, preset: Preset = "default", prefix: str = "twin"
+) -> list[Twin]:
+    """`generate_twins` for a kind by name: cartpole's `TwinSpec`s, or the kind's own `KindTwin`s."""
+    if kind == DEFAULT_KIND:
+        return list(generate_twins(count, seed, spread, preset, prefix))
+    _check_generation(count, spread, preset)
+    return list(kinds.generate_twins(kind_registry.get_kind(kind), count, seed, spread, preset, prefix))
 
 
 # --- YAML I/O (PyYAML safe_load/safe_dump only: a fleet file must never execute code) ---
 
 
-def _parse_twin_list(value: Any, key: str, source: str | Path) -> list[TwinSpec]:
+def _parse_twin_list(value: Any, key: str, source: str | Path, kind: Any = None) -> list[Twin]:
     if not isinstance(value, list):
         raise ConfigError(
             f"fleet file {source}: '{key}' must be a list of twins (`- id: pole-07`), "
@@ -272,14 +298,17 @@ def _parse_twin_list(value: Any, key: str, source: str | Path) -> list[TwinSpec]
                 "fix the file"
             )
         try:
-            twins.append(TwinSpec.from_dict(entry))
+            twins.append(TwinSpec.from_dict(entry) if kind is None else kinds.twin_from_dict(kind, entry))
         except ConfigError as exc:
             raise ConfigError(f"fleet file {source}: {key}[{i}]: {exc}") from None
     return twins
 
 
-def fleet_from_data(data: Any, source: str | Path) -> Fleet:
-    """A fleet from parsed YAML; every error names `source` (a file name or an S3 key)."""
+def fleet_from_data(data: Any, source: str | Path, kind: str | None = None) -> Fleet:
+    """A fleet from parsed YAML; every error names `source` (a file name or an S3 key).
+
+    The file's optional `kind:` (default cartpole) must agree with `kind` (the config's `fleet.kind`)
+    when that is given."""
     if not isinstance(data, dict):
         raise ConfigError(
             f"fleet file {source} must be a mapping with a 'twins:' list, got {type(data).__name__}; "
@@ -292,24 +321,38 @@ def fleet_from_data(data: Any, source: str | Path) -> Fleet:
         )
     if "twins" not in data:
         raise ConfigError(f"fleet file {source} has no 'twins:' list; add one (see `fedtwin twins generate`)")
-    train = _parse_twin_list(data["twins"], "twins", source)
+    file_kind = data.get("kind", DEFAULT_KIND)
+    if not isinstance(file_kind, str) or not file_kind.strip():
+        raise ConfigError(f"fleet file {source}: kind must be a twin kind's name (e.g. pendulum), "
+                          f"got {file_kind!r}; fix the file")
+    if kind is not None and file_kind != kind:
+        raise ConfigError(f"fleet file {source} holds {file_kind} twins but fleet.kind is {kind}; "
+                          f"set fleet.kind: {file_kind} (--kind {file_kind}) or use a {kind} fleet")
+    impl = None
+    if file_kind != DEFAULT_KIND:
+        try:
+            impl = kind_registry.get_kind(file_kind)
+        except ConfigError as exc:
+            raise ConfigError(f"fleet file {source}: kind: {exc}") from None
+    train = _parse_twin_list(data["twins"], "twins", source, impl)
     if not train:
         raise ConfigError(f"fleet file {source}: 'twins' is empty; list at least one twin")
     # `validation:` with nothing under it is YAML null: an empty set, not an error.
-    validation = _parse_twin_list(data.get("validation") or [], "validation", source)
-    heldout = _parse_twin_list(data.get("heldout") or [], "heldout", source)
+    validation = _parse_twin_list(data.get("validation") or [], "validation", source, impl)
+    heldout = _parse_twin_list(data.get("heldout") or [], "heldout", source, impl)
     try:
-        return Fleet(train=train, validation=validation, heldout=heldout)
+        return Fleet(train=train, validation=validation, heldout=heldout, kind=file_kind)
     except ConfigError as exc:
         raise ConfigError(f"fleet file {source}: {exc}") from None
 
 
-def load_fleet(path: str | Path) -> Fleet:
-    """`twins:` (required) plus optional `validation:`/`heldout:`; absent sets are empty for the caller."""
-    return fleet_from_data(read_yaml(path, "fleet file"), path)
+def load_fleet(path: str | Path, kind: str | None = None) -> Fleet:
+    """`twins:` (required) plus optional `kind:`, `validation:`/`heldout:`; absent sets are empty for the
+    caller. `kind`: the kind the file must hold (the config's `fleet.kind`)."""
+    return fleet_from_data(read_yaml(path, "fleet file"), path, kind)
 
 
-def parse_fleet(text: str, source: str) -> Fleet:
+def parse_fleet(text: str, source: str, kind: str | None = None) -> Fleet:
     """A fleet from YAML text read elsewhere (e.g. a run's twins.yaml in S3); errors name `source`.
 
     Text in JSON form (YAML 1.2 is a superset; `fleet_to_json` writes a run's copy so) takes the JSON
@@ -317,24 +360,37 @@ def parse_fleet(text: str, source: str) -> Fleet:
     """
     if text.startswith("{"):
         try:
-            return fleet_from_data(json.loads(text), source)
+            return fleet_from_data(json.loads(text), source, kind)
         except (ValueError, RecursionError):
             pass  # a YAML flow mapping: the YAML parser says what is wrong with it
-    return fleet_from_data(parse_yaml(text, "fleet file", source), source)
+    return fleet_from_data(parse_yaml(text, "fleet file", source), source, kind)
 
 
-def load_twins(path: str | Path) -> list[TwinSpec]:
+def load_twins(path: str | Path) -> list[Twin]:
     """The `twins:` list of a file (a fleet file's `validation:`/`heldout:` are checked but not returned)."""
     return load_fleet(path).train
 
 
-def _twins_yaml(twins: Sequence[TwinSpec]) -> list[dict[str, Any]]:
-    return [t.to_dict() for t in twins]
+def _twin_dict(twin: Twin) -> dict[str, Any]:
+    if isinstance(twin, KindTwin):
+        return twin.to_dict(kind_registry.kind_of([twin]))
+    return dict(twin.to_dict())
+
+
+def _twins_yaml(twins: Sequence[Twin]) -> list[dict[str, Any]]:
+    return [_twin_dict(t) for t in twins]
+
+
+def _kind_entry(kind: str) -> dict[str, Any]:
+    """`kind:` first in a fleet's file, left out for cartpole (files and stored copies of older runs
+    stay byte-identical)."""
+    return {} if kind == DEFAULT_KIND else {"kind": kind}
 
 
 def dump_fleet(fleet: Fleet) -> str:
     """YAML text of a fleet, readable by `load_fleet`."""
     data = {
+        **_kind_entry(fleet.kind),
         "twins": _twins_yaml(fleet.train),
         "validation": _twins_yaml(fleet.validation),
         "heldout": _twins_yaml(fleet.heldout),
@@ -347,20 +403,21 @@ def fleet_to_json(fleet: Fleet) -> str:
     it stays readable and `parse_fleet` reads 100,000 twins in about a second instead of 20."""
     sets = {"twins": fleet.train, "validation": fleet.validation, "heldout": fleet.heldout}
     body = ",\n".join(
-        f" {json.dumps(key)}: [" + ",".join(f"\n  {json.dumps(t.to_dict())}" for t in twins) + "\n ]"
+        f" {json.dumps(key)}: [" + ",".join(f"\n  {json.dumps(_twin_dict(t))}" for t in twins) + "\n ]"
         for key, twins in sets.items()
     )
-    return "{\n" + body + "\n}\n"
+    head = "".join(f" {json.dumps(k)}: {json.dumps(v)},\n" for k, v in _kind_entry(fleet.kind).items())
+    return "{\n" + head + body + "\n}\n"
 
 
-def dump_twins(twins: Sequence[TwinSpec]) -> str:
-    """YAML text of a plain `twins:` file."""
+def dump_twins(twins: Sequence[Twin], kind: str = DEFAULT_KIND) -> str:
+    """YAML text of a plain `twins:` file (with `kind:` first for a kind other than cartpole)."""
     _check_unique(twins, "the twin list")
-    return dump_yaml({"twins": _twins_yaml(twins)})
+    return dump_yaml({**_kind_entry(kind), "twins": _twins_yaml(twins)})
 
 
-def save_twins(twins: Sequence[TwinSpec], path: str | Path) -> None:
-    write_atomic(path, dump_twins(twins).encode())
+def save_twins(twins: Sequence[Twin], path: str | Path, kind: str = DEFAULT_KIND) -> None:
+    write_atomic(path, dump_twins(twins, kind).encode())
 
 
 def save_fleet(fleet: Fleet, path: str | Path) -> None:

@@ -14,6 +14,8 @@ from fedtwin.config import Config, build_config
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import parse_yaml
 from fedtwin.policy.layout import PolicyKind, PolicySpec, params_from_bytes
+from fedtwin.sim.kind_registry import DEFAULT_KIND, get_kind
+from fedtwin.sim.kinds import policy_sizes
 from fedtwin.sim.twins import Fleet, TwinSpec, parse_fleet
 from fedtwin.store.base import ArtifactStore, sha256_hex
 from fedtwin.store.layout import RunLayout
@@ -75,9 +77,13 @@ def _stored_fleet(store: ArtifactStore, layout: RunLayout) -> Fleet:
 
 
 def run_policy_spec(config: Config) -> PolicySpec:
-    """The layout of the policy a run's config trains, without importing the trainers (torch)."""
+    """The layout of the policy a run's config trains, without importing the trainers (torch): its
+    sizes are the twin kind's (`fedtwin.learn.train.policy_spec` gives the same)."""
     kind: PolicyKind = "actor_critic" if config.train.algo == "ppo" else "reinforce"
-    return PolicySpec(kind, config.train.hidden_sizes)
+    if config.fleet.kind == DEFAULT_KIND:
+        return PolicySpec(kind, config.train.hidden_sizes)
+    obs_dim, action, act_dim = policy_sizes(get_kind(config.fleet.kind))
+    return PolicySpec(kind, config.train.hidden_sizes, obs_dim, act_dim, action)
 
 
 def round_summaries(ctx: RunContext) -> list[dict[str, Any]]:
