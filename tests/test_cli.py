@@ -35,6 +35,9 @@ def test_run_end_to_end_then_inspect(tmp_path):
     assert "e2e" in listed and "done" in listed
     shown = json.loads(fedtwin("runs", "show", "e2e", "--store", str(store), "--json", check=True).stdout)
     assert len(shown["rounds"]) == 2
+    by_name = fedtwin("report", "e2e", "--store", str(store), check=True).stdout
+    by_flag = fedtwin("step", "report", "--run", "e2e", "--store", str(store), check=True).stdout
+    assert by_name == by_flag and by_name.strip().endswith("runs/e2e/report/report.html")
 
     twins_file = tmp_path / "fleet.yaml"
     fedtwin("twins", "generate", "--count", "2", "--seed", "3", "-o", str(twins_file), check=True)
@@ -155,6 +158,15 @@ def iter_commands(group: click.Group, prefix: tuple[str, ...] = ()):
         yield (*prefix, name), command
         if isinstance(command, click.Group):
             yield from iter_commands(command, (*prefix, name))
+
+
+def test_one_report_command_with_two_spellings_and_one_run_id(tmp_path):
+    assert cli.commands["report"] is cli.commands["step"].commands["report"]
+    both = fedtwin("report", "a", "--run", "b", "--store", str(tmp_path / "store"))
+    neither = fedtwin("report", "--store", str(tmp_path / "store"))
+    assert both.returncode == 2 and "two run ids ('a' and --run 'b')" in both.stderr
+    assert neither.returncode == 2 and "report needs a run id" in neither.stderr
+    assert not (tmp_path / "store").exists()
 
 
 def test_every_command_has_help_with_an_example_and_is_documented():

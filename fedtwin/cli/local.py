@@ -131,20 +131,22 @@ def evaluate_cmd(model: str, twins_file: str, episodes: int, seed: int, as_json:
 
 
 @click.command("report")
-@click.argument("run_id")
+@click.argument("run_id", required=False)
+@click.option("--run", "run_flag", metavar="RUN_ID", help="The run id, as a workflow step passes it.")
 @store_option
-def report_cmd(run_id: str, store: str) -> None:
+def report_cmd(run_id: str | None, run_flag: str | None, store: str) -> None:
     """Write the report of a run (evaluating its final model first if needed).
 
-    Example: fedtwin report run-20261126-120000
+    Example: fedtwin report run-20261126-120000 (in a workflow: fedtwin step report --run demo)
     """
-    from fedtwin.observe.report import write_report
-    from fedtwin.run import steps
+    from fedtwin.run.evaluate_step import evaluate_and_report
     from fedtwin.store import open_store
 
-    artifact_store = open_store(store)
-    steps.evaluate(artifact_store, run_id)
-    click.echo(write_report(artifact_store, run_id))
+    if run_id and run_flag and run_id != run_flag:
+        raise ConfigError(f"two run ids ({run_id!r} and --run {run_flag!r}); give one")
+    if not (run_id or run_flag):
+        raise ConfigError("report needs a run id: fedtwin report RUN_ID")
+    click.echo(evaluate_and_report(open_store(store), run_id or run_flag or ""))
 
 
 @click.group("config")

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from fedtwin.cli.local import report_cmd
 from fedtwin.cli.options import config_options, outputs_option, resolve_config, store_option
 
 
@@ -55,18 +56,15 @@ def init_cmd(config_file: str | None, outputs_dir: str | None, shard_size: int, 
     Example: fedtwin step init --run-id demo --twins 4 --outputs-dir /tmp/out
     """
     from fedtwin.run import steps
-    from fedtwin.sim.twins import shard_names
-    from fedtwin.store import RunLayout, open_store
+    from fedtwin.store import open_store
 
     config = resolve_config(config_file, **flags)
-    artifact_store = open_store(config.store, config.s3)
     fan_out = steps.FanOut(shard_size, parallelism, max_workflow_nodes or None)
-    result = steps.init(artifact_store, config, fan_out)
+    result = steps.init(open_store(config.store, config.s3), config, fan_out)
     ids, size = result.twin_ids, result.shard_size
-    state = artifact_store.get_json(RunLayout(result.run_id).state)
-    steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": shard_names(ids, size),
+    steps.write_outputs(outputs_dir, {"run_id": result.run_id, "twins": ids, "shards": result.shards,
                                       "round": str(result.next_round), "first_round": str(result.next_round),
-                                      "last_round": str(steps.last_round(config, state))})
+                                      "last_round": str(result.last_round)})
     click.echo(json.dumps({"run_id": result.run_id, "twins": len(ids), "twins_per_pod": size,
                            "next_round": result.next_round, "resumed": result.resumed}))
 
@@ -121,8 +119,7 @@ def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | 
 
     artifact_store = open_store(store)
     summary = steps.aggregate(artifact_store, run_id, round_index)
-    played = summary.get("played", True)
-    next_round = round_index + 1 if played else summary["next_round"]
+    played, next_round = summary.get("played", True), summary["next_round"]
     if outputs_dir is not None:  # the newest global model, for an Argo output artifact
         model = artifact_store.get_bytes(RunLayout(run_id).global_model(next_round))
         steps.write_outputs(outputs_dir, {"model.safetensors": model})
@@ -162,21 +159,9 @@ def evaluate_cmd(run_id: str, episodes: int | None, store: str, outputs_dir: str
                            "generalization_gap": result["generalization_gap"]}))
 
 
-@step_group.command("report")
-@run_option
-@store_option
-def report_cmd(run_id: str, store: str) -> None:
-    """Write the run report into the store (evaluating the final model first if needed).
-
-    Example: fedtwin step report --run demo
-    """
-    from fedtwin.observe.report import write_report
-    from fedtwin.run import steps
-    from fedtwin.store import open_store
-
-    artifact_store = open_store(store)
-    steps.evaluate(artifact_store, run_id)
-    click.echo(write_report(artifact_store, run_id))
+# One report command: `fedtwin report RUN_ID` is also `fedtwin step report --run RUN_ID`, the spelling of
+# the workflows' report step.
+step_group.add_command(report_cmd)
 
 
 # Argo's {{workflow.status}} values, so an exit handler can pass it through unchanged.

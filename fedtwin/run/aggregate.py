@@ -22,6 +22,7 @@ from fedtwin.learn.evaluate import evaluate_policy
 from fedtwin.observe import tracking
 from fedtwin.policy.layout import params_to_bytes
 from fedtwin.run import dp_state
+from fedtwin.run.runstate import last_round
 from fedtwin.store import ArtifactStore, repair_advice, sha256_hex
 from fedtwin.store.context import RunContext
 
@@ -33,7 +34,10 @@ def validation_seed(config: Config, round_index: int) -> int:
 
 
 def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, Any]:
-    """Join the round's valid updates into the next global model, evaluate it, record the round."""
+    """Join the round's valid updates into the next global model, evaluate it, record the round.
+
+    Returns the round's summary with `next_round` (the round to play next) and `last_round` (the last
+    that may still start); a round that is not the next one is not played (`played` false)."""
     ctx = RunContext.load(store, run_id)
     layout, config = ctx.layout, ctx.config
     state = ctx.state()
@@ -42,7 +46,7 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
         if state.get("next_round", 0) <= round_index:  # killed between the summary and state.json
             state = ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"])
         tracking.log_round(ctx)  # a retry: logs only what MLflow lacks
-        return {**summary, "last_round": last_round(config, state)}
+        return {**summary, "next_round": round_index + 1, "last_round": last_round(config, state)}
     next_round, complete = int(state.get("next_round", 0)), bool(state.get("training_complete"))
     if complete or round_index != next_round:
         # Defence in depth for workflow engines: a round that is not the next one (or comes after the
@@ -113,7 +117,7 @@ def aggregate(store: ArtifactStore, run_id: str, round_index: int) -> dict[str, 
     state = ctx.write_state(next_round=round_index + 1, training_complete=not summary["continue"],
                             **({"stop_reason": stop_reason} if stop_reason else {}))
     tracking.log_round(ctx)
-    return {**summary, "last_round": last_round(config, state)}
+    return {**summary, "next_round": round_index + 1, "last_round": last_round(config, state)}
 
 
 @dataclass
@@ -151,14 +155,6 @@ def combine(ctx: RunContext, round_index: int, global_params: np.ndarray,
         agg_updates, agg_weights = average[None, :], np.ones(1)
     new_params, server_state = strategy.aggregate(global_params, agg_updates, agg_weights, server_state)
     return Combined(strategy, new_params, server_state, weights, dp_summary, stop_reason)
-
-
-def last_round(config: Config, state: dict[str, Any]) -> int:
-    """The last round that may still start: the final round, or the last one played once training
-    stopped (a workflow loop plays a round only up to this; see workflows/federated.py)."""
-    if state.get("training_complete"):
-        return int(state["next_round"]) - 1
-    return config.federation.rounds - 1
 
 
 def load_server_state(ctx: RunContext, round_index: int) -> dict[str, np.ndarray]:

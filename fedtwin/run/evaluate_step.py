@@ -53,3 +53,11 @@ def evaluate_final(ctx: RunContext, params: np.ndarray, model_round: int,
         "train": train_set.to_json(),
         "generalization_gap": train_set.mean_return - heldout.mean_return,
     }
+
+
+def evaluate_and_report(store: ArtifactStore, run_id: str) -> str:
+    """The run's final model evaluated (if not yet) and its report written; where the report is."""
+    from fedtwin.observe.report import write_report  # plotting: loaded only by the steps that report
+
+    evaluate(store, run_id)
+    return write_report(store, run_id)

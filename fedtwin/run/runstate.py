@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedtwin.config import Config
 from fedtwin.core.errors import ConfigError, FedtwinError, RunConflictError
 from fedtwin.store import ArtifactStore, os_error_line
 from fedtwin.store.state import load_state, save_state
@@ -20,6 +21,14 @@ def finish(store: ArtifactStore, run_id: str, status: str, reason: str | None = 
     if status == "failed" and state.get("status") == "failed" and state.get("reason"):
         return state  # keep the first, most specific reason
     return save_state(store, run_id, state, status=status, reason=reason)
+
+
+def last_round(config: Config, state: dict[str, Any]) -> int:
+    """The last round that may still start: the final round, or the last one played once training
+    stopped (a workflow loop plays a round only up to this; see workflows/federated.py)."""
+    if state.get("training_complete"):
+        return int(state["next_round"]) - 1
+    return config.federation.rounds - 1
 
 
 def round_status(state: dict[str, Any], run_id: str, round_index: int | None = None) -> dict[str, Any]:

@@ -8,11 +8,11 @@ each lives in a module of its own (init_step, train_step, aggregate, evaluate_st
 
 from __future__ import annotations
 
-from fedtwin.run.aggregate import aggregate, combine, last_round, validation_seed
+from fedtwin.run.aggregate import aggregate, combine, validation_seed
 from fedtwin.run.evaluate_step import evaluate, evaluate_final, final_round
 from fedtwin.run.init_step import DEFAULT_PARALLELISM, FanOut, InitResult, build_fleet, init, initial_model
 from fedtwin.run.repair import repair
-from fedtwin.run.runstate import finish, write_outputs
+from fedtwin.run.runstate import finish, last_round, write_outputs
 from fedtwin.run.train_step import choose_engine, train, train_seed
 from fedtwin.store.context import RunContext
 

@@ -10,16 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fedtwin.core.errors import ConfigError
-from fedtwin.store.base import (
-    LEASE_SECONDS,
-    SHA_SUFFIX,
-    ArtifactStore,
-    Lease,
-    LockHeldError,
-    holder_info,
-    os_error_line,
-    sha256_hex,
-)
+from fedtwin.store.base import ArtifactStore, Lease, LockHeldError, os_error_line, sha256_hex
 from fedtwin.store.layout import RunLayout, repair_advice
 from fedtwin.store.local import LocalStore
 from fedtwin.store.state import list_runs
@@ -47,14 +38,11 @@ def open_store(url: str, s3: S3Config | None = None) -> ArtifactStore:
 
 
 __all__ = [
-    "LEASE_SECONDS",
-    "SHA_SUFFIX",
     "ArtifactStore",
     "Lease",
     "LocalStore",
     "LockHeldError",
     "RunLayout",
-    "holder_info",
     "list_runs",
     "open_store",
     "os_error_line",
