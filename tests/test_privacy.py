@@ -21,6 +21,7 @@ from fedtwin.observe import tracking
 from fedtwin.policy.layout import params_from_bytes
 from fedtwin.policy.network import init_params
 from fedtwin.run import runner, steps
+from fedtwin.run.round import train_round
 from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore, RunLayout
 from tests.helpers import TINY, clean_env, fedtwin, write_tiny_config
@@ -396,11 +397,7 @@ def test_pool_and_fleet_engines_give_the_same_dp_updates(tmp_path: Path) -> None
         store = LocalStore(tmp_path / engine / "store")
         steps.init(store, config)
         for r in range(2):
-            if engine == "pool":
-                for twin in twins:
-                    steps.train(store, "dp", r, [twin], engine=engine)
-            else:
-                steps.train(store, "dp", r, twins, engine=engine)
+            train_round(store, "dp", r, twins, engine, 1)
             steps.aggregate(store, "dp", r)
         layout = RunLayout("dp")
         out[engine] = [params_from_bytes(store.get_bytes(layout.update_weights(1, t)))[0] for t in twins]

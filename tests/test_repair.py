@@ -21,6 +21,7 @@ from fedtwin.cli import cli
 from fedtwin.config import load_config
 from fedtwin.core.errors import FedtwinError
 from fedtwin.run import steps
+from fedtwin.run.round import train_round
 from fedtwin.store import LocalStore, RunLayout, sha256_hex
 from tests.helpers import write_tiny_config
 
@@ -44,8 +45,7 @@ def built(tmp_path_factory) -> tuple[Path, Path, str]:
     steps.evaluate(store, "clean")
     clean = sha256_hex(store.get_bytes(RunLayout("clean").report("final.safetensors")))
     for round_index in (0, 1, 2):  # as `play` does: one twin per call (the pool engine's float bits)
-        for twin in TWINS:
-            steps.train(store, RUN, round_index, [twin])
+        train_round(store, RUN, round_index, TWINS, "pool", 1)
         if round_index < 2:
             steps.aggregate(store, RUN, round_index)
     return config_path, root / "store", clean
@@ -59,10 +59,9 @@ def run(built, tmp_path):
 
 
 def play(store: LocalStore, run_id: str, start: int) -> None:
+    """Rounds `start`.. as the runner plays them: `train_round` (the pool engine), then aggregate."""
     for round_index in range(start, ROUNDS):
-        for twin in TWINS:
-            if not store.exists(RunLayout(run_id).update_meta(round_index, twin)):
-                steps.train(store, run_id, round_index, [twin])
+        train_round(store, run_id, round_index, TWINS, "pool", 1)
         if not steps.aggregate(store, run_id, round_index)["continue"]:
             break
 
