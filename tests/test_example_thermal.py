@@ -142,3 +142,31 @@ def test_the_example_trains_federatedly_through_fedtwin_run(site: Path, tmp_path
     # without the package the stored run's kind cannot be found: one line naming it
     missing = fedtwin("runs", "show", "offices", "--store", str(store))
     assert missing.returncode == 2 and "unknown twin kind 'thermal'" in missing.stderr
+
+
+@pytest.mark.slow
+def test_the_example_trains_through_the_local_argo_executor(site: Path, tmp_path: Path) -> None:
+    # Prepare: the rendered federated workflow, its pods' environment as an image with the package
+    # installed would have it (PYTHONPATH), the kind in the config through the environment (a fleet file
+    # would come from the workflow's fleet-configmap; here the init step generates three zones)
+    import yaml
+
+    from tests.argo_local import SUCCEEDED, LocalArgo
+    from tests.test_workflow_contract import BACKOFF_SCALE, FEDERATED, tiny_env
+
+    env = {**tiny_env(), "PYTHONPATH": str(site), "FEDTWIN_FLEET__KIND": "thermal"}
+    store = tmp_path / "store"
+    values = {"rounds": "2", "twins": "3", "target-return": "", "twin-retries": "0", "min-twins": "2",
+              "run-id": "offices", "store": str(store)}
+    argo = LocalArgo(yaml.safe_load(FEDERATED.read_text()), tmp_path / "wf", parameters=values, env=env,
+                     workflow_name="fedtwin-federated-thermal", backoff_scale=BACKOFF_SCALE)
+    # Execute
+    run = argo.run(timeout=600)
+    # Assert: every round played over three thermal zones, the run done
+    assert run.phase == SUCCEEDED, run.explain()
+    state = json.loads((store / "runs" / "offices" / "state.json").read_text())
+    assert (state["status"], state["next_round"]) == ("done", 2)
+    summary = json.loads((store / "runs" / "offices" / "rounds" / "0001" / "summary.json").read_text())
+    assert sorted(summary["participants"]) == ["twin-000", "twin-001", "twin-002"]
+    fleet = json.loads((store / "runs" / "offices" / "twins.yaml").read_text())
+    assert fleet["kind"] == "thermal" and "capacity" in fleet["twins"][0]
