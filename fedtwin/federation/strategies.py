@@ -156,9 +156,6 @@ class Strategy:
     """Diagnostics of the last `aggregate` call for the round summary (e.g. Krum's `selected`: row
     indices, i.e. positions in the summary's `participants`)."""
 
-    def check(self, min_updates: int, fleet_size: int) -> None:
-        """Raise ValueError when a round of `min_updates` (the quorum) or of the full fleet cannot work."""
-
     def combine(self, updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """The round's joint model from the twins' models."""
         return fedavg(updates, weights)
@@ -272,16 +269,6 @@ class TrimmedMean(Strategy):
     name: ClassVar[str] = "trimmed_mean"
     trim_beta: float = 0.2
 
-    def check(self, min_updates: int, fleet_size: int) -> None:
-        if not 0 <= self.trim_beta < 0.5:
-            raise ValueError(f"trimmed_mean needs 0 <= federation.trim_beta < 0.5, got {self.trim_beta}")
-        if self.trim_beta > 0 and int(self.trim_beta * fleet_size) == 0:
-            raise ValueError(
-                f"federation.trim_beta ({self.trim_beta}) cuts floor({self.trim_beta}*{fleet_size}) = 0 "
-                f"updates even from a full round of {fleet_size}; raise it to at least "
-                f"{1 / fleet_size:.3g} or use fedavg"
-            )
-
     def combine(self, updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return trimmed_mean(updates, self.trim_beta)
 
@@ -295,15 +282,6 @@ class Krum(Strategy):
 
     def selection(self, n: int) -> int:
         return 1
-
-    def check(self, min_updates: int, fleet_size: int) -> None:
-        need = 2 * self.krum_f + 3
-        if min_updates < need:
-            raise ValueError(
-                f"{self.name} with federation.krum_f={self.krum_f} needs every round to have at least "
-                f"2f+3 = {need} updates, but the quorum (federation.min_twins) allows rounds of "
-                f"{min_updates}; raise min_twins to {need} or lower krum_f"
-            )
 
     def combine(self, updates: np.ndarray, weights: np.ndarray) -> np.ndarray:
         params, selected = krum(updates, weights, self.krum_f, self.selection(updates.shape[0]))
@@ -320,16 +298,6 @@ class MultiKrum(Krum):
 
     def selection(self, n: int) -> int:
         return self.multi_krum_m if self.multi_krum_m is not None else n - self.krum_f
-
-    def check(self, min_updates: int, fleet_size: int) -> None:
-        super().check(min_updates, fleet_size)
-        m = self.multi_krum_m
-        if m is not None and m > min_updates - self.krum_f:
-            raise ValueError(
-                f"multikrum selects federation.multi_krum_m={m} updates, but a round of "
-                f"{min_updates} (the quorum) with krum_f={self.krum_f} offers only "
-                f"{min_updates - self.krum_f}; lower multi_krum_m or raise min_twins"
-            )
 
 
 STRATEGIES: dict[str, type[Strategy]] = {

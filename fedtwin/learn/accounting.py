@@ -186,16 +186,12 @@ def make_plan(config: Config) -> Plan | None:
     return Plan(p.mode, sigma, sample_rate, steps, rounds, p.delta, p.target_epsilon, p.accountant, clip)
 
 
-def check_run(config: Config, fleet_size: int) -> None:
-    """Checks that need the fleet or Opacus, run by `init` before anything is written or trained."""
+def check_run(config: Config) -> None:
+    """The check that needs Opacus, run by `init` before anything is written or trained: the first
+    round's epsilon within the budget (the fleet-size checks are config.validate_for_fleet)."""
     plan = make_plan(config)
     if plan is None:
         return
-    if plan.mode == "central" and plan.delta >= 1.0 / fleet_size:
-        raise ConfigError(
-            f"invalid config: privacy.delta ({plan.delta:g}) must be below 1/fleet size = 1/{fleet_size} "
-            f"({1.0 / fleet_size:.3g}) in central mode (one unit = one twin); lower delta"
-        )
     if plan.target_epsilon is not None:
         first = plan.epsilon_after_round(new_accountant(plan.accountant))
         if first > plan.target_epsilon:

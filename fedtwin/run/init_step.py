@@ -102,7 +102,7 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
     fleet = build_fleet(config)
     size = fan_out.shard_size(len(fleet.train), config.federation.rounds)
     validate_for_fleet(config, len(fleet.train))
-    accounting.check_run(config, len(fleet.train))
+    accounting.check_run(config)
     kept = _kept_state(store, layout, config)
     # Written in dependency order; config.yaml last, because its presence means "initialized".
     store.put_text(layout.twins, fleet_to_json(fleet))
