@@ -3,6 +3,7 @@ both engines, and bad kinds, fleet files and user classes are refused in one lin
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def test_twins_generate_writes_the_kind_and_run_takes_the_file(tmp_path: Path) -
     data = yaml.safe_load(fleet.read_text())
     assert data["kind"] == "acrobot" and len(data["twins"]) == 2 and "torque_noise" in data["twins"][0]
 
+    shown = yaml.safe_load(fedtwin("config", "show", "--fleet-file", str(fleet), check=True).stdout)
+    assert shown["fleet"]["kind"] == "acrobot"  # taken from the file: no second mention needed
+    assert shown["federation"]["target_return"] == -100.0  # and with it the kind's defaults
     mismatch = fedtwin("run", "--config", str(write_tiny_config(tmp_path)), "--store", str(tmp_path / "s"),
                        "--fleet-file", str(fleet), "--kind", "pendulum")
     assert mismatch.returncode == 2
@@ -84,3 +88,22 @@ def test_bad_kinds_and_parameters_are_refused_in_one_line(tmp_path: Path) -> Non
         "Error: twin kind broken: a twin's first reset and step failed (RuntimeError: motor model not "
         "calibrated); fix the kind's reset()/step() (see fedtwin.sim.kinds.TwinKind)")
     assert not (tmp_path / "s" / "runs").exists() or not any((tmp_path / "s" / "runs").iterdir())
+
+
+def test_a_kinds_defaults_fill_only_the_keys_a_config_leaves_unset() -> None:
+    from fedtwin.config import EXECUTION_ONLY, Config, fingerprint, load_config
+    from fedtwin.config.kind_defaults import KIND_DEFAULTS
+
+    cfg = load_config(None, {"fleet": {"kind": "pendulum"}, "train": {"gamma": 0.95}}, environ={})
+    assert cfg.train.gamma == 0.95  # the user's value wins
+    assert cfg.train.reward_scale == KIND_DEFAULTS["pendulum"]["train"]["reward_scale"] != 1.0
+    assert cfg.federation.target_return == KIND_DEFAULTS["pendulum"]["federation"]["target_return"]
+    env = load_config(None, None, environ={"FEDTWIN_FLEET__KIND": "acrobot", "FEDTWIN_TRAIN__EPOCHS": "3"})
+    assert env.fleet.kind == "acrobot" and env.train.epochs == 3 and env.train.gamma == 0.99
+    assert load_config(None, None, environ={}) == Config()  # cartpole: TrainConfig's own defaults
+    # Runs stored before fleet.kind and train.reward_scale existed keep their fingerprint (they resume):
+    # the hash of the config without those keys, as it was computed then.
+    old = {k: v for k, v in Config().model_dump(mode="json").items() if k not in EXECUTION_ONLY}
+    del old["fleet"]["kind"], old["train"]["reward_scale"]
+    assert fingerprint(Config()) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
+    assert fingerprint(cfg) != fingerprint(cfg.model_copy(update={"fleet": Config().fleet}))

@@ -1,4 +1,4 @@
-"""Training settings per built-in twin kind, used for every `train` key a config leaves unset.
+"""Settings per built-in twin kind, used for every `train` and `federation` key a config leaves unset.
 
 CartPole's are `TrainConfig`'s own defaults. Pendulum's follow rl-zoo3's PPO for Pendulum-v1 (short
 horizon gamma 0.9, GAE 0.95, lr 1e-3, 10 epochs, rewards scaled down for the value loss); Acrobot's
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-KIND_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
-    "pendulum": {
+KIND_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
+    "pendulum": {"federation": {"rounds": 25, "target_return": -200.0}, "train": {
         "num_envs": 4,
         "num_steps": 256,
         "updates": 4,
@@ -21,8 +21,8 @@ KIND_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "gamma": 0.9,
         "gae_lambda": 0.95,
         "reward_scale": 0.1,
-    },
-    "acrobot": {
+    }},
+    "acrobot": {"federation": {"rounds": 20, "target_return": -100.0}, "train": {
         "num_envs": 4,
         "num_steps": 256,
         "updates": 2,
@@ -31,5 +31,5 @@ KIND_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
         "learning_rate": 1e-3,
         "gamma": 0.99,
         "gae_lambda": 0.94,
-    },
+    }},
 }

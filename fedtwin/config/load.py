@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from pydantic import (
     ValidationError,
 )
 
-from fedtwin.config.kind_defaults import KIND_TRAIN_DEFAULTS
+from fedtwin.config.kind_defaults import KIND_DEFAULTS
 from fedtwin.config.model import ENV_PREFIX, Config
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import dump_yaml, load_yaml, read_yaml
@@ -127,19 +128,42 @@ def load_config(
     if overrides:
         data = deep_merge(data, {k: v for k, v in overrides.items() if v is not None})
         sources.append("flags")
-    return build_config(with_kind_defaults(data), " + ".join(sources) or "defaults")
+    return build_config(with_kind_defaults(with_fleet_file_kind(data)), " + ".join(sources) or "defaults")
+
+
+_FILE_KIND = re.compile(r"""^(?:kind:[ \t]*["']?([^\s"'#]+)|[ \t]*"kind":[ \t]*"([^"]+)")""", re.MULTILINE)
+
+
+def with_fleet_file_kind(data: dict[str, Any]) -> dict[str, Any]:
+    """`fleet.kind` from the fleet file's top-level `kind:` when the config leaves it unset, so a fleet
+    file of pendulum twins (an Argo fleet ConfigMap, `--fleet-file`) needs no second mention of its
+    kind. An unreadable file is left to the fleet loader, which says what is wrong with it."""
+    fleet = data.get("fleet")
+    if not isinstance(fleet, Mapping) or fleet.get("kind") is not None:
+        return data
+    if not isinstance(fleet.get("file"), str):
+        return data
+    try:
+        text = Path(fleet["file"]).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return data
+    found = _FILE_KIND.search(text)
+    if found is None:
+        return data
+    return {**data, "fleet": {**fleet, "kind": found.group(1) or found.group(2)}}
 
 
 def with_kind_defaults(data: dict[str, Any]) -> dict[str, Any]:
-    """The twin kind's training settings (`KIND_TRAIN_DEFAULTS`) for every `train` key the file,
+    """The twin kind's settings (`KIND_DEFAULTS`) for every `train`/`federation` key the file,
     environment and flags leave unset."""
     fleet = data.get("fleet")
     kind = fleet.get("kind") if isinstance(fleet, Mapping) else None
-    defaults = KIND_TRAIN_DEFAULTS.get(kind.strip() if isinstance(kind, str) else "", {})
-    train = data.get("train", {})
-    if not defaults or not isinstance(train, Mapping):
-        return data
-    return {**data, "train": {**defaults, **train}}
+    out = dict(data)
+    for section, defaults in KIND_DEFAULTS.get(kind.strip() if isinstance(kind, str) else "", {}).items():
+        given = data.get(section, {})
+        if isinstance(given, Mapping):
+            out[section] = {**defaults, **given}
+    return out
 
 
 def config_to_yaml(config: Config) -> str:
