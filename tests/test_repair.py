@@ -22,8 +22,8 @@ from fedtwin.config import load_config
 from fedtwin.core.errors import FedtwinError
 from fedtwin.run import steps
 from fedtwin.run.round import train_round
-from fedtwin.store import LocalStore, RunLayout, sha256_hex
-from tests.helpers import write_tiny_config
+from fedtwin.store import LocalStore, RunLayout
+from tests.helpers import final_model_hash, write_tiny_config
 
 torch.set_num_threads(1)
 ROUNDS = 3
@@ -43,7 +43,7 @@ def built(tmp_path_factory) -> tuple[Path, Path, str]:
         steps.init(store, load_config(config_path, {"run_id": run_id, "store": str(store.root)}, environ={}))
     play(store, "clean", 0)
     steps.evaluate(store, "clean")
-    clean = sha256_hex(store.get_bytes(RunLayout("clean").report("final.safetensors")))
+    clean = final_model_hash(store, "clean")
     for round_index in (0, 1, 2):  # as `play` does: one twin per call (the pool engine's float bits)
         train_round(store, RUN, round_index, TWINS, "pool", 1)
         if round_index < 2:
@@ -70,7 +70,7 @@ def resume_to_final_hash(store: LocalStore) -> str:
     """What a rerun does: continue from the round state.json names, then evaluate."""
     play(store, RUN, steps.RunContext.load(store, RUN).state()["next_round"])
     steps.evaluate(store, RUN)
-    return sha256_hex(store.get_bytes(LAYOUT.report("final.safetensors")))
+    return final_model_hash(store, RUN)
 
 
 def main(argv: list[str]) -> None:
@@ -143,7 +143,7 @@ def test_a_corrupt_evaluation_is_redone_as_its_advice_says(run):
     message = error_of(lambda: main(["report", RUN, "--store", str(store.root)]))
     follow(message, config_path)
 
-    assert sha256_hex(store.get_bytes(LAYOUT.report("final.safetensors"))) == clean
+    assert final_model_hash(store, RUN) == clean
     assert store.get_json(LAYOUT.report("evaluation.json"))["model_round"] == ROUNDS
 
 
