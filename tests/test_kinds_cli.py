@@ -38,6 +38,13 @@ def test_run_trains_a_fleet_of_the_kind(tmp_path: Path, kind: str, engine: str, 
     shown = fedtwin("runs", "show", "k", "--store", str(store), check=True).stdout
     assert f"kind: {kind}, 3 training twins" in shown
     assert (run_dir / "report" / "physics_spread.png").is_file()
+    if engine == "pool":
+        return  # once per kind: its model evaluated on a fleet file of its kind
+    fleet = tmp_path / "fleet.yaml"
+    fedtwin("twins", "generate", "--kind", kind, "--count", "2", "-o", str(fleet), check=True)
+    evaluated = json.loads(fedtwin("evaluate", "--model", str(run_dir / "report" / "final.safetensors"),
+                                   "--twins", str(fleet), "--episodes", "1", "--json", check=True).stdout)
+    assert set(evaluated["per_twin"]) == {"twin-000", "twin-001"}
 
 
 def test_twins_generate_writes_the_kind_and_run_takes_the_file(tmp_path: Path) -> None:

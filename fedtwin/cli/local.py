@@ -103,7 +103,7 @@ def baseline_cmd(config_file: str | None, mode: str, twin_id: str | None, no_pro
 @click.option("--model", required=True, type=click.Path(exists=True, dir_okay=False),
               help="Model weights (.safetensors), e.g. a run's report/final.safetensors.")
 @click.option("--twins", "twins_file", required=True, type=click.Path(dir_okay=False),
-              help="Fleet YAML with a `twins:` list.")
+              help="Fleet YAML with a `twins:` list (and `kind:` for twins other than cart-poles).")
 @click.option("--episodes", type=click.IntRange(min=1), default=4, show_default=True,
               help="Greedy episodes per twin.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -114,12 +114,14 @@ def evaluate_cmd(model: str, twins_file: str, episodes: int, seed: int, as_json:
     Example: fedtwin evaluate --model fedtwin-runs/runs/demo/report/final.safetensors --twins fleet.yaml
     """
     from fedtwin.learn.evaluate import evaluate_policy, load_model
-    from fedtwin.sim.twins import load_twins
+    from fedtwin.sim.kind_registry import get_kind
+    from fedtwin.sim.twins import load_fleet
 
-    twins = load_twins(twins_file)
+    fleet = load_fleet(twins_file)  # its kind: line says which kind of twins (and model) these are
+    twins = fleet.train
     if not twins:
         raise ConfigError(f"{twins_file} lists no twins; add entries under `twins:`")
-    params, spec = load_model(Path(model).read_bytes(), model)
+    params, spec = load_model(Path(model).read_bytes(), model, get_kind(fleet.kind))
     result = evaluate_policy(params, spec, twins, episodes, seed)
     if as_json:
         click.echo(json.dumps({"mean_return": result.mean_return, "per_twin": result.per_twin_mean}))
