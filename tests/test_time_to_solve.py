@@ -56,3 +56,34 @@ def test_tuning_never_looks_at_the_held_out_twins_nor_uses_the_compared_seeds(be
         bench.REFERENCE, a[2], a[3], None, 1, 1000 * (a[2] != 0.01), 0.0, 0.0, None))
     best, _ = bench.tune([0.001, 0.01], [100], 1, 475.0, tmp_path)
     assert best == 0.01 and calls == [False, False]
+
+
+def test_defaults_mode_reports_median_and_worst_seed_of_both_configs(bench, tmp_path, monkeypatch):
+    """`--defaults` runs `fedtwin run` and `fedtwin baseline` per seed and config; the summary is the median
+    and the worst seed (most env steps and seconds, lowest held-out return), and the ratios use medians."""
+    runs = {("old", 0): (100_000, 30.0, 480.0), ("new", 0): (20_000, 5.0, 490.0),
+            ("old", 1): (200_000, 60.0, 470.0), ("new", 1): (40_000, 9.0, 476.0),
+            ("old", 2): (300_000, 90.0, 500.0), ("new", 2): (60_000, 7.0, 499.0)}
+    calls = []
+
+    def fake(args):
+        command, run_id = args[0], args[args.index("--run-id") + 1]
+        name, seed = run_id.split("-")
+        calls.append((command, name, int(seed)))
+        steps, seconds, held = runs[(name, int(seed))]
+        if command == "baseline":
+            return {"env_steps": steps // 4}, 1.0, 1.0
+        result = {"rounds": 2, "env_steps": steps, "seconds": seconds, "heldout_return": held}
+        return result, seconds + 1, seconds
+
+    monkeypatch.setattr(bench, "_fedtwin", fake)
+    monkeypatch.setattr(bench, "DEFAULTS_RESULTS", tmp_path / "out.md")
+    monkeypatch.setattr(sys, "argv", ["time_to_solve.py", "--defaults", "--seeds", "0", "1", "2"])
+    assert bench.main() == 0
+    text = (tmp_path / "out.md").read_text()
+    assert calls[:4] == [("run", "old", 0), ("baseline", "old", 0), ("run", "new", 0), ("baseline", "new", 0)]
+    assert "| old defaults | 2/3 | 200,000 / 300,000 | 60.0 / 90.0 |" in text
+    assert "| proposed | 3/3 | 40,000 / 60,000 | 7.0 / 9.0 |" in text
+    assert "held-out" in text and "490.0 / 476.0" in text
+    assert "env steps 0.20x" in text
+    assert "pooled agent (50,000, median): median 0.80x, worst seed 1.20x" in text
