@@ -75,7 +75,8 @@ def evaluate_policy(
 
     Greedy is the argmax action, or a gaussian policy's mean clipped to the action space; episodes
     last at most the kind's limit (or `max_episode_steps`)."""
-    env = make_vector_env(kind_of(twins), twins, envs_per_twin=episodes, max_episode_steps=max_episode_steps)
+    env: Any = make_vector_env(kind_of(twins), twins, envs_per_twin=episodes,  # reset: a seed per twin
+                               max_episode_steps=max_episode_steps)
     obs, _ = env.reset(seed=[derive_seed(seed, twin.id) for twin in twins])
     returns = np.zeros(env.num_envs)
     finished = np.zeros(env.num_envs, dtype=bool)

@@ -10,9 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from gymnasium.vector import VectorEnv
 
 ActorFn = Callable[[torch.Tensor], torch.Tensor]
@@ -170,7 +172,7 @@ def _collect_gaussian(
     k = len(rngs)
     n, d = obs.shape
     e, a = n // k, log_std.shape[-1]
-    space = env.single_action_space
+    space = cast(spaces.Box, env.single_action_space)
     low, high = np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32)
     normals = torch.as_tensor(
         np.stack([rng.standard_normal((num_steps, e, a), dtype=np.float32) for rng in rngs], axis=1),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,7 +93,7 @@ def train_twins(
 
     dp_steps_before = dp.steps if dp is not None else 0
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    env = make_vector_env(twin_kind, twins, envs_per_twin=cfg.num_envs)
+    env: Any = make_vector_env(twin_kind, twins, envs_per_twin=cfg.num_envs)  # reset takes a seed per twin
     log_std = params.get(LOG_STD)  # gaussian policies: [K, A]
     reward_scale = cfg.reward_scale
     obs, _ = env.reset(seed=[int(rng.integers(2**31 - 1)) for rng in rngs])

@@ -355,9 +355,10 @@ class KindVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
 
 
 def make_vector_env(
-    kind: AnyKind, twins: Sequence[KindTwin], envs_per_twin: int = 1, max_episode_steps: int | None = None
+    kind: AnyKind, twins: Sequence[Any], envs_per_twin: int = 1, max_episode_steps: int | None = None
 ) -> VectorEnv:
-    """The trainers' one entry point for any kind: `KindVectorEnv`, or the env a `VectorKind` brings."""
+    """The trainers' one entry point for any kind: `KindVectorEnv`, or the env a `VectorKind` brings
+    (CartPole's takes its `TwinSpec`s as well as `KindTwin`s)."""
     if isinstance(kind, VectorKind):
         return cast(
             VectorEnv,

@@ -215,7 +215,8 @@ def try_kind(kind: AnyKind, twin: Any) -> None:
         if isinstance(space, spaces.Discrete):
             action = np.full(1, int(space.start), dtype=np.int64)
         else:
-            action = np.zeros((1, *space.shape), dtype=np.float32).clip(space.low, space.high)
+            box = cast(spaces.Box, space)
+            action = np.zeros((1, *box.shape), dtype=np.float32).clip(box.low, box.high)
         env.step(action)
         env.close()
     except ConfigError:
