@@ -44,9 +44,9 @@ def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--algo", type=click.Choice(["ppo", "reinforce"]), help="Local trainer."),
         click.option("--strategy", help="Aggregation strategy (e.g. fedavg)."),
         click.option("--target-return", type=float, help="Stop when validation return reaches this."),
-        click.option("--workers", type=int, help="Training processes (default: one per core)."),
+        click.option("--workers", type=int, help="Training processes (default 1: in this process)."),
         click.option("--engine", type=click.Choice(["pool", "fleet"]),
-                     help="pool: one process per twin; fleet: twins batched in one computation."),
+                     help="fleet (default): twins batched in one computation; pool: one job per twin."),
         click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Torch device for training."),
     ]
     for option in reversed(options):
