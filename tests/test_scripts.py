@@ -298,7 +298,7 @@ def test_dockerfile_installs_the_mlflow_client_of_the_platforms_mlflow_server():
     assert any('"mlflow-skinny==${MLFLOW_VERSION}"' in r for r in runs)
     extras = args["EXTRAS"].strip('"').split(",")
     assert "tracking" not in extras and "all" not in extras, "the full mlflow server package"
-    tracking = (REPO / "fedtwin" / "tracking.py").read_text()
+    tracking = (REPO / "fedtwin" / "observe" / "tracking.py").read_text()
     imported = set(re.findall(r"^\s*(?:from|import) (mlflow[\w.]*)", tracking, re.M))
     assert imported <= {"mlflow.tracking", "mlflow.entities"}, imported  # both ship in mlflow-skinny
 
