@@ -114,16 +114,16 @@ def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | 
 
     Example: fedtwin step aggregate --run demo --round 0 --outputs-dir /tmp/out
     """
-    from fedtwin.run import steps
+    from fedtwin.run import aggregate, runstate  # not the steps facade: the aggregator needs no torch
     from fedtwin.store import RunLayout, open_store
 
     artifact_store = open_store(store)
-    summary = steps.aggregate(artifact_store, run_id, round_index)
+    summary = aggregate.aggregate(artifact_store, run_id, round_index)
     played, next_round = summary.get("played", True), summary["next_round"]
     if outputs_dir is not None:  # the newest global model, for an Argo output artifact
         model = artifact_store.get_bytes(RunLayout(run_id).global_model(next_round))
-        steps.write_outputs(outputs_dir, {"model.safetensors": model})
-    steps.write_outputs(outputs_dir, {
+        runstate.write_outputs(outputs_dir, {"model.safetensors": model})
+    runstate.write_outputs(outputs_dir, {
         "round": str(round_index),
         "played": played,
         "next_round": str(next_round),

@@ -8,7 +8,7 @@ trains exactly as it would alone (K=1 is the pool engine, K>1 the fleet engine).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch.func import functional_call
@@ -86,13 +86,55 @@ class StackedPolicy:
         return apply
 
 
+class FusedAdam:
+    """`torch.optim.Adam(params, lr, eps=eps, fused=True)`, step for step: the same state (zero moments,
+    a float32 step counter on the parameter's device) and the same `torch._fused_adam_` kernel, so the
+    numbers are bit for bit those of torch's class. torch's constructor imports `torch._dynamo` (and
+    sympy, triton) into every training process, which costs more than a small shard's training."""
+
+    def __init__(self, params: Iterable[torch.Tensor], lr: float, eps: float = 1e-8,
+                 betas: tuple[float, float] = (0.9, 0.999)) -> None:
+        self.params = list(params)
+        self.lr, self.eps, self.betas = lr, eps, betas
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}  # by position
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        if not live:
+            return
+        for i in live:
+            if i not in self.state:
+                p = self.params[i]
+                self.state[i] = (torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros_like(p, memory_format=torch.preserve_format),
+                                 torch.zeros((), dtype=torch.float32, device=p.device))
+        exp_avgs = [self.state[i][0] for i in live]
+        exp_avg_sqs = [self.state[i][1] for i in live]
+        steps = [self.state[i][2] for i in live]
+        params = [self.params[i] for i in live]
+        grads: list[torch.Tensor] = [p.grad for p in params if p.grad is not None]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=self.lr, beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+                           eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
+
+
+Optimizer = FusedAdam
+"""What the update functions step (`zero_grad`, `step`)."""
+
+
 def per_twin_sum(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Sum over all elements of each twin's slice: [K, ...] tensors -> [K]."""
     return torch.stack([t.reshape(t.shape[0], -1).sum(dim=1) for t in tensors]).sum(dim=0)
 
 
 def optimizer_step(
-    optimizer: torch.optim.Optimizer, params: Params, loss: torch.Tensor, max_grad_norm: float
+    optimizer: Optimizer, params: Params, loss: torch.Tensor, max_grad_norm: float
 ) -> None:
     """Backward the summed per-twin losses [K], clip each twin's gradient norm separately, step."""
     optimizer.zero_grad(set_to_none=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedtwin.learn.batched import Params
+from fedtwin.learn.batched import Optimizer, Params
 
 
 # ------------------------------------------------------------------------------ the mechanism
@@ -102,7 +102,7 @@ def poisson_minibatch(rngs: Sequence[np.random.Generator], batch: int, rate: flo
 
 
 def private_step(
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     params: Params,
     anchor: Params,
     sample_loss: SampleLoss,

@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from fedtwin.config import TrainConfig
-from fedtwin.learn.batched import Params, StackedPolicy, normalize, optimizer_step, proximal_term, take
+from fedtwin.learn.batched import (
+    Optimizer,
+    Params,
+    StackedPolicy,
+    normalize,
+    optimizer_step,
+    proximal_term,
+    take,
+)
 from fedtwin.learn.dp_sgd import LocalDP, masked_mean, poisson_minibatch, private_step
 from fedtwin.learn.rollout import Rollout, gae, log_prob_entropy
 from fedtwin.policy.layout import LOG_STD
@@ -91,7 +99,7 @@ def ppo_update(
     net: StackedPolicy,
     params: Params,
     anchor: Params,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     ro: Rollout,
     rngs: Sequence[np.random.Generator],
     cfg: TrainConfig,
@@ -166,7 +174,7 @@ def ppo_epochs_private(
     net: StackedPolicy,
     params: Params,
     anchor: Params,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     b: dict[str, torch.Tensor],
     rngs: Sequence[np.random.Generator],
     cfg: TrainConfig,

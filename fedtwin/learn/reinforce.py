@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from fedtwin.config import TrainConfig
-from fedtwin.learn.batched import Params, StackedPolicy, normalize, optimizer_step, proximal_term, take
+from fedtwin.learn.batched import (
+    Optimizer,
+    Params,
+    StackedPolicy,
+    normalize,
+    optimizer_step,
+    proximal_term,
+    take,
+)
 from fedtwin.learn.dp_sgd import LocalDP, masked_mean, poisson_minibatch, private_step
 from fedtwin.learn.rollout import Rollout, gae, log_prob_entropy
 from fedtwin.policy.layout import LOG_STD
@@ -25,7 +33,7 @@ def reinforce_update(
     net: StackedPolicy,
     params: Params,
     anchor: Params,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     ro: Rollout,
     cfg: TrainConfig,
     rngs: Sequence[np.random.Generator] = (),
@@ -52,7 +60,7 @@ def reinforce_step_private(
     net: StackedPolicy,
     params: Params,
     anchor: Params,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizer,
     ro: Rollout,
     b_returns: torch.Tensor,
     rngs: Sequence[np.random.Generator],

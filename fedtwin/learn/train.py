@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from fedtwin.config import TrainConfig
-from fedtwin.learn.batched import Params, StackedPolicy
+from fedtwin.learn.batched import FusedAdam, Params, StackedPolicy
 from fedtwin.learn.dp_sgd import LocalDP
 from fedtwin.learn.ppo import ppo_update
 from fedtwin.learn.reinforce import reinforce_update
@@ -89,7 +89,7 @@ def train_twins(
     }
     net = StackedPolicy(PolicyNet(spec))  # uninitialized template: `params` supply the weights
     # fused: one kernel per tensor instead of ~10 elementwise passes
-    optimizer = torch.optim.Adam(params.values(), lr=cfg.learning_rate, eps=1e-5, fused=True)
+    optimizer = FusedAdam(params.values(), lr=cfg.learning_rate, eps=1e-5)
 
     dp_steps_before = dp.steps if dp is not None else 0
     rngs = [np.random.default_rng(seed) for seed in seeds]

@@ -16,9 +16,18 @@ from torch import nn
 from fedtwin.policy.layout import LayoutError, PolicySpec, layout_for
 
 
+class _Linear(nn.Linear):
+    """`nn.Linear` without its default init: `_linear` initializes it (or a model file fills it), so no
+    global RNG is read. Unlike `nn.utils.skip_init`, it needs no meta device, whose first use imports
+    torch.fx's symbolic shapes (and sympy) into every training process."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
 def _linear(n_in: int, n_out: int, std: float, generator: torch.Generator | None) -> nn.Linear:
     """CleanRL's `layer_init` (orthogonal weights, zero bias); `generator=None` leaves it uninitialized."""
-    layer = nn.utils.skip_init(nn.Linear, n_in, n_out)
+    layer = _Linear(n_in, n_out)
     if generator is not None:
         nn.init.orthogonal_(layer.weight, std, generator=generator)
         nn.init.zeros_(layer.bias)

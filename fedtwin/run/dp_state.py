@@ -13,8 +13,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
 from fedtwin.core.errors import IntegrityError
 from fedtwin.federation.updates import SKIPPED, UpdateRecord
 from fedtwin.learn.accounting import (
@@ -30,13 +28,14 @@ from fedtwin.learn.accounting import (
     noise_seed,
     noise_seed_kind,
 )
-from fedtwin.learn.dp_sgd import LocalDP, noise_generator
 
 if TYPE_CHECKING:
+    import torch
     from opacus.accountants import IAccountant
 
     from fedtwin.config import Config
     from fedtwin.federation.updates import Rejection
+    from fedtwin.learn.dp_sgd import LocalDP
     from fedtwin.store import ArtifactStore, RunLayout
 
 
@@ -103,7 +102,10 @@ class LocalRound:
         return cls(plan, accountants, blocked)
 
     def mechanism(self, seeds: Sequence[int], device: torch.device | str) -> LocalDP:
-        """The trainer's view: the noise, and one generator per twin (seeded from its train seed)."""
+        """The trainer's view: the noise, and one generator per twin (seeded from its train seed).
+        Imported here: an aggregator (and any step with privacy off) needs no torch from this module."""
+        from fedtwin.learn.dp_sgd import LocalDP, noise_generator
+
         return LocalDP(self.plan.noise_multiplier, self.plan.clip, self.plan.sample_rate,
                        [noise_generator(noise_seed("local", seed), device) for seed in seeds])
 

@@ -11,7 +11,6 @@ from fedtwin.core.errors import ConfigError, IntegrityError, RunConflictError
 from fedtwin.core.seeding import derive_seed
 from fedtwin.learn import accounting
 from fedtwin.policy.layout import params_to_bytes
-from fedtwin.policy.network import init_params
 from fedtwin.run.runstate import last_round
 from fedtwin.sim.kind_registry import get_kind, try_kind
 from fedtwin.sim.twins import Fleet, fleet_to_json, load_fleet, make_fleet, shard_names
@@ -115,7 +114,10 @@ def init(store: ArtifactStore, config: Config, fan_out: FanOut | None = None) ->
 
 
 def initial_model(config: Config) -> bytes:
-    """The global model entering round 0: a pure function of the config."""
+    """The global model entering round 0: a pure function of the config. torch is imported here, not
+    at the top: every step command imports this module, and only `init` builds a network."""
+    from fedtwin.policy.network import init_params
+
     spec = run_policy_spec(config)
     return params_to_bytes(init_params(spec, derive_seed(config.seed, "init")), spec)
 
