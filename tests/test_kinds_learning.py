@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from fedtwin.config import TrainConfig
+from fedtwin.config import STRATEGY_NAMES, FederationConfig, TrainConfig
 from fedtwin.core.errors import ConfigError
+from fedtwin.federation.strategies import make_strategy
 from fedtwin.learn import dp_sgd
 from fedtwin.learn.evaluate import evaluate_policy, load_model
 from fedtwin.learn.rollout import log_prob_entropy
@@ -123,3 +124,28 @@ def test_a_model_of_another_kind_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError, match=r"has gaussian actions, but cart-pole twins take categorical ones"):
         odd = PolicySpec("actor_critic", (8,), 4, 1, "gaussian")
         load_model(params_to_bytes(init_params(odd, 0), odd), "q", None)
+
+
+@pytest.fixture(scope="module")
+def pendulum_round() -> tuple[PolicySpec, np.ndarray, np.ndarray]:
+    """One local round of five pendulum twins: the start model and their updates (log_std in each)."""
+    kind = get_kind("pendulum")
+    cfg = TrainConfig(num_envs=1, num_steps=8, updates=1, epochs=1, minibatches=1)
+    spec = policy_spec(cfg, kind)
+    start = init_params(spec, 0)
+    results = train_twins(start, generate_twins(kind, 5, seed=2), [1, 2, 3, 4, 5], cfg)
+    return spec, start, np.stack([r.params for r in results])
+
+
+@pytest.mark.parametrize("name", STRATEGY_NAMES)
+def test_every_strategy_aggregates_gaussian_policies(
+    name: str, pendulum_round: tuple[PolicySpec, np.ndarray, np.ndarray]
+) -> None:
+    spec, start, updates = pendulum_round
+    strategy = make_strategy(name, FederationConfig(strategy=name).strategy_params())
+    new, _ = strategy.aggregate(start, updates, np.ones(5), strategy.initial_state(start.size))
+    # a model of the same layout, log_std moved from its start like every other weight
+    log_std = layout_for(spec).to_dict(np.asarray(new, dtype=np.float32))[LOG_STD]
+    assert new.shape == start.shape and np.all(np.isfinite(new))
+    assert not np.array_equal(new, start) and log_std.shape == (1,)
+    assert float(log_std[0]) != 0.0
