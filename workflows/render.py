@@ -13,7 +13,9 @@ from pathlib import Path
 from types import ModuleType
 
 from workflows import coordinator, evaluate, federated, member, single
-from workflows.common import WorkflowParam
+from workflows.params import (
+    WorkflowParam,
+)
 
 ROOT = Path(__file__).resolve().parent
 RENDERED = ROOT / "rendered"
