@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 KIND_DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
-    "pendulum": {"federation": {"rounds": 25, "target_return": -200.0}, "train": {
+    "pendulum": {"federation": {"rounds": 25, "target_return": -200.0, "eval_episodes": 8}, "train": {
         "num_envs": 4,
         "num_steps": 256,
         "updates": 4,
