@@ -220,7 +220,8 @@ def test_a_1024_twin_round_on_a_tiny_budget(tmp_path):
 def test_cli_help_names_both_engines():
     result = fedtwin("run", "--help", env=clean_env())
 
-    assert "pool: one process per twin" in result.stdout and "[pool|fleet]" in result.stdout
+    assert "pool: one job per twin" in result.stdout and "fleet (default)" in result.stdout \
+        and "[pool|fleet]" in result.stdout
 
 
 def test_a_retried_fleet_shard_reproduces_a_lost_update_bit_for_bit(tmp_path):
