@@ -7,6 +7,7 @@ FedAdam is used so the persisted server state (m, v) is part of what must surviv
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import pytest
@@ -62,13 +63,27 @@ KILL_POINTS = {
     "aggregate-before-summary": ("put_json", lambda key: key.endswith("rounds/0001/summary.json")),
     # after the summary, before state.json moves on (last round: evaluate must still see the new model)
     "aggregate-before-state": ("put_json", lambda key: key.endswith("state.json")),
-    # a twin after writing its weights but before its record
-    "train-mid-write": ("put_json", lambda key: key.endswith("rounds/0001/updates/twin-001.json")),
+    # a twin after committing its weights but before its record (the record's sidecar rename is the
+    # record's commit point in the store's batched write)
+    "train-mid-write": ("commit", lambda key: key.endswith("rounds/0001/updates/twin-001.json.sha256")),
 }
 
 
+def kill_on_commit(monkeypatch: pytest.MonkeyPatch, predicate: Callable[[str], bool]) -> None:
+    """Make the local store's rename onto `dst` die when `predicate(dst)` holds (once)."""
+    original = os.replace
+
+    def dying(src, dst, *args, **kwargs):
+        if predicate(str(dst)):
+            monkeypatch.setattr(os, "replace", original)
+            raise Killed(str(dst))
+        return original(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", dying)
+
+
 @pytest.mark.parametrize("point", sorted(KILL_POINTS))
-def test_killed_step_reruns_to_the_clean_final_model(tiny_config, point):
+def test_killed_step_reruns_to_the_clean_final_model(tiny_config, point, monkeypatch):
     # Prepare: a clean run, and the same config started under another run id
     clean = tiny_config("clean", **FEDADAM)
     store = LocalStore(clean.store)
@@ -83,6 +98,8 @@ def test_killed_step_reruns_to_the_clean_final_model(tiny_config, point):
     if point == "aggregate-before-state":  # only in the last round, once its summary is written
         last = RunLayout("killed").summary(ROUNDS - 1)
         kill_on(store, method, lambda key: predicate(key) and store.exists(last))
+    elif method == "commit":
+        kill_on_commit(monkeypatch, predicate)
     else:
         kill_on(store, method, predicate)
     with pytest.raises(Killed):

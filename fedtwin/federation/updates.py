@@ -6,7 +6,7 @@ round summary records: a bad twin is dropped from the round, it never fails the 
 
 from __future__ import annotations
 
-import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedtwin.core.errors import FedtwinError, IntegrityError
 from fedtwin.core.formats import DNS_LABEL
-from fedtwin.policy.layout import LayoutError, PolicySpec, params_from_bytes
+from fedtwin.policy.layout import LayoutError, PolicySpec, layout_for, params_from_bytes, read_header
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
+from fedtwin.store.base import json_bytes
 
 SHA256_OR_EMPTY = r"^([0-9a-f]{64})?$"
 """A record's own sha256 is empty until its weights are written (and stays so on a privacy skip)."""
@@ -169,9 +170,13 @@ def write_update(
 def write_updates(
     store: ArtifactStore, layout: RunLayout, updates: Sequence[tuple[UpdateRecord, bytes]]
 ) -> list[UpdateRecord]:
-    """`write_update` for many twins (a fleet shard), as many at once as the store takes."""
-    return store.run_concurrently([functools.partial(write_update, store, layout, record, weights)
-                                   for record, weights in updates])
+    """`write_update` for many twins (a fleet shard) as one `put_many`: every weights file ahead of
+    every record (a record marks its update complete), the store's syncs batched."""
+    for record, weights in updates:
+        record.sha256 = sha256_hex(weights)
+    store.put_many([(layout.update_weights(r.round, r.twin_id), w) for r, w in updates]
+                   + [(layout.update_meta(r.round, r.twin_id), json_bytes(r.to_json())) for r, _ in updates])
+    return [record for record, _ in updates]
 
 
 def update_twin_ids(store: ArtifactStore, layout: RunLayout, round_index: int) -> list[str]:
@@ -210,33 +215,45 @@ def load_and_validate(
         except (FedtwinError, ValueError, TypeError) as exc:
             rejected.append(Rejection(twin_id, f"unreadable update record: {exc}", BAD_RECORD))
     stored = set(records)
-    accepted: list[AcceptedUpdate] = []
+    checked: dict[str, tuple[UpdateRecord, bytes]] = {}
     for twin_id, record in records.items():
         try:
-            params = _check_one(store, layout, round_index, twin_id, record, spec, base_sha256, stored,
-                                max_samples)
-            accepted.append(AcceptedUpdate(record, params))
+            data = _read_checked(store, layout, round_index, twin_id, record, base_sha256, stored,
+                                 max_samples)
+            checked[twin_id] = (record, data)
         except UpdateRejected as exc:
             rejected.append(Rejection(twin_id, str(exc), exc.kind))
         except (FedtwinError, ValueError, TypeError, KeyError) as exc:
             rejected.append(Rejection(twin_id, str(exc), BAD_RECORD))
+    parsed = parse_updates([data for _, data in checked.values()], spec)
+    accepted: list[AcceptedUpdate] = []
+    for (twin_id, (record, _)), params in zip(checked.items(), parsed, strict=True):
+        if isinstance(params, LayoutError):
+            rejected.append(Rejection(twin_id, str(params), BAD_LAYOUT))
+        else:
+            accepted.append(AcceptedUpdate(record, params))
+    if accepted:
+        finite = np.isfinite(np.stack([a.params for a in accepted])).all(axis=1)
+        rejected += [Rejection(a.record.twin_id, "update holds non-finite values (NaN or Inf)", NON_FINITE)
+                     for a, ok in zip(accepted, finite, strict=True) if not ok]
+        accepted = [a for a, ok in zip(accepted, finite, strict=True) if ok]
     if norm_bound_factor is not None and global_params is not None and accepted:
         accepted, outliers = split_norm_outliers(accepted, global_params, norm_bound_factor)
         rejected += outliers
     return accepted, sorted(rejected, key=lambda r: r.twin_id)
 
 
-def _check_one(
+def _read_checked(
     store: ArtifactStore,
     layout: RunLayout,
     round_index: int,
     twin_id: str,
     record: UpdateRecord,
-    spec: PolicySpec,
     base_sha256: str,
     stored: set[str],
     max_samples: int | None = None,
-) -> np.ndarray:
+) -> bytes:
+    """The record's checks, then its weights file's bytes (sha256 checked); parsing comes after."""
     if record.twin_id != twin_id:
         if record.twin_id in stored:
             raise UpdateRejected(
@@ -270,13 +287,66 @@ def _check_one(
         raise UpdateRejected(SHA_MISMATCH, str(exc)) from exc
     if sha256_hex(data) != record.sha256:
         raise UpdateRejected(SHA_MISMATCH, "weights sha256 differs from the one in the update record")
-    try:
-        params, _ = params_from_bytes(data, spec)
-    except LayoutError as exc:
-        raise UpdateRejected(BAD_LAYOUT, str(exc)) from exc
-    if not np.all(np.isfinite(params)):
-        raise UpdateRejected(NON_FINITE, "update holds non-finite values (NaN or Inf)")
-    return params
+    return data
+
+
+def parse_updates(blobs: Sequence[bytes], spec: PolicySpec) -> list[np.ndarray | LayoutError]:
+    """`params_from_bytes` of each model file (its parameters, or the LayoutError that rejects it).
+
+    A round's files normally share one header byte for byte: the first of each header is parsed and
+    checked in full, and every other file with that header and the same length is read as float32
+    rows of one matrix, gathered into the layout's order in one indexing step.
+    """
+    out: list[np.ndarray | LayoutError] = [LayoutError("not parsed")] * len(blobs)
+    groups: dict[bytes, list[int]] = {}
+    for i, data in enumerate(blobs):
+        try:
+            (length,) = struct.unpack("<Q", data[:8])
+        except struct.error:
+            length = len(data)  # too short: parsed alone below, which names the problem
+        groups.setdefault(bytes(data[: 8 + length]) + len(data).to_bytes(8, "little"), []).append(i)
+    for rows in groups.values():
+        try:
+            first, _ = params_from_bytes(blobs[rows[0]], spec)
+            out[rows[0]] = first
+        except LayoutError as exc:
+            out[rows[0]] = exc
+            first = None
+        order = _payload_order(blobs[rows[0]], first, spec) if first is not None else None
+        for i in rows[1:]:
+            if order is None:
+                try:
+                    out[i] = params_from_bytes(blobs[i], spec)[0]
+                except LayoutError as exc:
+                    out[i] = exc
+        if order is not None and len(rows) > 1:
+            start = len(blobs[rows[0]]) - 4 * order.size
+            matrix = np.frombuffer(b"".join(blobs[i][start:] for i in rows[1:]), dtype="<f4")
+            stacked = matrix.reshape(len(rows) - 1, -1)[:, order].astype(np.float32)
+            for i, row in zip(rows[1:], stacked, strict=True):
+                out[i] = row
+    return out
+
+
+def _payload_order(data: bytes, params: np.ndarray, spec: PolicySpec) -> np.ndarray | None:
+    """Indices that gather a model file's float32 payload into the layout's vector, if its payload is
+    exactly the little-endian float32 tensors that `params` holds (checked bit for bit); else None."""
+    header = read_header(data)
+    header.pop("__metadata__", None)
+    (length,) = struct.unpack("<Q", data[:8])
+    layout = layout_for(spec)
+    if len(data) - 8 - length != 4 * params.size or any(e.get("dtype") != "F32" for e in header.values()):
+        return None
+    starts = [header[name]["data_offsets"][0] for name in layout.names]
+    if any(start % 4 for start in starts):
+        return None
+    sizes = zip(starts, layout.sizes, strict=True)
+    order = np.concatenate([np.arange(start // 4, start // 4 + n) for start, n in sizes])
+    payload = np.frombuffer(data[8 + length :], dtype="<f4")
+    same = np.array_equal(payload[order].view(np.uint32), params.view(np.uint32))
+    if order.size != params.size or not same:
+        return None
+    return order
 
 
 def update_norms(updates: np.ndarray, global_params: np.ndarray) -> np.ndarray:
