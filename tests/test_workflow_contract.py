@@ -37,7 +37,7 @@ import yaml
 
 from tests.argo_local import FAILED, OMITTED, POD, RETRY, SKIPPED, SUCCEEDED, TASK_GROUP, LocalArgo, Node, Run
 from tests.helpers import TINY, clean_env
-from workflows import names
+from workflows import common
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def assert_pods_ran_the_cli(run: Run) -> None:
         assert pod.argv[:3] == [sys.executable, "-m", "fedtwin"], pod.argv
         for key, value in pod.labels.items():
             assert re.fullmatch(LABEL_VALUE, value) and len(value) <= 63, (key, value)
-        assert pod.labels[names.LABEL_APP] == "fedtwin"
+        assert pod.labels[common.LABEL_APP] == "fedtwin"
 
 
 def assert_round_played(run: Run, store: Path, run_id: str, r: int, participants: list[str],
@@ -161,9 +161,9 @@ def assert_round_played(run: Run, store: Path, run_id: str, r: int, participants
     for i, twin in enumerate(["twin-000", "twin-001", "twin-002"]):
         pod = run.get(f".rounds[0].round({r}:{r}).train({i}:{twin})(0)")
         assert pod.type == POD
-        assert pod.labels[names.LABEL_ROLE] == "twin" and pod.labels[names.LABEL_TWIN] == twin
-        assert pod.labels[names.LABEL_RUN] == run_id and pod.labels[names.LABEL_ROUND] == str(r)
-        assert pod.annotations == {names.UNUSED_SWITCH: ""}  # no subnet: no KubeOVN annotation
+        assert pod.labels[common.LABEL_ROLE] == "twin" and pod.labels[common.LABEL_TWIN] == twin
+        assert pod.labels[common.LABEL_RUN] == run_id and pod.labels[common.LABEL_ROUND] == str(r)
+        assert pod.annotations == {common.UNUSED_SWITCH: ""}  # no subnet: no KubeOVN annotation
 
 
 def assert_finished(run: Run, status: str) -> Node:
@@ -254,7 +254,7 @@ def test_rounds_after_an_early_stop_are_single_skipped_nodes(runs: Mapping[str, 
     assert run.phase == SUCCEEDED, run.explain()
     assert_pods_ran_the_cli(run)
     shard = round_node(run, 0, ".train(0:twin-000..twin-001)(0)")
-    assert shard.phase == SUCCEEDED and shard.labels[names.LABEL_TWIN] == "twin-000..twin-001"
+    assert shard.phase == SUCCEEDED and shard.labels[common.LABEL_TWIN] == "twin-000..twin-001"
     assert round_node(run, 0, ".train(1:twin-002)(0)").phase == SUCCEEDED
     aggregate = round_node(run, 0, ".aggregate")
     assert (aggregate.outputs["participants"], aggregate.outputs["continue"]) == ("3", "false")

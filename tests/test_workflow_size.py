@@ -21,9 +21,7 @@ from fedtwin.run.steps import FanOut
 from fedtwin.sim.twins import shard_names, twin_ids
 from tests.argo_local import LocalArgo, Node, Run
 from tests.argo_local.status import MAX_WORKFLOW_SIZE, status_nodes, stored_size
-from workflows.params import (
-    MAX_WORKFLOW_NODES,
-)
+from workflows.common import MAX_WORKFLOW_NODES
 
 FEDERATED = Path(__file__).resolve().parents[1] / "workflows" / "rendered" / "fedtwin-federated.yaml"
 WORKFLOW_NAME = "fedtwin-federated-x7k2p"

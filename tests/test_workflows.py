@@ -22,7 +22,7 @@ import yaml
 from hera.workflows import models as m
 
 from tests.argo_local import Unresolved, evaluate
-from workflows import names, params, render
+from workflows import common, render
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = REPO / "schemas" / "argo-workflows" / "schema.json"
@@ -366,14 +366,14 @@ def test_with_param_consumes_json_lists(name: str) -> None:
         tmpl = templates(obj)[template]
         assert "--outputs-dir" in tmpl["container"]["args"]
         path = next(p["valueFrom"]["path"] for p in tmpl["outputs"]["parameters"] if p["name"] == output)
-        assert path == f"{names.OUTPUTS_DIR}/{output}"
+        assert path == f"{common.OUTPUTS_DIR}/{output}"
 
 
 def test_federated_fans_out_over_shards_and_loops_over_rounds() -> None:
     sources = with_param_sources(manifest("fedtwin-federated"))
     assert sources == {("init", "shards")}
     (loop,) = calls(templates(manifest("fedtwin-federated"))["rounds"])
-    assert loop["withSequence"] == {"count": names.param("rounds")}  # the node index is the round
+    assert loop["withSequence"] == {"count": common.param("rounds")}  # the node index is the round
 
 
 def test_init_writes_the_fan_out_lists_as_json(tmp_path: Path) -> None:
@@ -444,7 +444,7 @@ def click_command(args: list[str]) -> tuple[click.Command, list[str]]:
 
 def sample_values(value: str, obj: dict[str, Any]) -> list[str]:
     """Values a templated argument takes: defaults substituted; Argo's three workflow statuses."""
-    if value == names.WORKFLOW_STATUS:
+    if value == common.WORKFLOW_STATUS:
         return ["Succeeded", "Failed", "Error"]
     if "{{" not in value:
         return [value]
@@ -464,7 +464,7 @@ def test_containers_call_existing_cli_options(name: str) -> None:
         if "container" not in tmpl:
             continue
         container = tmpl["container"]
-        assert container["command"] == [names.ENTRYPOINT]
+        assert container["command"] == [common.ENTRYPOINT]
         command, rest = click_command(container["args"])
         options = {opt: p for p in command.params if isinstance(p, click.Option) for opt in p.opts}
         seen = set()
@@ -540,11 +540,11 @@ def test_round_aggregates_after_the_fan_out_whatever_happened_to_twins() -> None
 def test_twin_pods_are_isolated_labelled_and_bounded() -> None:
     train = templates(federated())["train"]
     labels = train["metadata"]["labels"]
-    assert labels[names.LABEL_ROLE] == "twin" and labels[names.LABEL_ROUND] == "{{inputs.parameters.round}}"
-    assert "inputs.parameters.twins" in labels[names.LABEL_TWIN]
-    assert federated()["spec"]["podMetadata"]["labels"][names.LABEL_APP] == "fedtwin"
-    assert names.LABEL_RUN in federated()["spec"]["podMetadata"]["labels"]
-    assert train["metadata"]["annotations"] == {names.SUBNET_ANNOTATION_KEY: names.param("subnet")}
+    assert labels[common.LABEL_ROLE] == "twin" and labels[common.LABEL_ROUND] == "{{inputs.parameters.round}}"
+    assert "inputs.parameters.twins" in labels[common.LABEL_TWIN]
+    assert federated()["spec"]["podMetadata"]["labels"][common.LABEL_APP] == "fedtwin"
+    assert common.LABEL_RUN in federated()["spec"]["podMetadata"]["labels"]
+    assert train["metadata"]["annotations"] == {common.SUBNET_ANNOTATION_KEY: common.param("subnet")}
     assert train["serviceAccountName"] == "{{workflow.parameters.twin-service-account}}"
     assert "resources" not in train["container"]  # the full CRDs refuse `{{...}}` there: a patch
     (main,) = json.loads(train["podSpecPatch"])["containers"]
@@ -574,7 +574,7 @@ def test_workflow_level_housekeeping_and_run_mutex() -> None:
     spec = federated()["spec"]
     assert spec["podGC"]["strategy"] and spec["ttlStrategy"] and spec["artifactRepositoryRef"]["configMap"]
     (mutex,) = spec["synchronization"]["mutexes"]
-    assert mutex["name"] == f"fedtwin-run-{names.RUN_ID}"
+    assert mutex["name"] == f"fedtwin-run-{common.RUN_ID}"
     assert templates(federated())["init"]["outputs"]["parameters"][0]["globalName"] == "run-id"
 
 
@@ -593,43 +593,43 @@ def expression(tag: str) -> str:
 
 
 def test_run_id_defaults_to_the_workflow_name() -> None:
-    assert evaluate(expression(names.RUN_ID), scope()) == "fedtwin-federated-x7k2p"
-    assert evaluate(expression(names.RUN_ID), scope(**{"run-id": "demo"})) == "demo"
+    assert evaluate(expression(common.RUN_ID), scope()) == "fedtwin-federated-x7k2p"
+    assert evaluate(expression(common.RUN_ID), scope(**{"run-id": "demo"})) == "demo"
 
 
 def test_subnet_annotation_only_with_a_subnet() -> None:
-    assert evaluate(expression(names.SUBNET_ANNOTATION_KEY), scope()) == names.UNUSED_SWITCH
+    assert evaluate(expression(common.SUBNET_ANNOTATION_KEY), scope()) == common.UNUSED_SWITCH
     with_subnet = scope(subnet="fedtwin-twins")
-    assert evaluate(expression(names.SUBNET_ANNOTATION_KEY), with_subnet) == names.KUBEOVN_SWITCH
+    assert evaluate(expression(common.SUBNET_ANNOTATION_KEY), with_subnet) == common.KUBEOVN_SWITCH
 
 
 def test_fleet_configmap_switches_the_fleet_file() -> None:
-    assert evaluate(expression(names.FLEET_FILE), scope()) == ""
-    assert evaluate(expression(names.FLEET_CONFIGMAP), scope()) == names.NO_CONFIGMAP
+    assert evaluate(expression(common.FLEET_FILE), scope()) == ""
+    assert evaluate(expression(common.FLEET_CONFIGMAP), scope()) == common.NO_CONFIGMAP
     devices = scope(**{"fleet-configmap": "devices"})
-    assert evaluate(expression(names.FLEET_FILE), devices) == f"{names.FLEET_DIR}/{names.FLEET_KEY}"
-    assert evaluate(expression(names.FLEET_CONFIGMAP), devices) == "devices"
+    assert evaluate(expression(common.FLEET_FILE), devices) == f"{common.FLEET_DIR}/{common.FLEET_KEY}"
+    assert evaluate(expression(common.FLEET_CONFIGMAP), devices) == "devices"
 
 
 def test_gpu_selects_the_device() -> None:
-    assert evaluate(expression(names.TRAIN_DEVICE), scope()) == "cpu"
-    assert evaluate(expression(names.TRAIN_DEVICE), scope(**{"twin-gpu-limit": "1"})) == "cuda"
+    assert evaluate(expression(common.TRAIN_DEVICE), scope()) == "cpu"
+    assert evaluate(expression(common.TRAIN_DEVICE), scope(**{"twin-gpu-limit": "1"})) == "cuda"
 
 
 @pytest.mark.parametrize("twins", ["twin-007", "twin-000,twin-001", "twin-000..twin-049",
                                    ",".join(f"twin-{i:03d}" for i in range(40)),
                                    ",".join(f"device-{i}" for i in range(20))])
 def test_twin_label_is_a_valid_label_value(twins: str) -> None:
-    value = evaluate(expression(names.TWIN_LABEL), {"inputs.parameters.twins": twins})
+    value = evaluate(expression(common.TWIN_LABEL), {"inputs.parameters.twins": twins})
     assert LABEL_VALUE.match(value) and 0 < len(value) <= 63, value
     assert value.startswith(twins.split(",")[0])
 
 
 def test_twin_secret_is_shared_or_per_twin() -> None:
     twin = {"inputs.parameters.twins": "twin-004"}
-    assert evaluate(expression(names.TWIN_SECRET), {**scope(), **twin}) == "fedtwin-platform-s3-twin"
+    assert evaluate(expression(common.TWIN_SECRET), {**scope(), **twin}) == "fedtwin-platform-s3-twin"
     per_twin = {**scope(**{"per-twin-secrets": "true"}), **twin}
-    assert evaluate(expression(names.TWIN_SECRET), per_twin) == "fedtwin-platform-s3-twin-twin-004"
+    assert evaluate(expression(common.TWIN_SECRET), per_twin) == "fedtwin-platform-s3-twin-twin-004"
 
 
 def test_evaluate_template_reads_the_runs_final_model_by_default() -> None:
@@ -657,7 +657,7 @@ def test_dp_noise_keys_reach_only_the_steps_that_draw_noise(name: str, twin_step
                                                            aggregator_steps: list[str]) -> None:
     from fedtwin.learn.accounting import NOISE_KEY_ENV
 
-    assert params.DP_NOISE_KEY_ENV == NOISE_KEY_ENV
+    assert common.DP_NOISE_KEY_ENV == NOISE_KEY_ENV
     wanted = {**{s: "{{workflow.parameters.twin-dp-noise-secret}}" for s in twin_steps},
               **{s: "{{workflow.parameters.aggregator-dp-noise-secret}}" for s in aggregator_steps}}
     for step, tmpl in templates(manifest(name)).items():
@@ -697,7 +697,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(name: str) -> None
     assert pods
     for template, pod in pods:
         assert restricted_violations(pod) == [], template
-        assert pod["securityContext"]["runAsUser"] == names.IMAGE_UID
+        assert pod["securityContext"]["runAsUser"] == common.IMAGE_UID
 
 
 def test_the_restricted_check_fails_on_a_pod_that_breaks_it() -> None:
@@ -710,7 +710,7 @@ def test_the_restricted_check_fails_on_a_pod_that_breaks_it() -> None:
 
 def test_the_image_user_is_the_templates_user() -> None:
     users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", (REPO / "Dockerfile").read_text(), re.M)
-    assert users == [(str(names.IMAGE_UID), str(names.IMAGE_UID))]
+    assert users == [(str(common.IMAGE_UID), str(common.IMAGE_UID))]
 
 
 def test_a_failed_step_shows_its_one_line_error_as_the_node_message() -> None:

@@ -1,5 +1,6 @@
-"""Pod pieces the templates share: environment, arguments, volumes, retries, the fedtwin step container
-and the template frame (names and Argo expressions: workflows/names.py; parameters: workflows/params.py)."""
+"""What the templates import: the pod pieces they share (environment, arguments, volumes, retries, the
+fedtwin step container, the template frame), defined here, and the names, Argo expressions
+(workflows/names.py) and parameters (workflows/params.py), named here too so a template has one import."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from hera.workflows import Container, Env, Parameter, RetryStrategy, SecretEnv, WorkflowTemplate
 from hera.workflows import models as m
 
+from workflows.names import *  # noqa: F403  (named here for the templates)
 from workflows.names import (
     APP,
     ARTIFACT_REPOSITORY,
@@ -41,6 +43,7 @@ from workflows.names import (
     input_param,
     param,
 )
+from workflows.params import *  # noqa: F403
 from workflows.params import (
     DP_NOISE_KEY_ENV,
     WorkflowParam,

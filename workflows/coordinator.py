@@ -15,37 +15,33 @@ from __future__ import annotations
 from hera.workflows import DAG, Env, Parameter, Steps
 
 from workflows.common import (
+    AGGREGATOR_DP_NOISE_SECRET,
     AGGREGATOR_ENV,
+    AGGREGATOR_POD_PARAMS,
+    DEFAULTS,
+    FEDERATION_PARAMS,
+    IMAGE_PARAMS,
+    OUTPUTS_DIR,
+    ROLE_AGGREGATOR,
+    RUN_PARAMS,
+    STORE_PARAMS,
     TRACKING_ENV,
+    TRACKING_PARAMS,
     PodKind,
+    WorkflowParam,
     config_args,
     config_env,
     dp_noise_env,
     fedtwin_step,
     fleet_volume,
-    outputs_param,
-    report_and_finish,
-    run_template,
-)
-from workflows.names import (
-    OUTPUTS_DIR,
-    ROLE_AGGREGATOR,
     global_output,
     input_param,
+    outputs_param,
     param,
-    task_output,
-)
-from workflows.params import (
-    AGGREGATOR_DP_NOISE_SECRET,
-    AGGREGATOR_POD_PARAMS,
-    DEFAULTS,
-    FEDERATION_PARAMS,
-    IMAGE_PARAMS,
-    RUN_PARAMS,
-    STORE_PARAMS,
-    TRACKING_PARAMS,
-    WorkflowParam,
     parameters,
+    report_and_finish,
+    run_template,
+    task_output,
 )
 
 NAME = "fedtwin-coordinator"

@@ -13,23 +13,19 @@ from hera.workflows import DAG, S3Artifact
 from hera.workflows import models as m
 
 from workflows.common import (
-    fedtwin_step,
-    template,
-)
-from workflows.names import (
+    AGGREGATOR_POD_PARAMS,
     ARTIFACT_REPOSITORY,
     FLEET_DIR,
     FLEET_KEY,
+    IMAGE_PARAMS,
+    WorkflowParam,
+    fedtwin_step,
     if_given,
     literal,
     param,
     param_ref,
-)
-from workflows.params import (
-    AGGREGATOR_POD_PARAMS,
-    IMAGE_PARAMS,
-    WorkflowParam,
     parameters,
+    template,
 )
 
 NAME = "fedtwin-evaluate"

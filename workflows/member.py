@@ -18,32 +18,28 @@ from hera.workflows import DAG, Env, Parameter
 from hera.workflows import models as m
 
 from workflows.common import (
-    PodKind,
-    dp_noise_env,
-    fedtwin_step,
-    outputs_param,
-    s3_env,
-    template,
-)
-from workflows.names import (
+    IMAGE_PARAMS,
     LABEL_RUN,
     LABEL_TWIN,
     OUTPUTS_DIR,
     ROLE_TWIN,
+    STORE_PARAMS,
     SUBNET_ANNOTATION_KEY,
     TRAIN_DEVICE,
-    TWIN_LABEL,
-    input_param,
-    param,
-)
-from workflows.params import (
-    IMAGE_PARAMS,
-    STORE_PARAMS,
     TWIN_DP_NOISE_SECRET,
+    TWIN_LABEL,
     TWIN_POD_PARAMS,
     TWIN_STORE_PARAMS,
+    PodKind,
     WorkflowParam,
+    dp_noise_env,
+    fedtwin_step,
+    input_param,
+    outputs_param,
+    param,
     parameters,
+    s3_env,
+    template,
 )
 
 NAME = "fedtwin-member"

@@ -13,9 +13,7 @@ from pathlib import Path
 from types import ModuleType
 
 from workflows import coordinator, evaluate, federated, member, single
-from workflows.params import (
-    WorkflowParam,
-)
+from workflows.common import WorkflowParam
 
 ROOT = Path(__file__).resolve().parent
 RENDERED = ROOT / "rendered"

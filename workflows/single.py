@@ -16,25 +16,21 @@ from hera.workflows import DAG
 
 from workflows.common import (
     AGGREGATOR_ENV,
-    TRACKING_URI_ENV,
-    config_args,
-    config_env,
-    fedtwin_step,
-    fleet_volume,
-    run_template,
-)
-from workflows.names import (
-    param,
-)
-from workflows.params import (
     AGGREGATOR_POD_PARAMS,
     FEDERATION_PARAMS,
     IMAGE_PARAMS,
     RUN_PARAMS,
     STORE_PARAMS,
     TRACKING_PARAMS,
+    TRACKING_URI_ENV,
     WorkflowParam,
+    config_args,
+    config_env,
+    fedtwin_step,
+    fleet_volume,
+    param,
     parameters,
+    run_template,
 )
 
 NAME = "fedtwin-single"
