@@ -6,6 +6,7 @@ torn or tampered file is refused instead of silently trained on.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
 import functools
@@ -118,7 +119,7 @@ class ArtifactStore(ABC):
         self._write(key, data, sha)
         return sha
 
-    def put_many(self, items: Sequence[tuple[str, bytes]]) -> list[str]:
+    def put_many(self, items: Sequence[tuple[str, bytes]]) -> builtins.list[str]:  # `list`: the method
         """Write several objects (a fleet shard's updates), each all or nothing, in order; their sha256s.
         Here: `put_bytes` each, as many at once as the store takes; a local directory batches its syncs."""
         return self.run_concurrently([functools.partial(self.put_bytes, key, data) for key, data in items])

@@ -76,7 +76,7 @@ def _sync_files(files: list[Path]) -> None:
     """Make `files` durable: one `syncfs` per filesystem for a batch, else (or where it fails) an
     fsync of each file."""
     if len(files) >= SYNCFS_MIN_FILES:
-        devices = {}
+        devices: dict[int, Path] = {}
         for f in files:
             devices.setdefault(os.stat(f.parent).st_dev, f.parent)
         if all(_syncfs(directory) for directory in devices.values()):
