@@ -25,7 +25,8 @@ from fedtwin.federation.strategies import (
     trimmed_mean,
 )
 from fedtwin.run import steps
-from fedtwin.sim.twins import dump_fleet, make_fleet
+from fedtwin.sim.fleet_files import dump_fleet
+from fedtwin.sim.twins import make_fleet
 from fedtwin.store import LocalStore
 
 

@@ -11,6 +11,15 @@ from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.seeding import derive_seed
+from fedtwin.sim.fleet_files import (
+    dump_fleet,
+    fleet_from_data,
+    load_fleet,
+    load_twins,
+    parse_fleet,
+    save_fleet,
+    save_twins,
+)
 from fedtwin.sim.twins import (
     HARD_FRICTION_CART_MAX,
     HARD_FRICTION_POLE_MAX,
@@ -18,16 +27,9 @@ from fedtwin.sim.twins import (
     SCALED_FIELDS,
     Fleet,
     TwinSpec,
-    dump_fleet,
-    fleet_from_data,
     generate_twin,
     generate_twins,
-    load_fleet,
-    load_twins,
     make_fleet,
-    parse_fleet,
-    save_fleet,
-    save_twins,
     shard_names,
 )
 
@@ -409,7 +411,7 @@ def test_a_runs_stored_fleet_is_json_that_reads_back_exactly_as_yaml_too() -> No
     import yaml
 
     from fedtwin.core.formats import SafeLoader
-    from fedtwin.sim.twins import fleet_to_json
+    from fedtwin.sim.fleet_files import fleet_to_json
 
     fleet = make_fleet(20, 3, 0.3, "hard", 2, 2)
     text = fleet_to_json(fleet)

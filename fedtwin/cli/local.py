@@ -114,8 +114,8 @@ def evaluate_cmd(model: str, twins_file: str, episodes: int, seed: int, as_json:
     Example: fedtwin evaluate --model fedtwin-runs/runs/demo/report/final.safetensors --twins fleet.yaml
     """
     from fedtwin.learn.evaluate import evaluate_policy, load_model
+    from fedtwin.sim.fleet_files import load_fleet
     from fedtwin.sim.kind_registry import get_kind
-    from fedtwin.sim.twins import load_fleet
 
     fleet = load_fleet(twins_file)  # its kind: line says which kind of twins (and model) these are
     twins = fleet.train

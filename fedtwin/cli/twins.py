@@ -35,8 +35,9 @@ def generate_cmd(count: int, seed: int, spread: float | None, preset: Literal["d
     """
     from fedtwin.core.errors import ConfigError, FedtwinError
     from fedtwin.core.formats import check_dns_label
+    from fedtwin.sim.fleet_files import save_twins
     from fedtwin.sim.kind_registry import get_kind
-    from fedtwin.sim.twins import generate_kind_twins, save_twins
+    from fedtwin.sim.twins import generate_kind_twins
     from fedtwin.store import os_error_line
 
     try:

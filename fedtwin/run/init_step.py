@@ -12,8 +12,9 @@ from fedtwin.core.seeding import derive_seed
 from fedtwin.learn import accounting
 from fedtwin.policy.layout import params_to_bytes
 from fedtwin.run.runstate import last_round
+from fedtwin.sim.fleet_files import fleet_to_json, load_fleet
 from fedtwin.sim.kind_registry import get_kind, try_kind
-from fedtwin.sim.twins import Fleet, fleet_to_json, load_fleet, make_fleet, shard_names
+from fedtwin.sim.twins import Fleet, make_fleet, shard_names
 from fedtwin.store import ArtifactStore, RunLayout
 from fedtwin.store.context import RunContext, run_policy_spec
 from fedtwin.store.state import now_iso

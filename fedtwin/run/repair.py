@@ -14,7 +14,7 @@ from fedtwin.federation.updates import (
 from fedtwin.policy.layout import params_to_bytes
 from fedtwin.run.aggregate import combine, save_server_state
 from fedtwin.run.init_step import build_fleet, initial_model, new_state
-from fedtwin.sim.twins import fleet_to_json
+from fedtwin.sim.fleet_files import fleet_to_json
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
 from fedtwin.store.context import RunContext
 from fedtwin.store.state import require_run, save_state

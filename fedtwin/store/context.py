@@ -14,9 +14,10 @@ from fedtwin.config import Config, build_config
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import parse_yaml
 from fedtwin.policy.layout import PolicyKind, PolicySpec, params_from_bytes
+from fedtwin.sim.fleet_files import parse_fleet
 from fedtwin.sim.kind_registry import DEFAULT_KIND, get_kind
 from fedtwin.sim.kinds import policy_sizes
-from fedtwin.sim.twins import Fleet, TwinSpec, parse_fleet
+from fedtwin.sim.twins import Fleet, TwinSpec
 from fedtwin.store.base import ArtifactStore, sha256_hex
 from fedtwin.store.layout import RunLayout
 from fedtwin.store.state import require_run, save_state
