@@ -350,8 +350,18 @@ def _payload_order(data: bytes, params: np.ndarray, spec: PolicySpec) -> np.ndar
 
 
 def update_norms(updates: np.ndarray, global_params: np.ndarray) -> np.ndarray:
-    """`||update - global||` of each row, in float64."""
-    return np.linalg.norm(updates.astype(np.float64) - global_params.astype(np.float64), axis=1)
+    """`||update - global||` of each row, in float64; a block of rows at a time, so that the float64
+    differences stay in cache instead of a [N, P] float64 copy (the same row sums)."""
+    base = global_params.astype(np.float64)
+    norms = np.empty(len(updates))
+    for start in range(0, len(updates), NORM_BLOCK):
+        block = updates[start : start + NORM_BLOCK].astype(np.float64) - base
+        norms[start : start + NORM_BLOCK] = np.linalg.norm(block, axis=1)
+    return norms
+
+
+NORM_BLOCK = 32
+"""Rows per block in `update_norms`."""
 
 
 def split_norm_outliers(
