@@ -48,6 +48,10 @@ def test_run_trains_a_fleet_of_the_kind(tmp_path: Path, kind: str, engine: str, 
 
 
 def test_twins_generate_writes_the_kind_and_run_takes_the_file(tmp_path: Path) -> None:
+    listed = fedtwin("twins", "kinds", check=True).stdout.split()
+    assert {"cartpole", "pendulum", "acrobot"} <= set(listed)
+    described = fedtwin("twins", "kinds", "pendulum", check=True).stdout
+    assert "max_torque" in described and "range (0, inf)" in described
     fleet = tmp_path / "fleet.yaml"
     fedtwin("twins", "generate", "--kind", "acrobot", "--count", "2", "--seed", "1", "--preset", "hard",
             "-o", str(fleet), check=True)
