@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fedtwin.config.kind_defaults import KIND_DEFAULTS
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
 
@@ -60,7 +61,8 @@ def test_twins_generate_writes_the_kind_and_run_takes_the_file(tmp_path: Path) -
 
     shown = yaml.safe_load(fedtwin("config", "show", "--fleet-file", str(fleet), check=True).stdout)
     assert shown["fleet"]["kind"] == "acrobot"  # taken from the file: no second mention needed
-    assert shown["federation"]["target_return"] == -100.0  # and with it the kind's defaults
+    # and with it the kind's defaults
+    assert shown["federation"]["target_return"] == KIND_DEFAULTS["acrobot"]["federation"]["target_return"]
     mismatch = fedtwin("run", "--config", str(write_tiny_config(tmp_path)), "--store", str(tmp_path / "s"),
                        "--fleet-file", str(fleet), "--kind", "pendulum")
     assert mismatch.returncode == 2
