@@ -2,7 +2,8 @@
 
 `step train` must not pull in torch._dynamo (torch.optim.Adam's constructor did), sympy (torch.fx's
 symbolic shapes, which `nn.utils.skip_init`'s meta device imported), Opacus with privacy off, or
-MLflow/matplotlib; `step aggregate` with privacy off needs no torch at all. Each step runs as a user
+MLflow/matplotlib; `step aggregate` with privacy off needs no torch at all, and its few validation
+episodes run on the NumPy path (the same floats) instead of loading numba's kernel. Each step runs as a user
 runs it, in a fresh process, and reports its `sys.modules` at exit.
 """
 
@@ -16,7 +17,7 @@ import pytest
 
 from tests.helpers import clean_env, fedtwin, write_tiny_config
 
-WATCHED = ("torch", "torch._dynamo", "sympy", "opacus", "mlflow", "matplotlib")
+WATCHED = ("torch", "torch._dynamo", "sympy", "opacus", "mlflow", "matplotlib", "numba")
 
 RUN_AND_REPORT = (
     "import atexit, json, runpy, sys\n"
@@ -55,4 +56,5 @@ def test_step_train_imports_no_dynamo_opacus_or_tracking(run_store: list[str]) -
 def test_step_aggregate_imports_no_torch_with_privacy_off(run_store: list[str]) -> None:
     loaded_by("step", "train", "--run", "imports", "--round", "0", "--twin", "twin-000..twin-002", *run_store)
     loaded = loaded_by("step", "aggregate", "--run", "imports", "--round", "0", *run_store)
-    assert loaded.isdisjoint({"torch", "torch._dynamo", "sympy", "opacus", "mlflow", "matplotlib"}), loaded
+    assert loaded.isdisjoint({"torch", "torch._dynamo", "sympy", "opacus", "mlflow", "matplotlib",
+                              "numba"}), loaded
