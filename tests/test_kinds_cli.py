@@ -120,3 +120,14 @@ def test_a_kinds_defaults_fill_only_the_keys_a_config_leaves_unset() -> None:
     del old["fleet"]["kind"], old["train"]["reward_scale"]
     assert fingerprint(Config()) == hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()
     assert fingerprint(cfg) != fingerprint(cfg.model_copy(update={"fleet": Config().fleet}))
+
+
+def test_the_reports_physics_plot_takes_the_kinds_parameters() -> None:
+    from fedtwin.observe.report import PHYSICAL, physical_params
+    from fedtwin.sim.twins import make_fleet
+
+    reference, defaults, extra = physical_params(make_fleet(3, seed=1, preset="hard", kind="acrobot"))
+    assert reference == "the acrobot defaults" and "link_mass_1" in defaults and "torque_noise" in extra
+    assert "gravity" in defaults and all(v != 0 for v in defaults.values())
+    reference, defaults, extra = physical_params(make_fleet(3, seed=1))
+    assert (reference, tuple(defaults), extra) == ("CartPole-v1", PHYSICAL, [])  # cartpole's plot as before
