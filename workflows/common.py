@@ -87,6 +87,7 @@ def config_env() -> list[Env]:
     """Config keys without a CLI flag, as FEDTWIN_<SECTION>__<KEY> (an empty value means null)."""
     return [
         Env(name="FEDTWIN_FLEET__FILE", value=FLEET_FILE),
+        Env(name="FEDTWIN_FLEET__KIND", value=param("kind")),
         Env(name="FEDTWIN_FEDERATION__MIN_TWINS", value=param("min-twins")),
         Env(name="FEDTWIN_FEDERATION__TARGET_RETURN", value=param("target-return")),
         Env(name="FEDTWIN_PRIVACY__MODE", value=yaml_string(param("privacy"))),

@@ -47,6 +47,9 @@ RUN_PARAMS = [
                   "`fleet-configmap`)."),
     WorkflowParam("fleet-configmap", "", f"ConfigMap with a fleet YAML under key `{FLEET_KEY}` describing "
                   "real devices; empty = generate `twins` twins."),
+    WorkflowParam("kind", "", "Twin kind of generated twins: cartpole, pendulum, acrobot, or a user's kind "
+                  "(module:Class or a `fedtwin.twins` entry point installed in `image`); empty = the "
+                  "`fleet-configmap`'s `kind:` line, else cartpole."),
     WorkflowParam("algo", DEFAULTS.train.algo, "Local trainer: ppo or reinforce."),
 ]
 TARGET_RETURN = WorkflowParam(

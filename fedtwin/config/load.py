@@ -137,19 +137,21 @@ _FILE_KIND = re.compile(r"""^(?:kind:[ \t]*["']?([^\s"'#]+)|[ \t]*"kind":[ \t]*"
 def with_fleet_file_kind(data: dict[str, Any]) -> dict[str, Any]:
     """`fleet.kind` from the fleet file's top-level `kind:` when the config leaves it unset, so a fleet
     file of pendulum twins (an Argo fleet ConfigMap, `--fleet-file`) needs no second mention of its
-    kind. An unreadable file is left to the fleet loader, which says what is wrong with it."""
+    kind. An unreadable file is left to the fleet loader, which says what is wrong with it. A null
+    kind (`FEDTWIN_FLEET__KIND=`, the Argo templates' empty `kind` parameter) is unset."""
     fleet = data.get("fleet")
     if not isinstance(fleet, Mapping) or fleet.get("kind") is not None:
         return data
+    unset = {**data, "fleet": {key: value for key, value in fleet.items() if key != "kind"}}
     if not isinstance(fleet.get("file"), str):
-        return data
+        return unset
     try:
         text = Path(fleet["file"]).read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return data
+        return unset
     found = _FILE_KIND.search(text)
     if found is None:
-        return data
+        return unset
     return {**data, "fleet": {**fleet, "kind": found.group(1) or found.group(2)}}
 
 
