@@ -42,8 +42,9 @@ POD_HASH = 1 + 10
 
 # Workflow-level parameters other charts and users rely on: renaming one is a breaking change.
 FEDERATED_PARAMETERS = [
-    "run-id", "seed", "rounds", "twins", "fleet-configmap", "kind", "algo", "min-twins", "strategy", "target-return",
-    "privacy", "privacy-epsilon", "privacy-delta", "twin-dp-noise-secret", "aggregator-dp-noise-secret",
+    "run-id", "seed", "rounds", "twins", "fleet-configmap", "kind", "algo", "min-twins", "strategy",
+    "target-return", "privacy", "privacy-epsilon", "privacy-delta", "twin-dp-noise-secret",
+    "aggregator-dp-noise-secret",
     "twins-per-pod", "parallelism", "max-workflow-nodes", "store", "s3-endpoint", "s3-region",
     "aggregator-s3-secret", "twin-s3-secret", "per-twin-secrets",
     "mlflow-uri", "mlflow-experiment", "image", "aggregator-service-account", "aggregator-cpu-request",
