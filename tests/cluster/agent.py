@@ -512,9 +512,7 @@ class PodRun(threading.Thread):
             self.log(f"agent error: {exc!r}")
             self.agent.errors.append(f"{self.namespace}/{self.pod_name}: {exc!r}")
             with contextlib.suppress(Exception):
-                self.patch_status(
-                    {"phase": "Failed", "reason": "NodeAgentError", "message": f"node agent: {exc}"}
-                )
+                self.patch_status(self.agent_error_status(f"node agent: {exc}"))
         finally:
             if self.delete_requested.is_set() and not self.agent.stopping.is_set():
                 self.agent.finish_deletion(self.pod)
@@ -714,6 +712,29 @@ class PodRun(threading.Thread):
             status["reason"] = "DeadlineExceeded"
             status["message"] = DEADLINE_MESSAGE
         return status
+
+    def agent_error_status(self, message: str) -> dict[str, Any]:
+        """Failed, with every container terminated (exit 128, StartError: what a runtime reports for a
+        container it could not start), so Argo ends the node with the agent's reason at once; a
+        Failed pod whose containers still claim to run leaves the workflow Running until a timeout."""
+        inits, mains = self.container_names(None)
+        finished = now()
+
+        def terminated(name: str) -> dict[str, Any]:
+            return self.container_status(name, {"terminated": {
+                "exitCode": 128, "reason": "StartError", "message": message, "startedAt": self.start_time,
+                "finishedAt": finished, "containerID": f"fedtwin-agent://{self.uid}/{name}",
+            }})
+
+        return {
+            **self.base_status(),
+            "phase": "Failed",
+            "reason": "NodeAgentError",
+            "message": message,
+            "conditions": self.conditions(False, reason="PodFailed"),
+            "initContainerStatuses": [terminated(n) for n in inits],
+            "containerStatuses": [terminated(n) for n in mains],
+        }
 
     def fail_pod(self, message: str, argo: ArgoPod | None) -> None:
         """A pod the agent cannot run: init fails (Argo) or the pod fails with the reason."""
@@ -1439,6 +1460,10 @@ class Plan:
             f"mount --bind {q(str(self.termination_log))} {root}/dev/termination-log",
             f"mount --bind {q(str(self.tmp))} {root}/tmp",
         ]
+        # A checkout or venv under /tmp (a fresh clone in a temporary directory) would be hidden by the
+        # pod's own /tmp: bind it back at the same path, as an image carries its code.
+        for host in hidden_by_pod_tmp([REPOSITORY, Path(sys.prefix), Path(sys.executable).resolve().parent]):
+            lines += [f"mkdir -p {root}{q(str(host))}", f"mount --rbind {q(str(host))} {root}{q(str(host))}"]
         # The venv's interpreter may live under a directory only root may enter (e.g. /root/.pyenv);
         # let the pod's user through in the pod's own copy of the filesystem, as an image would.
         for directory in untraversable_dirs(
@@ -1629,6 +1654,20 @@ def in_root(path: str) -> str:
     if norm in ("/tmp", "/dev") or norm.startswith(("/tmp/", "/dev/")):
         return norm  # the pod's own /tmp and /dev, not the host's
     return os.path.realpath(norm)
+
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def hidden_by_pod_tmp(paths: list[Path]) -> list[Path]:
+    """The outermost of `paths` that live under /tmp, which each pod replaces with its own."""
+    resolved = {path.resolve() for path in paths}
+    under_tmp = sorted((p for p in resolved if p.is_relative_to("/tmp")), key=lambda p: len(p.parts))
+    outermost: list[Path] = []
+    for path in under_tmp:
+        if not any(path.is_relative_to(kept) for kept in outermost):
+            outermost.append(path)
+    return outermost
 
 
 def untraversable_dirs(paths: list[Path]) -> list[Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import build
-from tests.cluster.agent import FaultRules, expand, tgz_bytes, unpack
+from tests.cluster.agent import FaultRules, expand, hidden_by_pod_tmp, tgz_bytes, unpack
 
 
 def fake_go(directory: Path, version: str) -> Path:
@@ -170,3 +170,11 @@ def test_fixture_never_builds_and_repeats_the_last_error(
     )
     with pytest.raises(build.BuildError, match=r"it last failed: go build of kube failed .*no space left"):
         build.require_built()
+
+
+def test_a_checkout_under_tmp_is_bound_back_into_pods() -> None:
+    """Each pod gets its own /tmp: a checkout or venv under the host's /tmp (a fresh clone in a
+    temporary directory) must be bound back, once, at its outermost path."""
+    paths = [Path("/tmp/a/c"), Path("/tmp/a/c/.venv"), Path("/usr/bin"), Path("/tmp/b")]
+    assert hidden_by_pod_tmp(paths) == [Path("/tmp/b"), Path("/tmp/a/c")]
+    assert hidden_by_pod_tmp([Path("/work/main"), Path("/work/main/.venv")]) == []
