@@ -51,7 +51,10 @@ def local_reference(tmp_path: Path, run_id: str, rounds: int, twins: int, seed: 
 
     It runs with the environment a pod gets (its spec's variables, PATH and HOME), not this
     process's: this machine's environment sets OPENBLAS_CORETYPE, which selects other BLAS kernels
-    and so other float bits (and, RL being chaotic, a different run), as an image's ENV would."""
+    and so other float bits (and, RL being chaotic, a different run), as an image's ENV would. With
+    the pool engine: a pod of one twin trains it alone (`step train` picks the pool engine for one
+    twin), while `fedtwin run`'s default fleet engine batches the twins, whose products round
+    differently."""
     store = tmp_path / "store"
     env = {"PATH": f"{Path(sys.executable).parent}:{SYSTEM_PATH}", "HOME": str(tmp_path)}
     proc = subprocess.run(
@@ -68,6 +71,8 @@ def local_reference(tmp_path: Path, run_id: str, rounds: int, twins: int, seed: 
             str(seed),
             "--store",
             str(store),
+            "--engine",
+            "pool",
             "--no-progress",
         ],
         env=env,
