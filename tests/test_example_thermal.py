@@ -147,17 +147,17 @@ def test_the_example_trains_federatedly_through_fedtwin_run(site: Path, tmp_path
 @pytest.mark.slow
 def test_the_example_trains_through_the_local_argo_executor(site: Path, tmp_path: Path) -> None:
     # Prepare: the rendered federated workflow, its pods' environment as an image with the package
-    # installed would have it (PYTHONPATH), the kind in the config through the environment (a fleet file
+    # installed would have it (PYTHONPATH), the kind as the workflow's `kind` parameter (a fleet file
     # would come from the workflow's fleet-configmap; here the init step generates three zones)
     import yaml
 
     from tests.argo_local import SUCCEEDED, LocalArgo
     from tests.test_workflow_contract import BACKOFF_SCALE, FEDERATED, tiny_env
 
-    env = {**tiny_env(), "PYTHONPATH": str(site), "FEDTWIN_FLEET__KIND": "thermal"}
+    env = {**tiny_env(), "PYTHONPATH": str(site)}
     store = tmp_path / "store"
     values = {"rounds": "2", "twins": "3", "target-return": "", "twin-retries": "0", "min-twins": "2",
-              "run-id": "offices", "store": str(store)}
+              "run-id": "offices", "store": str(store), "kind": "thermal"}
     argo = LocalArgo(yaml.safe_load(FEDERATED.read_text()), tmp_path / "wf", parameters=values, env=env,
                      workflow_name="fedtwin-federated-thermal", backoff_scale=BACKOFF_SCALE)
     # Execute

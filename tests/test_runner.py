@@ -59,7 +59,8 @@ def crash_twins(monkeypatch: pytest.MonkeyPatch, bad: set[str]) -> None:
 
 
 def test_a_twin_whose_training_crashes_is_left_out_and_the_quorum_decides(tmp_path, monkeypatch):
-    path = write_tiny_config(tmp_path, **{"federation.rounds": 1})
+    # the pool engine trains each twin alone; the fleet engine's batch fails together (README)
+    path = write_tiny_config(tmp_path, **{"federation.rounds": 1, "execution.engine": "pool"})
     config = load_config(path, {"run_id": "r", "store": str(tmp_path / "store")}, environ={})
     crash_twins(monkeypatch, {"twin-001"})
 
