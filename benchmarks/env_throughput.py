@@ -28,8 +28,7 @@ import numpy as np
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 from machine import cpu_model, load_average
 
-from fedtwin.sim import simulator as fedtwin_simulator
-from fedtwin.sim.cartpole_kernel import step_kernel
+from fedtwin.sim.cartpole_kernel import KERNEL_ENV, compiled_step
 from fedtwin.sim.envs import ENV_ID, TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec, generate_twins
 
@@ -37,6 +36,8 @@ RESULTS = Path(__file__).parent / "results" / "env_throughput.md"
 ACTION_CYCLE = 64  # distinct action arrays, used in turn
 GYM_VECTOR = "gymnasium CartPoleVectorEnv"
 GYM_SINGLE = "gymnasium CartPole-v1 (make, Python loop)"
+os.environ.setdefault(KERNEL_ENV, "numba")  # the compiled step at every size, to compare it with NumPy's
+step_kernel = compiled_step() if os.environ[KERNEL_ENV] != "numpy" else None
 KERNEL = ", compiled kernel" if step_kernel is not None else ", NumPy path (no numba)"
 """How fedtwin's rows step (fedtwin/sim/cartpole_kernel.py); the fleet rows use it too."""
 
@@ -131,11 +132,11 @@ def to_rows(n: int, env_steps: int, times: dict[str, Timing], baseline_name: str
 
 def numpy_path(twins: list[TwinSpec], envs_per_twin: int) -> TwinCartPoleVectorEnv:
     """The env without the compiled kernel (as without numba): the NumPy ufunc path."""
-    kernel, fedtwin_simulator.step_kernel = fedtwin_simulator.step_kernel, None
+    mode, os.environ[KERNEL_ENV] = os.environ[KERNEL_ENV], "numpy"
     try:
         return TwinCartPoleVectorEnv(twins, envs_per_twin=envs_per_twin)
     finally:
-        fedtwin_simulator.step_kernel = kernel
+        os.environ[KERNEL_ENV] = mode
 
 
 def bench_size(n: int, args: argparse.Namespace) -> list[Row]:

@@ -14,17 +14,18 @@ import sys
 import numpy as np
 import pytest
 
-from fedtwin.sim import cartpole_kernel, simulator
+from fedtwin.sim import cartpole_kernel
 from fedtwin.sim.envs import TwinCartPoleVectorEnv
 from fedtwin.sim.twins import generate_twins
 from tests.test_envs import controller
 
 
 @pytest.fixture(autouse=True)
-def kernel_available() -> None:
-    if cartpole_kernel.step_kernel is None:
-        pytest.fail("the compiled step is not available: install the dev extras (numba), and leave "
-                    f"{cartpole_kernel.KERNEL_ENV} unset")
+def kernel_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every env of these tests runs the compiled step, however small."""
+    monkeypatch.setenv(cartpole_kernel.KERNEL_ENV, "numba")
+    if cartpole_kernel.compiled_step() is None:
+        pytest.fail("the compiled step is not available: install the dev extras (numba)")
 
 
 @pytest.mark.parametrize("preset", ["default", "hard"])
@@ -33,9 +34,8 @@ def test_kernel_and_numpy_paths_give_the_same_floats(preset: str, monkeypatch: p
     per-twin physics (and for `hard`, friction, noise and delay): the path never changes a result."""
     twins = generate_twins(6, seed=3, preset=preset)
     compiled = TwinCartPoleVectorEnv(twins, envs_per_twin=5)
-    monkeypatch.setattr(simulator, "step_kernel", None)
+    monkeypatch.setenv(cartpole_kernel.KERNEL_ENV, "numpy")
     plain = TwinCartPoleVectorEnv(twins, envs_per_twin=5)
-    monkeypatch.undo()
     assert compiled._sim.kernel is not None and plain._sim.kernel is None
     obs, _ = compiled.reset(seed=7)
     assert np.array_equal(obs, plain.reset(seed=7)[0])
@@ -68,8 +68,23 @@ def test_kernel_sign_is_numpys_sign() -> None:
 
 
 def test_kernel_can_be_switched_off_by_environment() -> None:
-    code = "import sys, fedtwin.sim.cartpole_kernel as k; sys.exit(k.step_kernel is not None)"
+    code = "import sys, fedtwin.sim.cartpole_kernel as k; sys.exit(k.kernel_for(1 << 20) is not None)"
     env = {**os.environ, cartpole_kernel.KERNEL_ENV: "numpy"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
+
+
+def test_small_envs_take_the_numpy_path_and_never_import_numba(monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default a small env (a one-twin pod, the aggregator's validation) runs NumPy: loading numba
+    and its cached kernel would cost the process more than the kernel saves; a large env compiles."""
+    monkeypatch.delenv(cartpole_kernel.KERNEL_ENV)
+    small = TwinCartPoleVectorEnv(generate_twins(4, seed=0), envs_per_twin=2)
+    large = TwinCartPoleVectorEnv(generate_twins(cartpole_kernel.KERNEL_MIN_ENVS, seed=0), envs_per_twin=1)
+    assert small._sim.kernel is None and large._sim.kernel is not None
+    code = ("import sys, numpy as np; from fedtwin.sim.envs import TwinCartPoleVectorEnv; "
+            "from fedtwin.sim.twins import generate_twins; "
+            "env = TwinCartPoleVectorEnv(generate_twins(8, seed=0)); env.reset(seed=0); "
+            "env.step(np.ones(8, dtype=np.int64)); sys.exit('numba' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != cartpole_kernel.KERNEL_ENV}
     assert subprocess.run([sys.executable, "-c", code], env=env, check=False).returncode == 0
 
 
@@ -81,7 +96,7 @@ def test_one_machine_code_version_serves_every_fleet() -> None:
         env = TwinCartPoleVectorEnv(twins, envs_per_twin=3)
         env.reset(seed=0)
         env.step(np.ones(env.num_envs, dtype=np.int64))
-    assert len(cartpole_kernel.step_kernel.signatures) == 1
+    assert len(cartpole_kernel.compiled_step().signatures) == 1
 
 
 def test_warm_up_compiles_the_version_the_envs_run() -> None:
@@ -91,4 +106,4 @@ def test_warm_up_compiles_the_version_the_envs_run() -> None:
     env = TwinCartPoleVectorEnv(generate_twins(2, seed=0), envs_per_twin=2)
     env.reset(seed=0)
     env.step(np.ones(env.num_envs, dtype=np.int64))
-    assert len(cartpole_kernel.step_kernel.signatures) == 1
+    assert len(cartpole_kernel.compiled_step().signatures) == 1

@@ -15,7 +15,7 @@ import pytest
 from gymnasium.envs.classic_control.cartpole import CartPoleVectorEnv
 
 import fedtwin.sim.envs as envs
-from fedtwin.sim import cartpole_kernel, simulator, streams
+from fedtwin.sim import cartpole_kernel, streams
 from fedtwin.sim.envs import ENV_ID, TwinCartPoleEnv, TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec, generate_twins
 
@@ -32,11 +32,9 @@ def controller(obs: np.ndarray, rng: np.random.Generator, explore: float) -> np.
 @pytest.fixture(autouse=True, params=["kernel", "numpy"])
 def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Every test runs on both step paths: the compiled kernel (numba) and the NumPy ufuncs."""
-    if request.param == "numpy":
-        monkeypatch.setattr(simulator, "step_kernel", None)
-    elif cartpole_kernel.step_kernel is None:
-        pytest.fail("the compiled step is not available: install the dev extras (numba), and leave "
-                    f"{cartpole_kernel.KERNEL_ENV} unset")
+    monkeypatch.setenv(cartpole_kernel.KERNEL_ENV, "numba" if request.param == "kernel" else "numpy")
+    if request.param == "kernel" and cartpole_kernel.compiled_step() is None:
+        pytest.fail("the compiled step is not available: install the dev extras (numba)")
     return str(request.param)
 
 

@@ -7,8 +7,6 @@ results as small files that Argo reads as output parameters.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from typing import Any
 
 import click
@@ -116,11 +114,6 @@ def aggregate_cmd(run_id: str, round_index: int, store: str, outputs_dir: str | 
 
     Example: fedtwin step aggregate --run demo --round 0 --outputs-dir /tmp/out
     """
-    if "fedtwin.sim.cartpole_kernel" not in sys.modules:
-        # The aggregator's validation episodes are a few envs (4 twins x 2 by default): the NumPy path
-        # (the same floats) costs less than importing numba and loading its kernel. Set
-        # FEDTWIN_ENV_KERNEL=numba (anything but numpy) to keep the kernel for a large validation fleet.
-        os.environ.setdefault("FEDTWIN_ENV_KERNEL", "numpy")
     from fedtwin.run import aggregate, runstate  # not the steps facade: the aggregator needs no torch
     from fedtwin.store import RunLayout, open_store
 

@@ -186,7 +186,7 @@ def cartpole_step(state: Float64Array, force: Float64Array, p: TwinPhysics, s: S
 
 
 def kernel_args(p: TwinPhysics) -> tuple[Any, ...]:
-    """`step_kernel`'s physics arguments: every parameter as an (n,) C-contiguous array.
+    """The compiled step's physics arguments: every parameter as an (n,) C-contiguous array.
 
     Always the same array type, shared value or not: numba compiles one machine-code version per
     combination of argument types, and each compilation takes a while.

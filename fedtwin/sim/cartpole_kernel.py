@@ -6,7 +6,8 @@ observation in one loop. Every expression keeps the NumPy path's operands and or
 `math.cos` are the same glibc calls NumPy makes for float64, and numba neither fuses multiply-adds
 nor reorders without `fastmath`, so both paths give bit-identical trajectories (and, with default
 physics, gymnasium's); `tests/test_envs.py` checks it. Without numba, or with
-`FEDTWIN_ENV_KERNEL=numpy`, the env uses the NumPy path.
+`FEDTWIN_ENV_KERNEL=numpy`, the env uses the NumPy path; by default only large envs use the kernel
+(`kernel_for`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 import numpy as np
 
 KERNEL_ENV = "FEDTWIN_ENV_KERNEL"
-"""`numpy` forces the NumPy path; anything else (or unset) uses the compiled kernel when numba exists."""
+"""`numpy`: never the compiled step; `numba`: always (when numba is installed); unset: by env size."""
+KERNEL_MIN_ENVS = 1024
+"""From this many sub-envs in one env the compiled step is used by default (see `kernel_for`)."""
 
 
 def _sign(value: float) -> float:
@@ -68,30 +71,48 @@ def _step(state: np.ndarray, force: np.ndarray, gravity: np.ndarray, masspole: n
             observations[3, i] = theta_dot
 
 
-def _compile() -> Callable[..., None] | None:
-    """The jitted `_step` (compiled lazily, on its first call, or loaded from numba's cache)."""
-    if os.environ.get(KERNEL_ENV, "").strip().lower() == "numpy":
-        return None
-    try:
-        import numba
-    except ImportError:
-        return None
-    options: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
-    global _sign  # `_step` calls `_sign` by its global name: numba must find the jitted one there
-    _sign = numba.njit(inline="always", **options)(_sign)
-    return numba.njit(**options)(_step)
+_compiled: list[Callable[..., None] | None] = []
+"""The jitted step once `compiled_step` has looked for it (None inside: numba is not installed)."""
 
 
-step_kernel: Callable[..., None] | None = _compile()
-"""The compiled step, or None (no numba, or FEDTWIN_ENV_KERNEL=numpy): then the NumPy path runs."""
+def compiled_step() -> Callable[..., None] | None:
+    """The jitted `_step`, or None without numba. numba is imported on the first call only, and the
+    machine code is loaded from numba's cache (or compiled) on the kernel's first call."""
+    if not _compiled:
+        try:
+            import numba
+        except ImportError:
+            _compiled.append(None)
+            return None
+        options: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
+        global _sign  # `_step` calls `_sign` by its global name: numba must find the jitted one there
+        _sign = numba.njit(inline="always", **options)(_sign)
+        _compiled.append(numba.njit(**options)(_step))
+    return _compiled[0]
+
+
+def kernel_for(num_envs: int) -> Callable[..., None] | None:
+    """The step an env of `num_envs` sub-envs runs: the compiled one, or None for the NumPy path.
+
+    Both paths give the same floats, so this choice is about time only. Loading the kernel costs a
+    process the numba import and a cache load, more than the kernel saves over the few thousand steps
+    a small env takes, so by default only envs of `KERNEL_MIN_ENVS` sub-envs or more use it;
+    FEDTWIN_ENV_KERNEL=numba uses it for every env, =numpy for none.
+    """
+    mode = os.environ.get(KERNEL_ENV, "").strip().lower()
+    if mode == "numpy" or (mode != "numba" and num_envs < KERNEL_MIN_ENVS):
+        return None
+    return compiled_step()
 
 
 def warm_up() -> bool:
-    """Compile (or load from numba's cache) the kernel now; False when the NumPy path is in use.
+    """Compile (or load from numba's cache) the kernel now; False without numba or with
+    FEDTWIN_ENV_KERNEL=numpy.
 
     The arguments have the types the simulator passes (C-ordered float64 arrays, float32
     observations, Python bools and floats), so this is the machine code every env then runs.
     """
+    step_kernel = kernel_for(KERNEL_MIN_ENVS)
     if step_kernel is None:
         return False
     n = 1

@@ -1,6 +1,6 @@
 """The one step path of both env classes: state, action delay line, noise and resets of n sub-envs.
 
-The physics step runs as one compiled loop (`cartpole_kernel`, when numba is installed) or as
+The physics step runs as one compiled loop (`cartpole_kernel`: numba, for large envs) or as
 NumPy ufuncs (`cartpole.cartpole_step`); both give the same floats, so results never depend on it.
 """
 
@@ -23,7 +23,7 @@ from fedtwin.sim.cartpole import (
     is_terminated,
     kernel_args,
 )
-from fedtwin.sim.cartpole_kernel import step_kernel
+from fedtwin.sim.cartpole_kernel import kernel_for
 from fedtwin.sim.streams import NoiseSource, TwinStream, noise_generators
 
 
@@ -92,7 +92,7 @@ class Simulator:
         fm = physics.force_mag
         # force = ±force_mag is exactly gymnasium's np.sign(action - 0.5) * force_mag: one take() per step.
         self.force_table = np.array([-fm, fm] if fm.ndim == 0 else [-1.0, 1.0])
-        self.kernel = step_kernel  # the compiled step (fedtwin.sim.cartpole_kernel), or None: the NumPy path
+        self.kernel = kernel_for(physics.n)  # the compiled step (fedtwin.sim.cartpole_kernel), or None: NumPy
         self.kernel_args = kernel_args(physics) if self.kernel is not None else None
 
     def seed_noise(self, entropies: Sequence[int | None]) -> None:
