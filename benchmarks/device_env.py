@@ -12,8 +12,8 @@ time, for fleets of 256..4096 twins x 4 sub-envs with ±15 % physics, on every d
 
 Ratios, in the same command: env rows against the NumPy fleet env, rollout rows against the fleet
 engine's rollout with its policy on the same device. Optionally (`--round-twins`)
-one local training round on the device: default TrainConfig, device rollouts feeding the fleet
-engine's `ppo_update`.
+one local training round on the device as the fleet engine trains with `execution.env_backend: torch`
+(`train_twins`, default TrainConfig).
 
     python benchmarks/device_env.py            # CPU (and CUDA when present); writes results/device_env.md
     python benchmarks/device_env.py --quick    # seconds; nothing written
@@ -42,12 +42,11 @@ from machine import cpu_model, load_average
 from fedtwin.config import TrainConfig
 from fedtwin.learn.batched import StackedPolicy
 from fedtwin.learn.device_rollout import DeviceCollector
-from fedtwin.learn.ppo import ppo_update
 from fedtwin.learn.rollout import collect_rollout
-from fedtwin.learn.train import policy_spec
+from fedtwin.learn.train import policy_spec, train_twins
 from fedtwin.policy.layout import layout_for
 from fedtwin.policy.network import PolicyNet, init_params
-from fedtwin.sim.cartpole_kernel import step_kernel
+from fedtwin.sim.cartpole_kernel import kernel_for
 from fedtwin.sim.cartpole_torch import TorchTwinCartPole
 from fedtwin.sim.envs import TwinCartPoleVectorEnv
 from fedtwin.sim.twins import TwinSpec, generate_twins
@@ -130,7 +129,7 @@ def bench_numpy(twins: list[TwinSpec], e: int, args: argparse.Namespace) -> list
     env = TwinCartPoleVectorEnv(twins, envs_per_twin=e)
     env.reset(seed=0)
     actions = np.random.default_rng(0).integers(0, 2, size=(ACTION_CYCLE, n))
-    kernel = "compiled step" if step_kernel is not None else "NumPy path"
+    kernel = "compiled step" if kernel_for(n) is not None else "NumPy path"
     seconds = timed(Stepper(env.step, actions, GRAPH_STEPS), torch.device("cpu"), args.seconds, 10_000)
     rows = [Row(k, n, "env", f"NumPy fleet env ({kernel})", "cpu", GRAPH_STEPS * n / seconds)]
     for name in args.devices:
@@ -233,36 +232,22 @@ def with_ratios(rows: list[Row]) -> list[Row]:
 
 
 def device_round(k: int, name: str) -> dict[str, float]:
-    """One local round of K twins on a device: default TrainConfig, device rollouts, the fleet's PPO."""
+    """One local round of K twins as the fleet engine trains it with `execution.env_backend: torch`:
+    `train_twins` (default TrainConfig) on the device, from a fresh initial model."""
     device = torch.device(name)
     cfg = TrainConfig()
     twins = generate_twins(k, seed=0)
-    net, stacked = policy(k, device)
-    anchor = {n: v[0] for n, v in stacked.items()}
-    params = {n: v.clone().requires_grad_() for n, v in stacked.items()}
-    optimizer = torch.optim.Adam(params.values(), lr=cfg.learning_rate, eps=1e-5, fused=True)
-    rngs = [np.random.default_rng(s) for s in range(k)]
+    start_params = init_params(policy_spec(cfg), 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
-    collector = DeviceCollector(TorchTwinCartPole(twins, envs_per_twin=cfg.num_envs, device=device), net,
-                                cfg.num_steps)
-    collector.reset(seed=0)
-    collect_s = update_s = 0.0
-    for _ in range(cfg.updates):
-        t0 = time.perf_counter()
-        ro = collector.collect(params).to_rollout(episodes=False)
-        sync(device)
-        t1 = time.perf_counter()
-        ppo_update(net, params, anchor, optimizer, ro, rngs, cfg)
-        sync(device)
-        collect_s, update_s = collect_s + t1 - t0, update_s + time.perf_counter() - t1
-    count, mean = collector.rollout.episode_stats()
+    results = train_twins(start_params, twins, list(range(k)), cfg, device=name, env_backend="torch")
+    sync(device)
     seconds = time.perf_counter() - start
-    steps = k * cfg.updates * cfg.num_steps * cfg.num_envs
-    return {"twins": k, "seconds": seconds, "collect_seconds": collect_s, "update_seconds": update_s,
-            "twin_env_steps_per_s": steps / seconds,
-            "last_rollout_mean_episode_length": float(mean[count > 0].mean()),
+    steps = sum(r.num_samples for r in results)
+    lengths = [r.metrics["charts/episodic_length"] for r in results if "charts/episodic_length" in r.metrics]
+    return {"twins": k, "seconds": seconds, "twin_env_steps_per_s": steps / seconds,
+            "mean_episode_length": float(np.mean(lengths)) if lengths else float("nan"),
             "peak_gpu_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0}
 
 
@@ -270,7 +255,7 @@ def machine() -> dict[str, str]:
     info = {"date (UTC)": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"), "CPU": cpu_model(),
             "cores": str(os.cpu_count()), "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "torch threads": str(torch.get_num_threads()),
-            "numba step": "yes" if step_kernel is not None else "no", "load average": load_average()}
+            "numba step": "yes" if kernel_for(1 << 20) is not None else "no", "load average": load_average()}
     if torch.cuda.is_available():
         info["GPU"] = torch.cuda.get_device_name(0)
     return info
@@ -289,13 +274,15 @@ def render(rows: list[Row], rounds: list[dict[str, float]], info: dict[str, str]
         lines.append(f"| {r.twins} | {r.envs} | {r.kind} | {r.contender} | {r.device} | {r.rate:,.0f} "
                      f"| {ratio} | {r.note} |")
     if rounds:
-        lines += ["", "One local round on the device (default TrainConfig: 8 updates x 128 steps x 4 envs):",
+        cfg = TrainConfig()
+        lines += ["", f"One local round on the device, `train_twins(..., env_backend='torch')` (default "
+                  f"TrainConfig: {cfg.updates} updates x {cfg.num_steps} steps x {cfg.num_envs} env "
+                  "per twin):",
                   "",
-                  "| twins | seconds | rollouts | PPO updates | twin env-steps/s | peak GPU GiB |",
-                  "|---:|---:|---:|---:|---:|---:|"]
-        lines += [f"| {r['twins']} | {r['seconds']:.1f} | {r['collect_seconds']:.1f} "
-                  f"| {r['update_seconds']:.1f} | {r['twin_env_steps_per_s']:,.0f} "
-                  f"| {r['peak_gpu_gib']:.2f} |"
+                  "| twins | seconds | twin env-steps/s | mean episode length | peak GPU GiB |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['twins']} | {r['seconds']:.1f} | {r['twin_env_steps_per_s']:,.0f} "
+                  f"| {r['mean_episode_length']:.1f} | {r['peak_gpu_gib']:.2f} |"
                   for r in rounds]
     return "\n".join(lines) + "\n"
 

@@ -188,6 +188,9 @@ class ExecutionConfig(StrictModel):
     """Training processes; one (in-process) by default, so a seeded run does not depend on the core count
     and no worker re-imports torch; null: one per core."""
     device: Literal["cpu", "cuda"] = "cpu"
+    env_backend: Literal["numpy", "torch"] = "numpy"
+    """How CartPole twins are stepped while training: numpy (the exact env, the default) or torch (on
+    `device`: on a GPU env, policy and rollout stay there; its own random streams, so other runs)."""
 
 
 class PrivacyConfig(StrictModel):
@@ -335,6 +338,17 @@ class Config(StrictModel):
                     f"privacy.mode 'central' noises the average, so federation.strategy must be one of "
                     f"{', '.join(LINEAR_STRATEGIES)}, not {self.federation.strategy!r}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_env_backend(self) -> Config:
+        if self.execution.env_backend == "torch":
+            if self.fleet.kind != "cartpole":
+                raise ValueError(f"execution.env_backend 'torch' steps CartPole twins only, not fleet.kind "
+                                 f"{self.fleet.kind!r}; use env_backend: numpy")
+            if self.privacy.mode == "local":
+                raise ValueError("execution.env_backend 'torch' is not supported with privacy.mode 'local' "
+                                 "yet; use env_backend: numpy")
         return self
 
     @model_validator(mode="after")

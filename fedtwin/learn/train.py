@@ -18,6 +18,7 @@ import torch
 
 from fedtwin.config import TrainConfig
 from fedtwin.learn.batched import FusedAdam, Params, StackedPolicy
+from fedtwin.learn.device_rollout import DeviceCollector
 from fedtwin.learn.dp_sgd import LocalDP
 from fedtwin.learn.ppo import ppo_update
 from fedtwin.learn.reinforce import reinforce_update
@@ -25,12 +26,14 @@ from fedtwin.learn.rollout import collect_rollout
 from fedtwin.learn.runtime import resolve_device, trim_heap
 from fedtwin.policy.layout import LOG_STD, PolicyKind, PolicySpec, layout_for
 from fedtwin.policy.network import PolicyNet
+from fedtwin.sim.cartpole_torch import TorchTwinCartPole
 from fedtwin.sim.kind_env import make_vector_env
 from fedtwin.sim.kind_registry import kind_of
 from fedtwin.sim.kinds import AnyKind, KindTwin, policy_sizes
 from fedtwin.sim.twins import TwinSpec
 
 Twin = TwinSpec | KindTwin
+ENV_BACKENDS = ("numpy", "torch")
 
 
 @dataclass
@@ -67,16 +70,23 @@ def train_twins(
     cfg: TrainConfig,
     device: str = "cpu",
     dp: LocalDP | None = None,
+    env_backend: str = "numpy",
 ) -> list[LocalResult]:
     """Train every twin from `global_params` for `cfg.updates` rollout+update iterations, batched.
 
     `dp` (local differential privacy) makes every optimizer step DP-SGD; its entry k is twin k's.
     Each result's `dp_steps` is what that twin's privacy accountant must be charged for.
+    `env_backend="torch"` (CartPole twins) steps the twins with `TorchTwinCartPole` on `device` and
+    collects each rollout there (`DeviceCollector`): on a GPU nothing goes back to the host per step.
+    Its random streams are its own, so results differ from the default NumPy env's (the exact one)
+    while a seed still reproduces them on a given device.
     """
     if len(twins) != len(seeds) or not twins:
         raise ValueError(
             f"need one seed per twin and at least one twin (twins={len(twins)}, seeds={len(seeds)})"
         )
+    if env_backend not in ENV_BACKENDS:
+        raise ValueError(f"env_backend must be one of {', '.join(ENV_BACKENDS)}, got {env_backend!r}")
     dev = resolve_device(device)
     twin_kind = kind_of(twins)
     spec = policy_spec(cfg, twin_kind)
@@ -93,18 +103,34 @@ def train_twins(
 
     dp_steps_before = dp.steps if dp is not None else 0
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    env: Any = make_vector_env(twin_kind, twins, envs_per_twin=cfg.num_envs)  # reset takes a seed per twin
+    env_seeds = [int(rng.integers(2**31 - 1)) for rng in rngs]
     log_std = params.get(LOG_STD)  # gaussian policies: [K, A]
     reward_scale = cfg.reward_scale
-    obs, _ = env.reset(seed=[int(rng.integers(2**31 - 1)) for rng in rngs])
+    env: Any = None
+    collector: DeviceCollector | None = None
+    if env_backend == "torch":
+        cartpoles = [t for t in twins if isinstance(t, TwinSpec)]
+        if len(cartpoles) != k or dp is not None:
+            raise ValueError("env_backend 'torch' trains CartPole twins without local DP only")
+        collector = DeviceCollector(TorchTwinCartPole(cartpoles, envs_per_twin=cfg.num_envs, device=dev),
+                                    net, cfg.num_steps)
+        collector.reset(seed=env_seeds)
+    else:
+        env = make_vector_env(twin_kind, twins, envs_per_twin=cfg.num_envs)  # reset takes a seed per twin
+        obs, _ = env.reset(seed=env_seeds)
     stats: dict[str, list[torch.Tensor]] = {}
     episodes: list[list[float]] = [[] for _ in range(k)]
     lengths: list[list[int]] = [[] for _ in range(k)]
     try:
         for _update in range(cfg.updates):
             trim_heap()
-            ro, obs = collect_rollout(env, obs, net.actor_fn(params), rngs, cfg.num_steps, dev, log_std,
-                                      reward_scale)
+            if collector is not None:
+                ro = collector.collect(params).to_rollout()
+                if reward_scale != 1.0:
+                    ro.rewards.mul_(reward_scale)  # the collector's buffer: rewritten by the next collect
+            else:
+                ro, obs = collect_rollout(env, obs, net.actor_fn(params), rngs, cfg.num_steps, dev, log_std,
+                                          reward_scale)
             if cfg.algo == "ppo":
                 new = ppo_update(net, params, anchor, optimizer, ro, rngs, cfg, dp)
             else:
@@ -115,7 +141,8 @@ def train_twins(
                 episodes[i] += ro.episode_returns[i]
                 lengths[i] += ro.episode_lengths[i]
     finally:
-        env.close()
+        if env is not None:
+            env.close()
 
     flat = torch.cat([p.detach().reshape(k, -1) for p in params.values()], dim=1).cpu().numpy()
     means = {tag: torch.stack(v).mean(dim=0).cpu().numpy() for tag, v in stats.items()}

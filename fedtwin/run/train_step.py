@@ -82,7 +82,8 @@ def train(
     seeds = [train_seed(ctx.config, t.id, round_index) for t in batch]
     dp = dp_round.mechanism(seeds, device) if dp_round else None
     started = time.perf_counter()
-    results = train_twins(params, batch, seeds, ctx.config.train, device, dp)
+    results = train_twins(params, batch, seeds, ctx.config.train, device, dp,
+                          env_backend=ctx.config.execution.env_backend)
     seconds = (time.perf_counter() - started) / len(batch)
     written: list[tuple[UpdateRecord, bytes]] = []
     for twin, result in zip(batch, results, strict=True):
