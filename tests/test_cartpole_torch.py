@@ -288,6 +288,26 @@ def test_device_rollout_of_the_fleet_engine_trains_with_ppo() -> None:
     assert all(not torch.equal(params[n].detach(), before[n]) for n in params)
 
 
+def test_minibatch_orderings_are_per_twin_permutations_drawn_from_its_own_key() -> None:
+    """The torch backend's PPO epochs shuffle on the device: every row a permutation, a new one each
+    epoch, a twin's orderings independent of its neighbours, a seed reproducing them."""
+    twins = generate_twins(3, seed=0)
+    net, _ = fleet_policy("actor_critic", 3)
+
+    def orderings(fleet: list[TwinSpec], seeds: list[int]) -> list[torch.Tensor]:
+        collector = DeviceCollector(TorchTwinCartPole(fleet, envs_per_twin=2), net, 8)
+        collector.reset(seed=seeds)
+        return [collector.permutations(64) for _ in range(2)]
+
+    first, again = orderings(twins, [5, 6, 7]), orderings(twins, [5, 6, 7])
+    alone = orderings(twins[1:2], [6])
+    for epoch, (a, b) in enumerate(zip(first, again, strict=True)):
+        assert a.shape == (3, 64) and torch.equal(a, b)
+        assert all(torch.equal(row.sort().values, torch.arange(64)) for row in a)
+        assert torch.equal(a[1], alone[epoch][0])
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[0][0], first[0][1])
+
+
 # --- on a GPU (skipped without CUDA; benchmarks/gpu_check.sh runs them) ---
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -348,6 +368,7 @@ def test_device_rollout_never_waits_for_the_host() -> None:
     torch.cuda.set_sync_debug_mode("error")
     try:
         ro = collector.collect(params)
+        collector.permutations(128)  # the PPO epochs' orderings are drawn there too
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert ro.dones.sum().item() > 0

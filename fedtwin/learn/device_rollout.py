@@ -22,7 +22,13 @@ import torch
 
 from fedtwin.learn.batched import Params, StackedPolicy
 from fedtwin.learn.rollout import Rollout, sample_actions
-from fedtwin.sim.cartpole_torch import STREAM_POLICY, TorchTwinCartPole, counter_bits, to_uniform
+from fedtwin.sim.cartpole_torch import (
+    STREAM_POLICY,
+    STREAM_SHUFFLE,
+    TorchTwinCartPole,
+    counter_bits,
+    to_uniform,
+)
 
 OBS_DIM = 4
 
@@ -99,6 +105,8 @@ class DeviceCollector:
         self.obs = torch.zeros(env.num_envs, OBS_DIM, dtype=torch.float32, device=dev)
         self.counter = torch.zeros((), dtype=torch.int64, device=dev)
         """Steps sampled so far: the policy stream's counter."""
+        self.shuffles = torch.zeros((), dtype=torch.int64, device=dev)
+        """Orderings drawn so far: the shuffle stream's counter."""
         self._has_critic = net.model.critic is not None
         self._graph: torch.cuda.CUDAGraph | None = None
 
@@ -106,6 +114,7 @@ class DeviceCollector:
         """Restart the env (see `TorchTwinCartPole.reset`) and the policy stream."""
         self.obs.copy_(self.env.reset(seed=seed))
         self.counter.zero_()
+        self.shuffles.zero_()
         self._graph = None
 
     def uniforms(self) -> torch.Tensor:
@@ -113,6 +122,15 @@ class DeviceCollector:
         assert self.env.keys is not None, "call reset() first"
         bits = counter_bits(self.env.keys, STREAM_POLICY, self.counter, 1)[0]
         return to_uniform(bits, torch.float32).view(self.k, self.e)
+
+    def permutations(self, batch: int) -> torch.Tensor:
+        """[K, batch] int64: a random ordering of each twin's batch for one PPO epoch, drawn on the device
+        from twin k's own key (the update's host generators would cost a Python call per twin per epoch)."""
+        assert self.env.keys is not None, "call reset() first"
+        twin_keys = self.env.keys.view(self.k, self.e)[:, 0]
+        bits = counter_bits(twin_keys, STREAM_SHUFFLE, self.shuffles, batch)  # [batch, K]
+        self.shuffles.add_(1)
+        return torch.argsort(bits.T, dim=1)  # distinct 64-bit words: a uniform permutation
 
     @torch.no_grad()
     def _collect(self, params: Params) -> None:

@@ -11,7 +11,7 @@ Every random draw of twin k (the shuffles, the Poisson samples) comes from twin 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -104,8 +104,12 @@ def ppo_update(
     rngs: Sequence[np.random.Generator],
     cfg: TrainConfig,
     dp: LocalDP | None = None,
+    permutations: Callable[[int], torch.Tensor] | None = None,
 ) -> Stats:
-    """CleanRL ppo.py's update (GAE, clipped surrogate and value loss, entropy), per twin."""
+    """CleanRL ppo.py's update (GAE, clipped surrogate and value loss, entropy), per twin.
+
+    Each epoch's minibatch order is a permutation per twin from its generator in `rngs`, or from
+    `permutations(batch)` ([K, batch], e.g. drawn on the device by the torch env backend)."""
     # bootstrap value if not done: advantages and returns by GAE
     with torch.no_grad():
         values, next_values = rollout_values(net, params, ro)
@@ -134,7 +138,10 @@ def ppo_update(
     minibatch_size = batch // cfg.minibatches
     stats: Stats = {}
     for _epoch in range(cfg.epochs):
-        b_inds = torch.as_tensor(np.stack([rng.permutation(batch) for rng in rngs]), device=b_obs.device)
+        if permutations is not None:
+            b_inds = permutations(batch)
+        else:
+            b_inds = torch.as_tensor(np.stack([rng.permutation(batch) for rng in rngs]), device=b_obs.device)
         # Shuffle each tensor once per epoch: a minibatch is then a slice (a view), not a gather.
         s_obs, s_actions, s_logprobs, s_advantages, s_returns, s_values = (
             take(x, b_inds) for x in (b_obs, b_actions, b_logprobs, b_advantages, b_returns, b_values))

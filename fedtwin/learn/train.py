@@ -132,7 +132,8 @@ def train_twins(
                 ro, obs = collect_rollout(env, obs, net.actor_fn(params), rngs, cfg.num_steps, dev, log_std,
                                           reward_scale)
             if cfg.algo == "ppo":
-                new = ppo_update(net, params, anchor, optimizer, ro, rngs, cfg, dp)
+                new = ppo_update(net, params, anchor, optimizer, ro, rngs, cfg, dp,
+                                 collector.permutations if collector is not None else None)
             else:
                 new = reinforce_update(net, params, anchor, optimizer, ro, cfg, rngs, dp)
             for tag, values in new.items():

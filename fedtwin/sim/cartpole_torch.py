@@ -39,6 +39,8 @@ STREAM_RESET_NOISE = 2
 STREAM_STEP_NOISE = 3
 STREAM_POLICY = 4
 """For callers (the device rollout's action sampling); the env never uses it."""
+STREAM_SHUFFLE = 5
+"""For callers (the device rollout's minibatch orderings); the env never uses it."""
 
 _GOLDEN = 0x9E3779B97F4A7C15 - (1 << 64)  # 2^64 / phi as a signed int64 (SplitMix64's increment)
 _M1 = 0xBF58476D1CE4E5B9 - (1 << 64)
