@@ -21,6 +21,7 @@ from fedtwin.policy.layout import (
     layout_for,
     params_from_bytes,
     params_to_bytes,
+    params_to_bytes_many,
     read_header,
 )
 from fedtwin.policy.network import build_policy, init_params
@@ -122,6 +123,20 @@ def test_safetensors_round_trip(tmp_path) -> None:
     with safe_open(str(path), framework="np") as f:
         assert list(f.keys()) == sorted(layout_for(PPO).names)
         assert json.loads(f.metadata()["policy"])["hidden"] == [64, 64]
+
+
+@pytest.mark.parametrize("spec", [PPO, REF, PolicySpec("actor_critic", (8, 4), 3, 1, "gaussian")])
+def test_a_shard_of_model_files_is_each_file_byte_for_byte(spec: PolicySpec) -> None:
+    """The train step writes a shard's files from one save and one gather: the very bytes (and so the
+    sha256s) `params_to_bytes` gives each row, which the aggregator parses back to the same floats."""
+    matrix = np.random.default_rng(0).standard_normal((5, layout_for(spec).size)).astype(np.float32)
+    files = params_to_bytes_many(matrix, spec)
+    assert files == [params_to_bytes(row, spec) for row in matrix]
+    for row, data in zip(matrix, files, strict=True):
+        assert np.array_equal(params_from_bytes(data, spec)[0], row)
+    assert params_to_bytes_many(matrix[:0], spec) == []
+    with pytest.raises(LayoutError, match="expected"):
+        params_to_bytes_many(matrix[:, 1:], spec)
 
 
 def test_file_is_safetensors_not_pickle(tmp_path) -> None:

@@ -130,6 +130,30 @@ def test_first_write_interrupted_after_commit_is_rolled_forward(tmp_path):
     assert store.get_bytes("k/obj.bin") == b"v1"
 
 
+def test_listing_finds_exactly_what_exists_says_is_there(tmp_path):
+    """`list` reads each directory once instead of asking `exists` per key: both must agree on committed
+    objects, writes rolled forward from a pending file (either name), torn writes and hidden files."""
+    store = LocalStore(tmp_path)
+    store.put_many([(f"r/updates/twin-{i:03d}.json", b"{}") for i in range(3)] + [("r/a.b.c.json", b"1")])
+    store.put_bytes("r/deep/er/x.bin", b"x")
+    for name, pending in (("twin-001.json", ".twin-001.json.0123456789abcdef.pending"),
+                          ("twin-002.json", ".twin-002.json.pending")):
+        (tmp_path / "r/updates" / pending).write_bytes(b"{}")
+        (tmp_path / "r/updates" / name).unlink()  # killed between the commit point and the rename
+    (tmp_path / "r/updates/torn.json").write_bytes(b"{}")  # no sidecar: never committed
+    (tmp_path / "r/updates/gone.json.sha256").write_text("0" * 64)  # sidecar, no object, no pending
+    (tmp_path / "r/updates/.hidden.json.sha256").write_text("0" * 64)
+    candidates = ["r/updates/twin-000.json", "r/updates/twin-001.json", "r/updates/twin-002.json",
+                  "r/updates/torn.json", "r/updates/gone.json", "r/a.b.c.json", "r/deep/er/x.bin"]
+    expected = sorted(k for k in candidates if store.exists(k))
+    assert expected == ["r/a.b.c.json", "r/deep/er/x.bin", "r/updates/twin-000.json",
+                        "r/updates/twin-001.json", "r/updates/twin-002.json"]
+    assert store.list("r/") == expected
+    assert store.list("r/updates/") == expected[2:]
+    assert store.list("r/updates/twin-00") == expected[2:]
+    assert store.list("nothing/") == []
+
+
 # ------------------------------------------------------------ filesystem faults (issue 17, item 4)
 def test_a_full_disk_is_one_line_naming_the_object_and_the_fix_and_keeps_the_old_object(tmp_path):
     with required(small_tmpfs(tmp_path / "disk", "64k")) as disk:

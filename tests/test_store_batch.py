@@ -65,15 +65,17 @@ def test_a_batch_that_fails_before_its_commits_leaves_the_old_objects(tmp_path: 
     store = LocalStore(tmp_path)
     store.put_bytes("d/a", b"old a")
     made = []
-    real = local_store._temp_file
+    real = local_store._write_new
 
-    def disk_full_on_the_third(path: Path, data: bytes) -> Path:
+    def disk_full_on_the_third(path: Path, data: bytes) -> None:
         if len(made) == 2:
+            with open(path, "wb") as torn:  # created, then the disk fills up
+                torn.write(data[:1])
             raise OSError(errno.ENOSPC, "No space left on device")
         made.append(path)
-        return real(path, data)
+        real(path, data)
 
-    monkeypatch.setattr(local_store, "_temp_file", disk_full_on_the_third)
+    monkeypatch.setattr(local_store, "_write_new", disk_full_on_the_third)
     with pytest.raises(StoreError, match="no space left on device"):
         store.put_many([("d/a", b"new a"), ("d/b", b"new b"), ("d/c", b"new c")])
 

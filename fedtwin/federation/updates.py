@@ -6,6 +6,7 @@ round summary records: a bad twin is dropped from the round, it never fails the 
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from fedtwin.core.errors import FedtwinError, IntegrityError
 from fedtwin.core.formats import DNS_LABEL
 from fedtwin.policy.layout import LayoutError, PolicySpec, layout_for, params_from_bytes, read_header
 from fedtwin.store import ArtifactStore, RunLayout, sha256_hex
-from fedtwin.store.base import json_bytes
 
 SHA256_OR_EMPTY = r"^([0-9a-f]{64})?$"
 """A record's own sha256 is empty until its weights are written (and stays so on a privacy skip)."""
@@ -158,12 +158,17 @@ def finite_metrics(metrics: Any) -> dict[str, float]:
     return {str(k): float(v) for k, v in metrics.items() if np.isfinite(v)}
 
 
+def record_bytes(record: UpdateRecord) -> bytes:
+    """A record as stored: compact JSON with sorted keys (C-encoded; a shard writes thousands)."""
+    return json.dumps(record.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
 def write_update(
     store: ArtifactStore, layout: RunLayout, record: UpdateRecord, weights: bytes
 ) -> UpdateRecord:
     """Weights first, record last: the record's presence is what marks the update complete."""
     record.sha256 = store.put_bytes(layout.update_weights(record.round, record.twin_id), weights)
-    store.put_json(layout.update_meta(record.round, record.twin_id), record.to_json())
+    store.put_bytes(layout.update_meta(record.round, record.twin_id), record_bytes(record))
     return record
 
 
@@ -175,7 +180,7 @@ def write_updates(
     for record, weights in updates:
         record.sha256 = sha256_hex(weights)
     store.put_many([(layout.update_weights(r.round, r.twin_id), w) for r, w in updates]
-                   + [(layout.update_meta(r.round, r.twin_id), json_bytes(r.to_json())) for r, _ in updates])
+                   + [(layout.update_meta(r.round, r.twin_id), record_bytes(r)) for r, _ in updates])
     return [record for record, _ in updates]
 
 
@@ -282,10 +287,10 @@ def _read_checked(
             f"num_samples {samples} exceeds the {max_samples} one round of local training collects",
         )
     try:
-        data = store.get_bytes(layout.update_weights(round_index, twin_id))
+        data, sha = store.get_checked(layout.update_weights(round_index, twin_id))
     except IntegrityError as exc:
         raise UpdateRejected(SHA_MISMATCH, str(exc)) from exc
-    if sha256_hex(data) != record.sha256:
+    if sha != record.sha256:
         raise UpdateRejected(SHA_MISMATCH, "weights sha256 differs from the one in the update record")
     return data
 

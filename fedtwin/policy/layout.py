@@ -193,6 +193,35 @@ def params_to_bytes(vector: np.ndarray, spec: PolicySpec, metadata: dict[str, st
     return st_save(tensors, metadata={"policy": spec.to_json(), **meta})
 
 
+def params_to_bytes_many(matrix: np.ndarray, spec: PolicySpec) -> list[bytes]:
+    """`params_to_bytes` of each row of a [K, P] matrix (a fleet shard's updates), byte for byte.
+
+    Every row's file has the same header; only the payload differs. The first row is saved by
+    safetensors, which fixes the header and where each tensor's bytes go; the other rows' payloads are
+    that one gather of their float32 values, so the shard costs one save and one indexing step.
+    """
+    matrix = np.asarray(matrix)
+    layout = layout_for(spec)
+    if matrix.ndim != 2 or matrix.shape[1] != layout.size:
+        raise LayoutError(f"update matrix has shape {matrix.shape}, expected (K, {layout.size}) for {spec}")
+    if not len(matrix):
+        return []
+    first = params_to_bytes(matrix[0], spec)
+    (length,) = struct.unpack("<Q", first[:8])
+    header = read_header(first)
+    header.pop("__metadata__", None)
+    head = 8 + length  # safetensors pads its header to 8 bytes: the payload is float32-aligned
+    files = np.empty((len(matrix) - 1, head + 4 * layout.size), dtype=np.uint8)
+    files[:, :head] = np.frombuffer(first, dtype=np.uint8, count=head)
+    payload = files[:, head:].view("<f4")
+    offset = 0
+    for name, n in zip(layout.names, layout.sizes, strict=True):
+        start = header[name]["data_offsets"][0] // 4
+        payload[:, start : start + n] = matrix[1:, offset : offset + n]
+        offset += n
+    return [first] + [row.tobytes() for row in files]
+
+
 def read_header(data: bytes) -> dict[str, Any]:
     """The safetensors JSON header (8-byte little-endian length, then JSON); no tensor data is read."""
     try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Literal
 
+import numpy as np
+
 from fedtwin.config import Config
 from fedtwin.core.errors import ConfigError, RunConflictError
 from fedtwin.core.seeding import derive_seed
@@ -12,13 +14,17 @@ from fedtwin.federation.updates import (
     UpdateRecord,
     finite_metrics,
     read_record,
+    update_twin_ids,
     write_updates,
 )
 from fedtwin.learn.train import train_twins
-from fedtwin.policy.layout import params_to_bytes
+from fedtwin.policy.layout import params_to_bytes_many
 from fedtwin.run import dp_state
 from fedtwin.store import ArtifactStore, sha256_hex
 from fedtwin.store.context import RunContext
+
+LIST_FROM_TWINS = 16
+"""From this many twins a train step lists the round's updates once instead of looking up each twin's."""
 
 
 def train_seed(config: Config, twin_id: str, round_index: int) -> int:
@@ -60,8 +66,13 @@ def train(
         )
     twins = ctx.twins(twin_ids)
     engine = choose_engine(engine, len(twins))
-    done = [t for t in twins if store.exists(layout.update_meta(round_index, t.id))]
-    todo = [t for t in twins if t not in done]
+    if len(twins) > LIST_FROM_TWINS:  # one listing of the round's updates instead of a lookup per twin
+        stored = set(update_twin_ids(store, layout, round_index))
+        done = [t for t in twins if t.id in stored]
+    else:
+        done = [t for t in twins if store.exists(layout.update_meta(round_index, t.id))]
+    done_ids = {t.id for t in done}
+    todo = [t for t in twins if t.id not in done_ids]
     records = [read_record(store, layout.update_meta(round_index, t.id)) for t in done]
     if not todo:
         return records
@@ -85,10 +96,12 @@ def train(
     results = train_twins(params, batch, seeds, ctx.config.train, device, dp,
                           env_backend=ctx.config.execution.env_backend)
     seconds = (time.perf_counter() - started) / len(batch)
+    base_sha256 = sha256_hex(base)
+    todo_ids = {t.id for t in todo}
+    trained = [(twin, result) for twin, result in zip(batch, results, strict=True) if twin.id in todo_ids]
+    files = params_to_bytes_many(np.stack([result.params for _, result in trained]), ctx.spec)
     written: list[tuple[UpdateRecord, bytes]] = []
-    for twin, result in zip(batch, results, strict=True):
-        if twin not in todo:
-            continue
+    for (twin, result), weights in zip(trained, files, strict=True):
         if dp_round:
             dp_round.spend(twin.id, result.dp_steps)
         record = UpdateRecord(
@@ -96,7 +109,7 @@ def train(
             round=round_index,
             num_samples=int(result.num_samples),
             sha256="",
-            base_sha256=sha256_hex(base),
+            base_sha256=base_sha256,
             metrics=finite_metrics(dp_round.metrics(result.metrics, ctx.config.privacy.release_metrics)
                                    if dp_round else result.metrics),
             epsilon=dp_round.epsilon(twin.id) if dp_round else None,
@@ -104,5 +117,5 @@ def train(
             engine=engine,
             extra=dp_round.extra(twin.id, dp_round.plan.steps_per_round) if dp_round else {},
         )
-        written.append((record, params_to_bytes(result.params, ctx.spec)))
+        written.append((record, weights))
     return records + write_updates(store, layout, written)

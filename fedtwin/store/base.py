@@ -124,20 +124,28 @@ class ArtifactStore(ABC):
         Here: `put_bytes` each, as many at once as the store takes; a local directory batches its syncs."""
         return self.run_concurrently([functools.partial(self.put_bytes, key, data) for key, data in items])
 
-    def get_bytes(self, key: str) -> bytes:
+    def _read_hashed(self, key: str) -> tuple[bytes, str | None, str]:
+        """`_read` and the sha256 of the bytes read (a store that hashes while reading returns its own)."""
+        data, recorded = self._read(key)
+        return data, recorded, sha256_hex(data)
+
+    def get_checked(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and their sha256, which matched the recorded one (else IntegrityError)."""
         try:
-            data, recorded = self._read(key)
+            data, recorded, actual = self._read_hashed(key)
         except FileNotFoundError as exc:
             advice = repair_advice(self.url, key, missing=True)
             raise StoreError(f"{self.describe(key)} does not exist"
                              + (f"; {advice}" if advice else "")) from exc
-        actual = sha256_hex(data)
         if recorded is None or recorded != actual:
             raise IntegrityError(
                 f"{self.describe(key)} is corrupt: sha256 {actual[:12]}… does not match the recorded "
                 f"{(recorded or 'none')[:12]}…; {repair_advice(self.url, key)}"
             )
-        return data
+        return data, actual
+
+    def get_bytes(self, key: str) -> bytes:
+        return self.get_checked(key)[0]
 
     def put_json(self, key: str, obj: Any, *, overwrite: bool = True) -> str:
         return self.put_bytes(key, json_bytes(obj), overwrite=overwrite)

@@ -9,8 +9,8 @@ import fcntl
 import glob
 import json
 import os
+import re
 import secrets
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -34,16 +34,15 @@ from fedtwin.store.base import (
 )
 
 
-def _temp_file(path: Path, data: bytes) -> Path:
-    """`data` in a new temporary file next to `path` (named as `durable_temp` names them), not synced."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_new(path: Path, data: bytes) -> None:
+    """`data` in a file that must not exist yet (a name of this write's own), not synced."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _fsync_path(path: Path) -> None:
@@ -68,6 +67,8 @@ def _syncfs(directory: Path) -> bool:
         os.close(fd)
 
 
+_PENDING_NAME = re.compile(r"\.(.+?)(?:\.[0-9a-f]{16})?\.pending")
+"""A pending file's name (`LocalStore._pendings`): group 1 is the object's name."""
 SYNCFS_MIN_FILES = 8
 """From this many files a batch is synced by one `syncfs` instead of an fsync per file."""
 
@@ -172,13 +173,17 @@ class LocalStore(ArtifactStore):
         written: builtins.list[Path] = []  # to remove if the batch fails before its commits
         with self._os_errors("write", items[0][0] if items else ""):
             try:
+                made: set[Path] = set()
                 for (key, data), sha in zip(items, shas, strict=True):
                     path = self._path(key)
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    if path.parent not in made:
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        made.add(path.parent)
                     pending = self._pending(path)
                     written.append(pending)
-                    pending.write_bytes(data)
-                    written.append(_temp_file(self._sidecar(path), sha.encode()))
+                    _write_new(pending, data)
+                    written.append(pending.with_name(pending.name + ".sha256-new"))  # this write's own name
+                    _write_new(written[-1], sha.encode())
                     staged.append((path, pending, written[-1]))
                 _sync_files(written)
             except BaseException:
@@ -208,21 +213,28 @@ class LocalStore(ArtifactStore):
         return False
 
     def _read(self, key: str) -> tuple[bytes, str | None]:
+        data, recorded, _ = self._read_hashed(key)
+        return data, recorded
+
+    def _read_hashed(self, key: str) -> tuple[bytes, str | None, str]:
         with self._os_errors("read", key):
             path = self._path(key)
             recorded, data = self._read_pair(path)  # a matching pair is a committed object: no lock needed
-            if recorded is not None and (data is None or sha256_hex(data) != recorded):
+            actual = sha256_hex(data) if data is not None else None
+            if recorded is not None and actual != recorded:
                 with self._directory_lock(path.parent, exclusive=False):  # maybe a commit in between
                     recorded, data = self._read_pair(path)
-                if recorded is not None and (data is None or sha256_hex(data) != recorded):
+                    actual = sha256_hex(data) if data is not None else None
+                if recorded is not None and actual != recorded:
                     with self._directory_lock(path.parent, exclusive=True):  # a crashed write: finish it
                         recorded, data = self._read_pair(path)
-                        if recorded is not None and (data is None or sha256_hex(data) != recorded) \
-                                and self._roll_forward(path, recorded):
+                        actual = sha256_hex(data) if data is not None else None
+                        if recorded is not None and actual != recorded and self._roll_forward(path, recorded):
                             data = path.read_bytes()
-            if data is None:
+                            actual = sha256_hex(data)
+            if data is None or actual is None:
                 raise FileNotFoundError(key)
-            return data, recorded
+            return data, recorded, actual
 
     def _read_pair(self, path: Path) -> tuple[str | None, bytes | None]:
         """The recorded sha256 and the object's bytes, each None when absent."""
@@ -296,13 +308,22 @@ class LocalStore(ArtifactStore):
             return self._list(prefix)
 
     def _list(self, prefix: str) -> builtins.list[str]:  # `list` here is the method above
+        """Keys whose sidecar and object (or a pending file to roll forward) are there, as `exists`
+        decides, from one directory listing each instead of a lookup per key."""
         base = self._path(prefix) if prefix else self.root
         search = base if base.is_dir() else base.parent
-        if not search.is_dir():
+        if not search.is_dir() or not search.is_relative_to(self.root):  # no store (yet) at the root
             return []
         keys = []
-        for sidecar in search.rglob("*" + SHA_SUFFIX):
-            key = sidecar.relative_to(self.root).as_posix()[: -len(SHA_SUFFIX)]
-            if key.startswith(prefix) and not sidecar.name.startswith(".") and self.exists(key):
-                keys.append(key)
+        for directory, _, files in os.walk(search):
+            names = set(files)
+            pending = {m.group(1) for m in map(_PENDING_NAME.fullmatch, files) if m}
+            folder = Path(directory).relative_to(self.root).as_posix()
+            for name in files:
+                if not name.endswith(SHA_SUFFIX) or name.startswith("."):
+                    continue
+                obj = name[: -len(SHA_SUFFIX)]
+                key = obj if folder == "." else f"{folder}/{obj}"
+                if key.startswith(prefix) and (obj in names or obj in pending):
+                    keys.append(key)
         return sorted(keys)
