@@ -190,15 +190,17 @@ def _config(twins: int, **extra: Any) -> dict[str, Any]:
     return data
 
 
-def fedtwin_in_process(sizes: list[int], root: Path) -> dict[int, dict[str, float]]:
-    """One round per size in this process (after a warm-up round), fleet engine, all twins in one batch."""
+def fedtwin_in_process(sizes: list[int], root: Path, repeats: int = 3) -> dict[int, dict[str, float]]:
+    """Rounds at each size in this process (after a warm-up round), fleet engine, all twins in one batch;
+    per size the round of median wall time of `repeats`."""
     import torch
 
     torch.set_num_threads(1)
     steps, open_store, load_config = _fedtwin_api()
     store = open_store(str(root / "inproc"))
-    results: dict[int, dict[str, float]] = {}
-    for run_id, twins in [("warm-up", min(sizes)), *((f"inproc-{n}", n) for n in sizes)]:
+    runs = [("warm-up", min(sizes))] + [(f"inproc-{n}-{r}", n) for n in sizes for r in range(repeats)]
+    timings: dict[int, list[dict[str, float]]] = defaultdict(list)
+    for run_id, twins in runs:
         config = load_config(overrides={**_config(twins), "run_id": run_id, "store": str(root / "inproc")},
                              environ={})
         init = steps.init(store, config)
@@ -208,9 +210,9 @@ def fedtwin_in_process(sizes: list[int], root: Path) -> dict[int, dict[str, floa
         steps.aggregate(store, run_id, 0)
         done = time.perf_counter()
         if run_id != "warm-up":  # the warm-up pays the imports and first-call costs
-            results[twins] = {"train": trained - started, "aggregate": done - trained,
-                              "round": done - started, "cpu": time.process_time() - cpu}
-    return results
+            timings[twins].append({"train": trained - started, "aggregate": done - trained,
+                                   "round": done - started, "cpu": time.process_time() - cpu})
+    return {n: sorted(rounds, key=lambda r: r["round"])[len(rounds) // 2] for n, rounds in timings.items()}
 
 
 def _children_cpu() -> float:
@@ -239,16 +241,32 @@ def _init(root: Path, run_id: str, twins: int) -> None:
     _cli(["step", "init", "--config", str(path), "--store", str(root / "steps"), "--run-id", run_id])
 
 
+def _median_process(commands: list[list[str]]) -> tuple[float, float]:
+    """The (wall, CPU) of the median-wall one of these commands, each a fresh process."""
+    timings = sorted((_cli(cmd) if cmd[0] != "-c" else _python(cmd))[0] for cmd in commands)
+    return timings[len(timings) // 2]
+
+
+def _python(args: list[str]) -> tuple[tuple[float, float], str]:
+    """One `python -c ...` process: (wall, CPU) seconds and its stderr."""
+    cpu, started = _children_cpu(), time.perf_counter()
+    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True)
+    return (time.perf_counter() - started, _children_cpu() - cpu), done.stderr
+
+
 def fedtwin_steps(root: Path, big: int) -> dict[str, Any]:
-    """Argo's step commands as fresh processes, and their import time."""
+    """Argo's step commands as fresh processes (a one-twin pod: the median of 3), their import time, and
+    the floor under every step that trains: a process that only imports torch."""
     store = ["--store", str(root / "steps")]
     out: dict[str, Any] = {}
     _init(root, "one", 10)
     _init(root, "big", big)
-    out["train_1"], _ = _cli(["step", "train", "--run", "one", "--round", "0", "--twin", "twin-000", *store])
+    out["train_1"] = _median_process([["step", "train", "--run", "one", "--round", "0", "--twin", twin,
+                                       *store] for twin in ("twin-000", "twin-002", "twin-003")])
+    out["import_torch"] = _median_process([["-c", "import torch"]] * 3)
     _, out["importtime_train"] = _cli(["step", "train", "--run", "one", "--round", "0", "--twin", "twin-001",
                                        *store], importtime=True)
-    _cli(["step", "train", "--run", "one", "--round", "0", "--twin", "twin-002..twin-009", *store])
+    _cli(["step", "train", "--run", "one", "--round", "0", "--twin", "twin-004..twin-009", *store])
     _, out["importtime_aggregate"] = _cli(["step", "aggregate", "--run", "one", "--round", "0", *store],
                                           importtime=True)
     last = f"twin-{big - 1:03d}"
@@ -316,7 +334,8 @@ def render(args: argparse.Namespace, flower: dict[tuple[str, int], dict[str, Any
         "",
         "Seconds. Flower: the whole simulation call (Ray started inside it) and, in brackets, the strategy's "
         "round alone (configure fit -> aggregate fit). fedtwin in one process: `steps.train` of every twin "
-        "(fleet engine) + `steps.aggregate` (validation of 1 twin, 1 episode), after a warm-up round. "
+        "(fleet engine) + `steps.aggregate` (validation of 1 twin, 1 episode), after a warm-up round; the "
+        "median of 3 rounds. "
         "fedtwin's CPU seconds in brackets after its wall time. Ratio: Flower legacy call / fedtwin round.",
         "",
         "| clients | Flower message API | Flower legacy API | fedtwin round (train + aggregate) | "
@@ -353,8 +372,10 @@ def render(args: argparse.Namespace, flower: dict[tuple[str, int], dict[str, Any
             "",
             "| step process | wall s | CPU s | target (wall) | Flower legacy / step |",
             "|---|---|---|---|---|",
-            f"| `step train`, 1 twin | {step['train_1'][0]:.2f} | {step['train_1'][1]:.2f} | <= 1.5 | "
-            f"{vs(step['train_1'][0])} |",
+            f"| `step train`, 1 twin (median of 3) | {step['train_1'][0]:.2f} | {step['train_1'][1]:.2f} "
+            f"| <= 1.5 | {vs(step['train_1'][0])} |",
+            f"| the floor: `python -c 'import torch'` (median of 3) | {step['import_torch'][0]:.2f} | "
+            f"{step['import_torch'][1]:.2f} | - | - |",
             f"| `step train`, a {big}-twin shard | {step['train_big'][0]:.2f} | "
             f"{step['train_big'][1]:.2f} | - | {vs(step['train_big'][0])} |",
             f"| `step aggregate`, {big} updates | {step['aggregate_big'][0]:.2f} | "

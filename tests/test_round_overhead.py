@@ -41,11 +41,11 @@ def test_import_profile_names_top_level_importers_packages_and_fedtwin_modules(b
 
 
 def test_fedtwin_round_in_process_times_train_and_aggregate_after_a_warm_up(bench, tmp_path):
-    results = bench.fedtwin_in_process([2, 3], tmp_path)
+    results = bench.fedtwin_in_process([2, 3], tmp_path, repeats=2)
 
     assert sorted(results) == [2, 3]
     for timing in results.values():
         assert timing["round"] == pytest.approx(timing["train"] + timing["aggregate"])
         assert timing["cpu"] > 0
     runs = sorted(p.name for p in (tmp_path / "inproc" / "runs").iterdir())
-    assert runs == ["inproc-2", "inproc-3", "warm-up"]
+    assert runs == ["inproc-2-0", "inproc-2-1", "inproc-3-0", "inproc-3-1", "warm-up"]
