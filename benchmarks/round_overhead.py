@@ -50,6 +50,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RESULTS = Path(__file__).parent / "results" / "round_overhead.md"
 DEFAULT_FLOWER_PYTHON = "/tmp/flwr-venv/bin/python"
 SHAPES: list[tuple[int, ...]] = [(64, 4), (64,), (64, 64), (64,), (2, 64), (2,),
@@ -215,6 +217,99 @@ def fedtwin_in_process(sizes: list[int], root: Path, repeats: int = 3) -> dict[i
     return {n: sorted(rounds, key=lambda r: r["round"])[len(rounds) // 2] for n, rounds in timings.items()}
 
 
+PHASES: list[tuple[str, str, str]] = [
+    ("fedtwin.run.train_step", "train_twins", "train: rollouts and PPO of every twin"),
+    ("fedtwin.run.train_step", "params_to_bytes_many", "train: the twins' model files"),
+    ("fedtwin.run.train_step", "write_updates", "train: write the updates (2 objects per twin)"),
+    ("fedtwin.run.aggregate", "load_and_validate", "aggregate: read and check the updates"),
+    ("fedtwin.federation.updates", "parse_updates", "aggregate: of which parsing the model files"),
+    ("fedtwin.federation.updates", "split_norm_outliers", "aggregate: of which the norm bound"),
+    ("fedtwin.run.aggregate", "combine", "aggregate: the strategy (FedAvg)"),
+    ("fedtwin.run.aggregate", "evaluate_policy", "aggregate: the validation episode"),
+]
+"""Functions timed by `round_phases`: (module, name, label); a missing one is left out."""
+
+
+def round_phases(root: Path, twins: int, repeats: int = 3) -> list[dict[str, float]]:
+    """Where an in-process round of `twins` goes: wall seconds per phase (`PHASES`), per repeat."""
+    import functools
+
+    import torch
+
+    torch.set_num_threads(1)
+    steps, open_store, load_config = _fedtwin_api()
+    spent: dict[str, float] = defaultdict(float)
+    patched: list[tuple[Any, str, Any]] = []
+    for module_name, name, label in PHASES:
+        module = importlib.import_module(module_name)
+        original = getattr(module, name, None)
+        if original is None:
+            continue
+
+        def timed(*args: Any, _original: Any = original, _label: str = label, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent[_label] += time.perf_counter() - started
+
+        setattr(module, name, functools.wraps(original)(timed))
+        patched.append((module, name, original))
+    store = open_store(str(root / "phases"))
+    rounds = []
+    try:
+        for i, n in enumerate([min(10, twins)] + [twins] * repeats):
+            overrides = {**_config(n), "run_id": f"phases-{i}", "store": str(root / "phases")}
+            config = load_config(overrides=overrides, environ={})
+            init = steps.init(store, config)
+            spent.clear()
+            started = time.perf_counter()
+            steps.train(store, f"phases-{i}", 0, init.twin_ids, "cpu", "fleet")
+            trained = time.perf_counter()
+            steps.aggregate(store, f"phases-{i}", 0)
+            if i:  # the first is a warm-up
+                done = time.perf_counter()
+                rounds.append({"train": trained - started, "aggregate": done - trained, **spent})
+    finally:
+        for module, name, original in patched:
+            setattr(module, name, original)
+    return rounds
+
+
+def objects_vs_bundle(root: Path, twins: int, repeats: int = 3) -> list[dict[str, float]]:
+    """The same bytes a round of `twins` stores (a model file and a record per twin) written and read as
+    2 objects per twin, as fedtwin stores them, and as 2 objects in all (a bundle per shard, not built)."""
+    from fedtwin.federation.updates import UpdateRecord, record_bytes
+    from fedtwin.policy.layout import PolicySpec, layout_for, params_to_bytes_many
+    from fedtwin.store import LocalStore
+
+    spec = PolicySpec("actor_critic", (64, 64))
+    matrix = np.random.default_rng(0).standard_normal((twins, layout_for(spec).size)).astype(np.float32)
+    records = [UpdateRecord(twin_id=f"twin-{i:03d}", round=0, num_samples=8, sha256="0" * 64,
+                            base_sha256="1" * 64, metrics={f"losses/m{j}": 0.5 for j in range(10)},
+                            seconds=0.1, engine="fleet") for i in range(twins)]
+    store = LocalStore(root / "bundle")
+    out = []
+    for rep in range(repeats):
+        files = params_to_bytes_many(matrix, spec)
+        started = time.perf_counter()
+        store.put_many([(f"o{rep}/{r.twin_id}.safetensors", f) for r, f in zip(records, files, strict=True)]
+                       + [(f"o{rep}/{r.twin_id}.json", record_bytes(r)) for r in records])
+        written = time.perf_counter()
+        for r in records:
+            store.get_checked(f"o{rep}/{r.twin_id}.safetensors")
+            store.get_json(f"o{rep}/{r.twin_id}.json")
+        read = time.perf_counter()
+        store.put_many([(f"b{rep}/shard.safetensors", b"".join(files)),
+                        (f"b{rep}/shard.json", json.dumps([r.to_json() for r in records]).encode())])
+        bundled = time.perf_counter()
+        store.get_checked(f"b{rep}/shard.safetensors")
+        store.get_json(f"b{rep}/shard.json")
+        out.append({"objects_write": written - started, "objects_read": read - written,
+                    "bundle_write": bundled - read, "bundle_read": time.perf_counter() - bundled})
+    return out
+
+
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -322,7 +417,8 @@ def fmt(value: float | None) -> str:
 
 
 def render(args: argparse.Namespace, flower: dict[tuple[str, int], dict[str, Any]],
-           inproc: dict[int, dict[str, float]], step: dict[str, Any], loads: tuple[str, str]) -> str:
+           inproc: dict[int, dict[str, float]], step: dict[str, Any], loads: tuple[str, str],
+           phases: list[dict[str, float]] | None = None, bundle: list[dict[str, float]] | None = None) -> str:
     version = next((r.get("version") for r in flower.values() if "version" in r), "not run")
     lines = [
         "# Round overhead: Flower vs fedtwin, one round with negligible local training",
@@ -392,6 +488,24 @@ def render(args: argparse.Namespace, flower: dict[tuple[str, int], dict[str, Any
                       f"- top-level imports, cumulative: {listed(profile['top_level'])}",
                       f"- self time by package: {listed(profile['packages'])}",
                       f"- fedtwin modules, cumulative: {listed(profile['fedtwin'])}"]
+    if phases:
+        big = max(args.sizes)
+        lines += ["", f"Where the in-process {big}-twin round goes (`--phases`: wall seconds of each phase, "
+                  f"{len(phases)} rounds after a warm-up):", "",
+                  "| phase | " + " | ".join(f"round {i + 1}" for i in range(len(phases))) + " |",
+                  "|---|" + "---|" * len(phases)]
+        for label in ["train", *(label for _, _, label in PHASES if label.startswith("train:")), "aggregate",
+                      *(label for _, _, label in PHASES if label.startswith("aggregate:"))]:
+            if all(label in p for p in phases):
+                lines.append(f"| {label} | " + " | ".join(f"{p[label]:.3f}" for p in phases) + " |")
+    if bundle:
+        big = max(args.sizes)
+        lines += ["", f"The same bytes as {big} updates stored as 2 objects per twin (fedtwin's layout) and "
+                  "as 2 objects in all (one bundle per shard, not built), local store: seconds", "",
+                  "| | write | read |", "|---|---|---|"]
+        for name, key in (("2 objects per twin", "objects"), ("2 objects (a bundle)", "bundle")):
+            lines.append(f"| {name} | " + " / ".join(f"{b[key + '_write']:.3f}" for b in bundle) + " | "
+                         + " / ".join(f"{b[key + '_read']:.3f}" for b in bundle) + " |")
     return "\n".join([*lines, ""])
 
 
@@ -405,6 +519,9 @@ def main() -> int:
     parser.add_argument("--no-steps", action="store_true", help="skip the step processes and import times")
     parser.add_argument("--flower-timeout", type=float, default=300.0, help="seconds per Flower run")
     parser.add_argument("--no-write", action="store_true", help="do not write results/round_overhead.md")
+    parser.add_argument("--phases", action="store_true",
+                        help="also time the in-process round's phases at the largest size, and the same "
+                             "bytes stored as one object per file vs one bundle")
     parser.add_argument("--tmp-dir", default=None,
                         help="where fedtwin's stores go (default: the system's temp dir; e.g. /dev/shm to "
                              "take the disk's fsync latency out)")
@@ -431,12 +548,14 @@ def main() -> int:
         for n, result in inproc.items():
             timings = ", ".join(f"{k} {v:.3f} s" for k, v in result.items())
             print(f"fedtwin in-process {n:>5} twins: {timings}", flush=True)
+        phases = round_phases(Path(tmp), max(args.sizes)) if args.phases else None
+        bundle = objects_vs_bundle(Path(tmp), max(args.sizes)) if args.phases else None
         step = {} if args.no_steps else fedtwin_steps(Path(tmp), max(args.sizes))
         if step:
             print("fedtwin steps (wall, CPU s): " + ", ".join(f"{k} {v[0]:.2f}, {v[1]:.2f}"
                                                             for k, v in step.items()
                                                             if not k.startswith("importtime")), flush=True)
-    text = render(args, flower, inproc, step, (before, load()))
+    text = render(args, flower, inproc, step, (before, load()), phases, bundle)
     print(text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

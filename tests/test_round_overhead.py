@@ -49,3 +49,24 @@ def test_fedtwin_round_in_process_times_train_and_aggregate_after_a_warm_up(benc
         assert timing["cpu"] > 0
     runs = sorted(p.name for p in (tmp_path / "inproc" / "runs").iterdir())
     assert runs == ["inproc-2-0", "inproc-2-1", "inproc-3-0", "inproc-3-1", "warm-up"]
+
+
+def test_round_phases_time_each_phase_and_leave_the_functions_as_they_were(bench, tmp_path):
+    import fedtwin.run.train_step as train_step
+
+    original = train_step.train_twins
+    rounds = bench.round_phases(tmp_path, 3, repeats=2)
+
+    assert train_step.train_twins is original
+    assert len(rounds) == 2
+    for phases in rounds:
+        assert 0 < phases["train: rollouts and PPO of every twin"] < phases["train"]
+        assert 0 < phases["aggregate: read and check the updates"] < phases["aggregate"]
+
+
+def test_objects_vs_bundle_times_both_layouts(bench, tmp_path):
+    timings = bench.objects_vs_bundle(tmp_path, 4, repeats=1)
+
+    assert set(timings[0]) == {"objects_write", "objects_read", "bundle_write", "bundle_read"}
+    assert all(v > 0 for v in timings[0].values())
+    assert len(list((tmp_path / "bundle" / "o0").glob("twin-*.safetensors"))) == 4
