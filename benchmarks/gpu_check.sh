@@ -3,11 +3,12 @@
 # twins, and the same fleets on all of that machine's CPU cores as a same-machine reference; then
 # the torch CartPole backend (issue 20): its tests (CPU and CUDA), env-steps/s of the NumPy fleet env
 # against the torch env and rollouts at 256..4096 twins (target: >= 20 M twin env-steps/s at 4096
-# twins), and one device training round of 16,384 twins.
+# twins), one device training round of 16,384 twins, and a whole `fedtwin run` with
+# execution.env_backend torch on the GPU (RUN_TWINS twins, 6 rounds: its held-out return and time).
 # Each part has its own time limit so that one slow part still leaves the others' results.
 #
 #   bash benchmarks/gpu_check.sh            # every part, results under $OUT (default benchmarks/out/gpu)
-#   PARTS=device-tests,device-env,round bash benchmarks/gpu_check.sh   # only the torch backend's (~7 min)
+#   PARTS=device-tests,device-env,round,torch-run bash benchmarks/gpu_check.sh   # the torch backend's (~8 min)
 #   GPU_TWINS=64 CPU_TWINS=64 bash benchmarks/gpu_check.sh   # a quick pass
 #
 # Packages the machine lacks can travel as wheels in .whl/ (installed into /tmp/site first).
@@ -16,9 +17,11 @@ cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-benchmarks/out/gpu}
 GPU_TWINS=${GPU_TWINS:-1024,4096}
 CPU_TWINS=${CPU_TWINS:-1024,4096}
-PARTS=${PARTS:-fleet,cuda-tests,host-cpu,device-tests,device-env,round}
+PARTS=${PARTS:-fleet,cuda-tests,host-cpu,device-tests,device-env,round,torch-run}
 DEVICE_TWINS=${DEVICE_TWINS:-256,1024,4096}
 ROUND_TWINS=${ROUND_TWINS:-16384}
+RUN_TWINS=${RUN_TWINS:-1024}
+RUN_DEVICE=${RUN_DEVICE:-cuda}
 part() { [[ ",$PARTS," == *",$1,"* ]]; }
 mkdir -p "$OUT"
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -72,5 +75,12 @@ fi
 if part round; then
   timeout 240 python3 benchmarks/device_env.py --devices cuda --twins "" --round-twins "$ROUND_TWINS" \
     --out "$OUT/device_round_gpu.md" --json "$OUT/device_round_gpu.json" 2>&1 | tee "$OUT/device_round.log"
+fi
+if part torch-run; then
+  rm -rf /tmp/fedtwin-gpu-run
+  FEDTWIN_EXECUTION__DEVICE="$RUN_DEVICE" FEDTWIN_EXECUTION__ENV_BACKEND=torch timeout 300 python3 -m fedtwin run \
+    --twins "$RUN_TWINS" --rounds 6 --store /tmp/fedtwin-gpu-run --run-id gpu-torch --no-progress 2>&1 \
+    | tee "$OUT/torch_run.log"
+  echo "torch-run exit ${PIPESTATUS[0]}" | tee -a "$OUT/torch_run.log"
 fi
 ls -la "$OUT"
