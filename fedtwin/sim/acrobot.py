@@ -15,9 +15,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.classic_control import utils as cc_utils
 
-from fedtwin.core.limits import MAX_ACTION_DELAY
 from fedtwin.sim.kind_env import ParamArrays
-from fedtwin.sim.kinds import Float64Array, Param
+from fedtwin.sim.kinds import Float64Array, Param, action_delay_param
 from fedtwin.sim.scalar_math import square_like_scalar as sq
 
 pi = np.pi
@@ -79,16 +78,7 @@ class AcrobotKind:
             hard_max=0.2,
             doc="half-width of the uniform noise added to the torque, N·m",
         ),
-        Param(
-            "action_delay",
-            0,
-            low=0,
-            high=MAX_ACTION_DELAY,
-            integer=True,
-            vary="hard",
-            hard_max=1,
-            doc="steps between choosing a torque and the joint feeling it",
-        ),
+        action_delay_param("steps between choosing a torque and the joint feeling it"),
     )
     observation_space = spaces.Box(
         low=-np.array([1.0, 1.0, 1.0, 1.0, MAX_VEL_1, MAX_VEL_2], dtype=np.float32),

@@ -28,6 +28,7 @@ from gymnasium import spaces
 
 from fedtwin.core.errors import ConfigError
 from fedtwin.core.formats import check_dns_label
+from fedtwin.core.limits import MAX_ACTION_DELAY
 from fedtwin.core.seeding import derive_seed
 
 PRESETS: tuple[str, ...] = ("default", "hard")
@@ -80,6 +81,13 @@ class Param:
         if v < self.low or v > self.high or (self.low_open and v == self.low):
             return f"is outside the valid range {self.range_text()}"
         return None
+
+
+def action_delay_param(doc: str, hard_max: int = 1) -> Param:
+    """The `action_delay` parameter every built-in kind has: whole steps between a command and its effect
+    (0 by default, up to `hard_max` in the `hard` preset, bounded by the run limits)."""
+    return Param("action_delay", 0, low=0, high=MAX_ACTION_DELAY, integer=True, vary="hard",
+                 hard_max=hard_max, doc=doc)
 
 
 @runtime_checkable

@@ -15,9 +15,8 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.classic_control import utils as cc_utils
 
-from fedtwin.core.limits import MAX_ACTION_DELAY
 from fedtwin.sim.kind_env import ParamArrays
-from fedtwin.sim.kinds import Float64Array, Param
+from fedtwin.sim.kinds import Float64Array, Param, action_delay_param
 from fedtwin.sim.scalar_math import square_like_scalar
 
 MAX_SPEED = 8
@@ -75,16 +74,7 @@ class PendulumKind:
         Param("damping", 0.0, low=0.0, vary="hard", hard_max=0.05, doc="viscous pivot friction b, N·m·s"),
         Param("sensor_noise", 0.0, low=0.0, vary="hard", hard_max=0.02, doc="std of angle/velocity readings"),
         Param("actuator_noise", 0.0, low=0.0, vary="hard", hard_max=0.1, doc="relative std of the torque"),
-        Param(
-            "action_delay",
-            0,
-            low=0,
-            high=MAX_ACTION_DELAY,
-            integer=True,
-            vary="hard",
-            hard_max=1,
-            doc="steps between choosing a command and the motor applying it",
-        ),
+        action_delay_param("steps between choosing a command and the motor applying it"),
     )
     observation_space = spaces.Box(
         low=-np.array([1.0, 1.0, MAX_SPEED], dtype=np.float32),
