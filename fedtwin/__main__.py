@@ -1,5 +1,5 @@
 """`python -m fedtwin` runs the CLI (used by tests and images without the console script)."""
 
-from fedtwin.cli import main
+from fedtwin.cli import entry
 
-main()
+entry()

@@ -27,6 +27,10 @@ CONFIG_FLAGS: dict[str, str] = {
 }
 
 
+END_WITHOUT_TEARDOWN = "end-without-teardown"
+"""What a command returns when its process may end without Python's interpreter teardown (`entry`)."""
+
+
 def config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """--config FILE plus the flags that override single config keys (file < env < flags)."""
     options = [
