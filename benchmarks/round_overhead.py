@@ -351,7 +351,7 @@ def _python(args: list[str]) -> tuple[tuple[float, float], str]:
 
 def fedtwin_steps(root: Path, big: int) -> dict[str, Any]:
     """Argo's step commands as fresh processes (a one-twin pod: the median of 3), their import time, and
-    the floor under every step that trains: a process that only imports torch."""
+    for reference a process that only imports torch (and, unlike `step train`, unloads it at exit)."""
     store = ["--store", str(root / "steps")]
     out: dict[str, Any] = {}
     _init(root, "one", 10)
@@ -470,7 +470,8 @@ def render(args: argparse.Namespace, flower: dict[tuple[str, int], dict[str, Any
             "|---|---|---|---|---|",
             f"| `step train`, 1 twin (median of 3) | {step['train_1'][0]:.2f} | {step['train_1'][1]:.2f} "
             f"| <= 1.5 | {vs(step['train_1'][0])} |",
-            f"| the floor: `python -c 'import torch'` (median of 3) | {step['import_torch'][0]:.2f} | "
+            f"| reference: `python -c 'import torch'`, which also unloads torch at exit (median of 3) "
+            f"| {step['import_torch'][0]:.2f} | "
             f"{step['import_torch'][1]:.2f} | - | - |",
             f"| `step train`, a {big}-twin shard | {step['train_big'][0]:.2f} | "
             f"{step['train_big'][1]:.2f} | - | {vs(step['train_big'][0])} |",
