@@ -6,7 +6,9 @@ so unit-test runs (`-m "not integration"`) never pay for it, nor need its binary
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,23 @@ import pytest
 
 from tests.helpers import tiny_config as make_tiny_config
 from tests.servers import MlflowProcess, MlflowServer, S3Server, SeaweedS3
+
+PYTEST_PID = os.getpid()
+
+
+def stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM to the pytest process (a CI timeout, `kill`) ends the session as Ctrl-C does, so the
+    session fixtures' finalizers still stop the servers and the control plane; a forked child keeps
+    the default (it dies)."""
+    if os.getpid() != PYTEST_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
 
 
 @pytest.fixture
