@@ -25,6 +25,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from fedtwin.core.errors import ConfigError
+from fedtwin.sim.delay_line import DelayLine
 from fedtwin.sim.kinds import AnyKind, KindTwin, TwinKind, VectorKind
 
 Float64Array = npt.NDArray[np.float64]
@@ -81,32 +82,6 @@ class ParamArrays:
     def take(self, idx: IndexArray) -> ParamArrays:
         """The parameters of sub-envs `idx` (for resetting them)."""
         return ParamArrays({k: v if v.ndim == 0 else v[idx] for k, v in self._arrays.items()}, idx.size)
-
-
-class _DelayLine:
-    """Actions reach the twin `delay` steps late; an episode starts with the line full of its first action."""
-
-    def __init__(self, delays: npt.NDArray[np.int64], action_shape: tuple[int, ...], dtype: Any) -> None:
-        n = delays.size
-        self.delays, self.size = delays, int(delays.max()) + 1
-        self.history = np.zeros((self.size, n, *action_shape), dtype=dtype)
-        self.pos = 0
-        self.fresh = np.ones(n, dtype=np.bool_)
-        self.cols = np.arange(n)
-
-    def restart(self, idx: IndexArray | None = None) -> None:
-        self.fresh[slice(None) if idx is None else idx] = True
-
-    def push(self, actions: np.ndarray) -> np.ndarray:
-        if self.history.dtype != actions.dtype:
-            self.history = self.history.astype(actions.dtype)
-        self.pos = (self.pos + 1) % self.size
-        if self.fresh.any():
-            cols = np.flatnonzero(self.fresh)
-            self.history[:, cols] = actions[cols]
-            self.fresh[:] = False
-        self.history[self.pos] = actions
-        return self.history[(self.pos - self.delays) % self.size, self.cols]
 
 
 class _NoiseSource:
@@ -218,7 +193,8 @@ class KindVectorEnv(VectorEnv[np.ndarray, np.ndarray, np.ndarray]):
         )
         shape = kind.action_space.shape or ()
         self._delay = (
-            _DelayLine(np.array(delays), shape, kind.action_space.dtype) if delays is not None else None
+            DelayLine(np.array(delays), shape, kind.action_space.dtype, follow_dtype=True)
+            if delays is not None else None
         )
         noisy = [k for k, t in enumerate(twins) if any(t[name] for name in kind.noise_params)]
         self._noise = (

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from fedtwin.sim.cartpole import (
     BoolArray,
@@ -24,6 +23,7 @@ from fedtwin.sim.cartpole import (
     kernel_args,
 )
 from fedtwin.sim.cartpole_kernel import kernel_for
+from fedtwin.sim.delay_line import DelayLine
 from fedtwin.sim.streams import NoiseSource, TwinStream, noise_generators
 
 
@@ -38,37 +38,6 @@ def check_actions(actions: Any, n: int) -> np.ndarray:
     if not 0 <= bits <= 1:  # a negative value makes the OR negative, a value >= 2 makes it >= 2
         raise ValueError(f"actions must be 0 (push left) or 1 (push right), got values {np.unique(act)}")
     return act
-
-
-class DelayLine:
-    """Actions reach the cart `delay` steps late; an episode starts with the line full of its first action."""
-
-    def __init__(self, delays: npt.NDArray[np.int64]) -> None:
-        n = delays.size
-        self.size = int(delays.max()) + 1
-        self.history = np.zeros((self.size, n), dtype=np.uint8)
-        # applied action at flat index ((pos - delay) % size) * n + env == (offset + pos * n) % (size * n)
-        self.offset = ((self.size - delays) % self.size) * n + np.arange(n)
-        self.pos = 0
-        self.fresh = np.ones(n, dtype=np.bool_)
-
-    def restart(self, idx: IndexArray | None = None) -> None:
-        if idx is None:
-            self.fresh[:] = True
-        else:
-            self.fresh[idx] = True
-
-    def push(self, actions: np.ndarray) -> np.ndarray:
-        n = self.fresh.size
-        self.pos = (self.pos + 1) % self.size
-        if self.fresh.any():
-            cols = np.flatnonzero(self.fresh)
-            self.history[:, cols] = actions[cols]
-            self.fresh[:] = False
-        self.history[self.pos] = actions
-        flat = self.offset + self.pos * n
-        flat %= self.size * n
-        return self.history.ravel()[flat]
 
 
 def _rows(param: Float64Array, idx: IndexArray) -> Float64Array:
