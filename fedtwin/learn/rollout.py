@@ -94,23 +94,43 @@ def collect_rollout(
     k = len(rngs)
     n, d = obs.shape
     e = n // k
-    if log_std is not None:
-        return _collect_gaussian(env, obs, actor, rngs, num_steps, device, log_std, reward_scale)
-    # One draw per twin per rollout: the whole stream of twin k is fixed by its generator alone.
-    uniforms = torch.as_tensor(np.stack([rng.random((num_steps, e)) for rng in rngs], axis=1), device=device)
+    if log_std is None:
+        # One draw per twin per rollout: the whole stream of twin k is fixed by its generator alone.
+        uniforms = torch.as_tensor(np.stack([rng.random((num_steps, e)) for rng in rngs], axis=1),
+                                   device=device)
+        actions = torch.zeros((num_steps, k, e), dtype=torch.int64, device=device)
+
+        def act(t: int, obs_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+            logits = actor(obs_t)
+            action = sample_actions(logits, uniforms[t].to(logits.dtype))
+            return action, log_prob_entropy(logits, action)[0], action.view(n).cpu().numpy()
+    else:
+        a = log_std.shape[-1]
+        space = cast(spaces.Box, env.single_action_space)
+        low, high = np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32)
+        normals = torch.as_tensor(
+            np.stack([rng.standard_normal((num_steps, e, a), dtype=np.float32) for rng in rngs], axis=1),
+            device=device,
+        )
+        actions = torch.zeros((num_steps, k, e, a), dtype=torch.float32, device=device)
+        std_log = log_std.detach().unsqueeze(1)
+
+        def act(t: int, obs_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+            mean = actor(obs_t)
+            action = mean + torch.exp(std_log) * normals[t]
+            sent = np.clip(action.view(n, a).cpu().numpy(), low, high)  # the twin gets a command in range
+            return action, log_prob_entropy(mean, action, std_log)[0], sent
+
     b = _buffers(num_steps, n, d)
-    actions = torch.zeros((num_steps, k, e), dtype=torch.int64, device=device)
     logprobs = torch.zeros((num_steps, k, e), dtype=torch.float32, device=device)
     ep_returns: list[list[float]] = [[] for _ in range(k)]
     ep_lengths: list[list[int]] = [[] for _ in range(k)]
     for t in range(num_steps):
         b["obs"][t] = obs
         with torch.no_grad():
-            logits = actor(torch.as_tensor(obs, device=device).view(k, e, d))
-            action = sample_actions(logits, uniforms[t].to(logits.dtype))
-            logprobs[t] = log_prob_entropy(logits, action)[0]
+            action, logprobs[t], sent = act(t, torch.as_tensor(obs, device=device).view(k, e, d))
         actions[t] = action
-        obs, reward, terminated, truncated, info = env.step(action.view(n).cpu().numpy())
+        obs, reward, terminated, truncated, info = env.step(sent)
         _record(t, obs, reward, terminated, truncated, info, b, ep_returns, ep_lengths, e, reward_scale)
     return _rollout(b, actions, logprobs, ep_returns, ep_lengths, num_steps, k, e, device), obs
 
@@ -156,45 +176,6 @@ def _rollout(b: dict[str, np.ndarray], actions: torch.Tensor, logprobs: torch.Te
         episode_returns=ep_returns,
         episode_lengths=ep_lengths,
     )
-
-
-def _collect_gaussian(
-    env: VectorEnv,
-    obs: np.ndarray,
-    actor: ActorFn,
-    rngs: Sequence[np.random.Generator],
-    num_steps: int,
-    device: torch.device,
-    log_std: torch.Tensor,
-    reward_scale: float,
-) -> tuple[Rollout, np.ndarray]:
-    """`collect_rollout` for a gaussian policy over a Box action space."""
-    k = len(rngs)
-    n, d = obs.shape
-    e, a = n // k, log_std.shape[-1]
-    space = cast(spaces.Box, env.single_action_space)
-    low, high = np.asarray(space.low, dtype=np.float32), np.asarray(space.high, dtype=np.float32)
-    normals = torch.as_tensor(
-        np.stack([rng.standard_normal((num_steps, e, a), dtype=np.float32) for rng in rngs], axis=1),
-        device=device,
-    )
-    b = _buffers(num_steps, n, d)
-    actions = torch.zeros((num_steps, k, e, a), dtype=torch.float32, device=device)
-    logprobs = torch.zeros((num_steps, k, e), dtype=torch.float32, device=device)
-    ep_returns: list[list[float]] = [[] for _ in range(k)]
-    ep_lengths: list[list[int]] = [[] for _ in range(k)]
-    for t in range(num_steps):
-        b["obs"][t] = obs
-        with torch.no_grad():
-            mean = actor(torch.as_tensor(obs, device=device).view(k, e, d))
-            std_log = log_std.detach().unsqueeze(1)
-            action = mean + torch.exp(std_log) * normals[t]
-            logprobs[t] = log_prob_entropy(mean, action, std_log)[0]
-        actions[t] = action
-        sent = np.clip(action.view(n, a).cpu().numpy(), low, high)
-        obs, reward, terminated, truncated, info = env.step(sent)
-        _record(t, obs, reward, terminated, truncated, info, b, ep_returns, ep_lengths, e, reward_scale)
-    return _rollout(b, actions, logprobs, ep_returns, ep_lengths, num_steps, k, e, device), obs
 
 
 def gae(
