@@ -12,6 +12,7 @@ physics, gymnasium's); `tests/test_envs.py` checks it. Without numba, or with
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -71,24 +72,18 @@ def _step(state: np.ndarray, force: np.ndarray, gravity: np.ndarray, masspole: n
             observations[3, i] = theta_dot
 
 
-_compiled: list[Callable[..., None] | None] = []
-"""The jitted step once `compiled_step` has looked for it (None inside: numba is not installed)."""
-
-
+@functools.cache
 def compiled_step() -> Callable[..., None] | None:
     """The jitted `_step`, or None without numba. numba is imported on the first call only, and the
     machine code is loaded from numba's cache (or compiled) on the kernel's first call."""
-    if not _compiled:
-        try:
-            import numba
-        except ImportError:
-            _compiled.append(None)
-            return None
-        options: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
-        global _sign  # `_step` calls `_sign` by its global name: numba must find the jitted one there
-        _sign = numba.njit(inline="always", **options)(_sign)
-        _compiled.append(numba.njit(**options)(_step))
-    return _compiled[0]
+    try:
+        import numba
+    except ImportError:
+        return None
+    options: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy"}
+    global _sign  # `_step` calls `_sign` by its global name: numba must find the jitted one there
+    _sign = numba.njit(inline="always", **options)(_sign)
+    return numba.njit(**options)(_step)
 
 
 def kernel_for(num_envs: int) -> Callable[..., None] | None:
