@@ -315,17 +315,23 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _cli(args: list[str], importtime: bool = False) -> tuple[tuple[float, float], str]:
-    """One `python -m fedtwin` process: (wall, CPU) seconds and its stderr."""
+def _process(python_args: list[str]) -> tuple[tuple[float, float], str]:
+    """One fresh `python *python_args` process, without this shell's FEDTWIN_/MLFLOW_ settings: (wall, CPU)
+    seconds and its stderr."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDTWIN_", "MLFLOW_"))}
-    cmd = [sys.executable, *(["-X", "importtime"] if importtime else []), "-m", "fedtwin", *args]
     cpu, started = _children_cpu(), time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    done = subprocess.run([sys.executable, *python_args], capture_output=True, text=True, env=env,
+                          check=False)
     wall = time.perf_counter() - started, _children_cpu() - cpu
     if done.returncode != 0:
         tail = [line for line in done.stderr.splitlines() if not line.startswith("import time:")][-3:]
-        raise SystemExit(f"fedtwin {' '.join(args)} failed ({done.returncode}): {' | '.join(tail)}")
+        raise SystemExit(f"python {' '.join(python_args)} failed ({done.returncode}): {' | '.join(tail)}")
     return wall, done.stderr
+
+
+def _cli(args: list[str], importtime: bool = False) -> tuple[tuple[float, float], str]:
+    """One `python -m fedtwin` process: (wall, CPU) seconds and its stderr."""
+    return _process([*(["-X", "importtime"] if importtime else []), "-m", "fedtwin", *args])
 
 
 def _init(root: Path, run_id: str, twins: int) -> None:
@@ -337,16 +343,9 @@ def _init(root: Path, run_id: str, twins: int) -> None:
 
 
 def _median_process(commands: list[list[str]]) -> tuple[float, float]:
-    """The (wall, CPU) of the median-wall one of these commands, each a fresh process."""
-    timings = sorted((_cli(cmd) if cmd[0] != "-c" else _python(cmd))[0] for cmd in commands)
+    """The (wall, CPU) of the median-wall one of these `python` argument lists, each a fresh process."""
+    timings = sorted(_process(args)[0] for args in commands)
     return timings[len(timings) // 2]
-
-
-def _python(args: list[str]) -> tuple[tuple[float, float], str]:
-    """One `python -c ...` process: (wall, CPU) seconds and its stderr."""
-    cpu, started = _children_cpu(), time.perf_counter()
-    done = subprocess.run([sys.executable, *args], capture_output=True, text=True, check=True)
-    return (time.perf_counter() - started, _children_cpu() - cpu), done.stderr
 
 
 def fedtwin_steps(root: Path, big: int) -> dict[str, Any]:
@@ -356,8 +355,9 @@ def fedtwin_steps(root: Path, big: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     _init(root, "one", 10)
     _init(root, "big", big)
-    out["train_1"] = _median_process([["step", "train", "--run", "one", "--round", "0", "--twin", twin,
-                                       *store] for twin in ("twin-000", "twin-002", "twin-003")])
+    pods = [["-m", "fedtwin", "step", "train", "--run", "one", "--round", "0", "--twin", twin, *store]
+            for twin in ("twin-000", "twin-002", "twin-003")]
+    out["train_1"] = _median_process(pods)
     out["import_torch"] = _median_process([["-c", "import torch"]] * 3)
     _, out["importtime_train"] = _cli(["step", "train", "--run", "one", "--round", "0", "--twin", "twin-001",
                                        *store], importtime=True)
