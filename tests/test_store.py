@@ -136,21 +136,24 @@ def test_listing_finds_exactly_what_exists_says_is_there(tmp_path):
     store = LocalStore(tmp_path)
     store.put_many([(f"r/updates/twin-{i:03d}.json", b"{}") for i in range(3)] + [("r/a.b.c.json", b"1")])
     store.put_bytes("r/deep/er/x.bin", b"x")
+    store.put_bytes("r/updates/w.0123456789abcdef", b"w")  # a name that ends like a writer's token
     for name, pending in (("twin-001.json", ".twin-001.json.0123456789abcdef.pending"),
-                          ("twin-002.json", ".twin-002.json.pending")):
+                          ("twin-002.json", ".twin-002.json.pending"),
+                          ("w.0123456789abcdef", ".w.0123456789abcdef.pending")):
         (tmp_path / "r/updates" / pending).write_bytes(b"{}")
         (tmp_path / "r/updates" / name).unlink()  # killed between the commit point and the rename
     (tmp_path / "r/updates/torn.json").write_bytes(b"{}")  # no sidecar: never committed
     (tmp_path / "r/updates/gone.json.sha256").write_text("0" * 64)  # sidecar, no object, no pending
     (tmp_path / "r/updates/.hidden.json.sha256").write_text("0" * 64)
     candidates = ["r/updates/twin-000.json", "r/updates/twin-001.json", "r/updates/twin-002.json",
-                  "r/updates/torn.json", "r/updates/gone.json", "r/a.b.c.json", "r/deep/er/x.bin"]
+                  "r/updates/torn.json", "r/updates/gone.json", "r/a.b.c.json", "r/deep/er/x.bin",
+                  "r/updates/w.0123456789abcdef", "r/updates/w"]
     expected = sorted(k for k in candidates if store.exists(k))
     assert expected == ["r/a.b.c.json", "r/deep/er/x.bin", "r/updates/twin-000.json",
-                        "r/updates/twin-001.json", "r/updates/twin-002.json"]
+                        "r/updates/twin-001.json", "r/updates/twin-002.json", "r/updates/w.0123456789abcdef"]
     assert store.list("r/") == expected
     assert store.list("r/updates/") == expected[2:]
-    assert store.list("r/updates/twin-00") == expected[2:]
+    assert store.list("r/updates/twin-00") == expected[2:5]
     assert store.list("nothing/") == []
 
 

@@ -67,8 +67,19 @@ def _syncfs(directory: Path) -> bool:
         os.close(fd)
 
 
-_PENDING_NAME = re.compile(r"\.(.+?)(?:\.[0-9a-f]{16})?\.pending")
-"""A pending file's name (`LocalStore._pendings`): group 1 is the object's name."""
+_WRITER_TOKEN = re.compile(r"[0-9a-f]{16}")
+
+
+def _pending_owners(name: str) -> set[str]:
+    """The objects whose pending file `name` can be, exactly as `LocalStore._pendings` finds them:
+    `.<object>.<writer token>.pending`, or `.<object>.pending` (the single name older versions used)."""
+    if not (name.startswith(".") and name.endswith(".pending")):
+        return set()
+    inner = name[1 : -len(".pending")]
+    head, _, token = inner.rpartition(".")
+    return {inner, head} if head and _WRITER_TOKEN.fullmatch(token) else {inner}
+
+
 SYNCFS_MIN_FILES = 8
 """From this many files a batch is synced by one `syncfs` instead of an fsync per file."""
 
@@ -317,7 +328,7 @@ class LocalStore(ArtifactStore):
         keys = []
         for directory, _, files in os.walk(search):
             names = set(files)
-            pending = {m.group(1) for m in map(_PENDING_NAME.fullmatch, files) if m}
+            pending = set().union(*map(_pending_owners, files))
             folder = Path(directory).relative_to(self.root).as_posix()
             for name in files:
                 if not name.endswith(SHA_SUFFIX) or name.startswith("."):
